@@ -1,0 +1,119 @@
+use std::convert::Infallible;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::body::Body;
+use tonic::server::NamedService;
+use tonic::service::RoutesBuilder;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tower::limit::GlobalConcurrencyLimitLayer;
+
+use crate::{RpcError, RpcMetricsLayer};
+
+/// Limits every relaymesh gRPC server applies.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// A request that takes longer is answered DEADLINE_EXCEEDED.
+    pub request_timeout: Duration,
+    /// Requests in flight across all connections; more wait (backpressure).
+    pub max_concurrent_requests: usize,
+    /// Requests in flight on one HTTP/2 connection.
+    pub max_concurrent_per_connection: usize,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(30),
+            max_concurrent_requests: 4096,
+            max_concurrent_per_connection: 512,
+        }
+    }
+}
+
+/// A gRPC server for one or more services, with the stack every relaymesh
+/// server shares. Build with [`GrpcServer::add`], then [`GrpcServer::serve`].
+#[derive(Default)]
+pub struct GrpcServer {
+    routes: RoutesBuilder,
+    names: Vec<&'static str>,
+}
+
+impl GrpcServer {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a generated tonic service; health checking reports it by name.
+    pub fn add<S>(mut self, svc: S) -> Self
+    where
+        S: tower::Service<http::Request<Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Response: axum::response::IntoResponse,
+        S::Future: Send + 'static,
+    {
+        self.names.push(S::NAME);
+        self.routes.add_service(svc);
+        self
+    }
+
+    /// Serves on `listener` until `shutdown` is cancelled, then flips health
+    /// to NOT_SERVING and drains the requests in flight.
+    pub async fn serve(
+        mut self,
+        listener: TcpListener,
+        opts: ServeOptions,
+        shutdown: CancellationToken,
+    ) -> Result<(), RpcError> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        for name in &self.names {
+            health.set_service_status(*name, ServingStatus::Serving).await;
+        }
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(relaymesh_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(relaymesh_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+        self.routes
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
+
+        let names = self.names.clone();
+        let drain = async move {
+            shutdown.cancelled().await;
+            for name in &names {
+                health.set_service_status(*name, ServingStatus::NotServing).await;
+            }
+            tracing::info!(services = ?names, "grpc server draining");
+        };
+        Server::builder()
+            .timeout(opts.request_timeout)
+            .concurrency_limit_per_connection(opts.max_concurrent_per_connection)
+            .trace_fn(request_span)
+            .layer(GlobalConcurrencyLimitLayer::new(opts.max_concurrent_requests))
+            .layer(RpcMetricsLayer)
+            .add_routes(self.routes.routes())
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain)
+            .await?;
+        Ok(())
+    }
+}
+
+/// The span of one incoming call: named for its method, child of the
+/// caller's span when the call carries a `traceparent`.
+fn request_span(req: &http::Request<()>) -> tracing::Span {
+    let span = tracing::info_span!("grpc.request", rpc.method = %req.uri().path());
+    relaymesh_telemetry::propagation::set_parent_from(&span, req.headers());
+    span
+}

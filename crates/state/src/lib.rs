@@ -1,0 +1,242 @@
+//! Shared session state: one interface, two backends.
+//!
+//! [`SharedState`] is Redis when `REDIS_URL` is set (several replicas share
+//! it) and in-memory otherwise (one process, `relaymesh up`). Both offer the
+//! same small set of operations: keys with TTL, sets, hashes, windowed
+//! counters, and topic pub/sub. On top of it:
+//!
+//! - [`SessionRegistry`]: which gateway replica holds which connection of
+//!   which user;
+//! - [`Delivery`]: how an event raised anywhere reaches that connection.
+//!
+//! This crate never holds a lock across an `.await`.
+
+mod delivery;
+mod ids;
+mod memory;
+mod redis_store;
+mod registry;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+pub use delivery::{Delivery, GatewayInbox, close_envelope, text_envelope};
+pub use ids::{ConnectionId, GatewayId};
+pub use memory::MemoryStore;
+pub use redis_store::RedisStore;
+pub use registry::SessionRegistry;
+pub use relaymesh_proto::delivery::v1::{Close, Envelope, SessionEntry, envelope::Body};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("stored value is corrupt: {0}")]
+    Corrupt(String),
+    #[error("key {0:?} holds another kind of value")]
+    WrongType(String),
+}
+
+pub type Result<T, E = StateError> = std::result::Result<T, E>;
+
+/// Messages published on a topic, in order, for one subscriber.
+///
+/// Bounded: a subscriber that falls `SUBSCRIPTION_BUFFER` messages behind
+/// loses the newest ones (counted in `state_pubsub_dropped_total`) rather than
+/// stalling the publisher or the shared connection.
+pub struct Subscription {
+    rx: mpsc::Receiver<Bytes>,
+}
+
+pub(crate) const SUBSCRIPTION_BUFFER: usize = 8192;
+
+impl Subscription {
+    pub async fn recv(&mut self) -> Option<Bytes> {
+        self.rx.recv().await
+    }
+}
+
+/// Shared state, cheap to clone.
+#[derive(Clone)]
+pub enum SharedState {
+    Memory(Arc<MemoryStore>),
+    Redis(RedisStore),
+}
+
+impl std::fmt::Debug for SharedState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.backend_name())
+    }
+}
+
+impl SharedState {
+    /// Redis when `redis_url` is given, in-memory otherwise. `prefix` is put
+    /// before every key and topic, so several deployments (or tests) can share
+    /// one Redis without seeing each other.
+    pub async fn connect(redis_url: Option<&str>, prefix: &str) -> Result<Self> {
+        match redis_url {
+            Some(url) => Ok(Self::Redis(RedisStore::connect(url, prefix).await?)),
+            None => Ok(Self::memory()),
+        }
+    }
+
+    pub fn memory() -> Self {
+        Self::Memory(Arc::new(MemoryStore::default()))
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            Self::Memory(_) => "memory",
+            Self::Redis(_) => "redis",
+        }
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        match self {
+            Self::Memory(m) => m.get(key),
+            Self::Redis(r) => r.get(key).await,
+        }
+    }
+
+    /// Sets `key`, replacing any value, expiring after `ttl` when given.
+    pub async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<()> {
+        match self {
+            Self::Memory(m) => m.set(key, value, ttl),
+            Self::Redis(r) => r.set(key, value, ttl).await,
+        }
+    }
+
+    /// Sets `key` only if absent; true when it was set. The primitive behind
+    /// one-time tokens and replay detection.
+    pub async fn set_nx(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool> {
+        match self {
+            Self::Memory(m) => m.set_nx(key, value, ttl),
+            Self::Redis(r) => r.set_nx(key, value, ttl).await,
+        }
+    }
+
+    /// Removes `key`; true when it existed.
+    pub async fn delete(&self, key: &str) -> Result<bool> {
+        match self {
+            Self::Memory(m) => m.delete(key),
+            Self::Redis(r) => r.delete(key).await,
+        }
+    }
+
+    /// Removes `key` and returns its value, atomically: of two racing
+    /// callers exactly one gets the value.
+    pub async fn take(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        match self {
+            Self::Memory(m) => m.take(key),
+            Self::Redis(r) => r.take(key).await,
+        }
+    }
+
+    /// Increments the counter at `key`, starting a window of `window` on the
+    /// first increment; returns the count and the time left in the window.
+    pub async fn incr_window(&self, key: &str, window: Duration) -> Result<(u64, Duration)> {
+        match self {
+            Self::Memory(m) => m.incr_window(key, window),
+            Self::Redis(r) => r.incr_window(key, window).await,
+        }
+    }
+
+    /// Adds `member` to the set at `key`, (re)setting its TTL when given.
+    pub async fn set_add(&self, key: &str, member: &str, ttl: Option<Duration>) -> Result<()> {
+        match self {
+            Self::Memory(m) => m.set_add(key, member, ttl),
+            Self::Redis(r) => r.set_add(key, member, ttl).await,
+        }
+    }
+
+    pub async fn set_remove(&self, key: &str, member: &str) -> Result<()> {
+        match self {
+            Self::Memory(m) => m.set_remove(key, member),
+            Self::Redis(r) => r.set_remove(key, member).await,
+        }
+    }
+
+    pub async fn set_members(&self, key: &str) -> Result<Vec<String>> {
+        match self {
+            Self::Memory(m) => m.set_members(key),
+            Self::Redis(r) => r.set_members(key).await,
+        }
+    }
+
+    pub async fn hash_set(&self, key: &str, field: &str, value: &[u8]) -> Result<()> {
+        match self {
+            Self::Memory(m) => m.hash_set(key, field, value),
+            Self::Redis(r) => r.hash_set(key, field, value).await,
+        }
+    }
+
+    pub async fn hash_get(&self, key: &str, field: &str) -> Result<Option<Vec<u8>>> {
+        match self {
+            Self::Memory(m) => m.hash_get(key, field),
+            Self::Redis(r) => r.hash_get(key, field).await,
+        }
+    }
+
+    pub async fn hash_delete(&self, key: &str, field: &str) -> Result<bool> {
+        match self {
+            Self::Memory(m) => m.hash_delete(key, field),
+            Self::Redis(r) => r.hash_delete(key, field).await,
+        }
+    }
+
+    pub async fn hash_all(&self, key: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        match self {
+            Self::Memory(m) => m.hash_all(key),
+            Self::Redis(r) => r.hash_all(key).await,
+        }
+    }
+
+    /// Publishes `payload` to every current subscriber of `topic`, on any
+    /// replica. At most once: a subscriber that is not connected misses it.
+    pub async fn publish(&self, topic: &str, payload: Bytes) -> Result<()> {
+        match self {
+            Self::Memory(m) => {
+                m.publish(topic, payload);
+                Ok(())
+            }
+            Self::Redis(r) => r.publish(topic, payload).await,
+        }
+    }
+
+    /// Subscribes to `topic`. The subscription is live when this returns.
+    pub async fn subscribe(&self, topic: &str) -> Result<Subscription> {
+        match self {
+            Self::Memory(m) => Ok(m.subscribe(topic)),
+            Self::Redis(r) => r.subscribe(topic).await,
+        }
+    }
+
+    /// Answers when the backend is reachable (always, in memory).
+    pub async fn ping(&self) -> Result<()> {
+        match self {
+            Self::Memory(_) => Ok(()),
+            Self::Redis(r) => r.ping().await,
+        }
+    }
+}
+
+/// Drops `payload` for a full subscriber and counts it; forgets a closed one.
+/// Returns false when the subscriber is gone.
+pub(crate) fn offer(tx: &mpsc::Sender<Bytes>, payload: Bytes) -> bool {
+    match tx.try_send(payload) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            metrics::counter!("state_pubsub_dropped_total").increment(1);
+            true
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests;

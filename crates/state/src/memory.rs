@@ -1,0 +1,262 @@
+//! The in-memory backend: one process, no persistence. Expiry is checked on
+//! access and swept every `SWEEP_EVERY` writes, so dead keys do not pile up.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::{Result, SUBSCRIPTION_BUFFER, StateError, Subscription, offer};
+
+const SWEEP_EVERY: u64 = 4096;
+
+enum Value {
+    Bytes(Vec<u8>),
+    Counter(u64),
+    Set(HashSet<String>),
+    Hash(HashMap<String, Vec<u8>>),
+}
+
+struct Entry {
+    value: Value,
+    expires: Option<Instant>,
+}
+
+impl Entry {
+    fn live(&self, now: Instant) -> bool {
+        self.expires.is_none_or(|at| at > now)
+    }
+}
+
+#[derive(Default)]
+pub struct MemoryStore {
+    data: Mutex<HashMap<String, Entry>>,
+    topics: Mutex<HashMap<String, Vec<mpsc::Sender<Bytes>>>>,
+    writes: AtomicU64,
+}
+
+fn wrong_type(key: &str) -> StateError {
+    StateError::WrongType(key.to_owned())
+}
+
+impl MemoryStore {
+    /// Runs `f` on the live entry at `key` (None when absent or expired).
+    fn with_data<T>(&self, f: impl FnOnce(&mut HashMap<String, Entry>, Instant) -> T) -> T {
+        let now = Instant::now();
+        let mut data = self.data.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut data, now)
+    }
+
+    fn live<'a>(data: &'a mut HashMap<String, Entry>, key: &str, now: Instant) -> Option<&'a mut Entry> {
+        if data.get(key).is_some_and(|e| !e.live(now)) {
+            data.remove(key);
+        }
+        data.get_mut(key)
+    }
+
+    fn wrote(&self) {
+        if self.writes.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
+            self.with_data(|data, now| data.retain(|_, e| e.live(now)));
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.with_data(|data, now| match Self::live(data, key, now) {
+            None => Ok(None),
+            Some(Entry { value: Value::Bytes(v), .. }) => Ok(Some(v.clone())),
+            Some(Entry { value: Value::Counter(n), .. }) => Ok(Some(n.to_string().into_bytes())),
+            Some(_) => Err(wrong_type(key)),
+        })
+    }
+
+    pub fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<()> {
+        self.with_data(|data, now| {
+            data.insert(
+                key.to_owned(),
+                Entry {
+                    value: Value::Bytes(value.to_vec()),
+                    expires: ttl.map(|t| now + t),
+                },
+            );
+        });
+        self.wrote();
+        Ok(())
+    }
+
+    pub fn set_nx(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool> {
+        let set = self.with_data(|data, now| {
+            if Self::live(data, key, now).is_some() {
+                return false;
+            }
+            data.insert(
+                key.to_owned(),
+                Entry {
+                    value: Value::Bytes(value.to_vec()),
+                    expires: Some(now + ttl),
+                },
+            );
+            true
+        });
+        self.wrote();
+        Ok(set)
+    }
+
+    pub fn delete(&self, key: &str) -> Result<bool> {
+        Ok(self.with_data(|data, now| {
+            let existed = Self::live(data, key, now).is_some();
+            data.remove(key);
+            existed
+        }))
+    }
+
+    pub fn take(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.with_data(|data, now| {
+            if Self::live(data, key, now).is_none() {
+                return Ok(None);
+            }
+            match data.remove(key) {
+                Some(Entry { value: Value::Bytes(v), .. }) => Ok(Some(v)),
+                Some(other) => {
+                    data.insert(key.to_owned(), other);
+                    Err(wrong_type(key))
+                }
+                None => Ok(None),
+            }
+        })
+    }
+
+    pub fn incr_window(&self, key: &str, window: Duration) -> Result<(u64, Duration)> {
+        let out = self.with_data(|data, now| match Self::live(data, key, now) {
+            Some(Entry { value: Value::Counter(n), expires }) => {
+                *n += 1;
+                let left = expires.map_or(window, |at| at.saturating_duration_since(now));
+                Ok((*n, left))
+            }
+            Some(_) => Err(wrong_type(key)),
+            None => {
+                data.insert(
+                    key.to_owned(),
+                    Entry {
+                        value: Value::Counter(1),
+                        expires: Some(now + window),
+                    },
+                );
+                Ok((1, window))
+            }
+        });
+        self.wrote();
+        out
+    }
+
+    pub fn set_add(&self, key: &str, member: &str, ttl: Option<Duration>) -> Result<()> {
+        let out = self.with_data(|data, now| {
+            let entry = match Self::live(data, key, now) {
+                Some(e) => e,
+                None => data.entry(key.to_owned()).or_insert(Entry {
+                    value: Value::Set(HashSet::new()),
+                    expires: None,
+                }),
+            };
+            let Value::Set(set) = &mut entry.value else {
+                return Err(wrong_type(key));
+            };
+            set.insert(member.to_owned());
+            if let Some(ttl) = ttl {
+                entry.expires = Some(now + ttl);
+            }
+            Ok(())
+        });
+        self.wrote();
+        out
+    }
+
+    pub fn set_remove(&self, key: &str, member: &str) -> Result<()> {
+        self.with_data(|data, now| {
+            let Some(entry) = Self::live(data, key, now) else {
+                return Ok(());
+            };
+            let Value::Set(set) = &mut entry.value else {
+                return Err(wrong_type(key));
+            };
+            set.remove(member);
+            if set.is_empty() {
+                data.remove(key);
+            }
+            Ok(())
+        })
+    }
+
+    pub fn set_members(&self, key: &str) -> Result<Vec<String>> {
+        self.with_data(|data, now| match Self::live(data, key, now) {
+            None => Ok(Vec::new()),
+            Some(Entry { value: Value::Set(s), .. }) => Ok(s.iter().cloned().collect()),
+            Some(_) => Err(wrong_type(key)),
+        })
+    }
+
+    fn with_hash<T>(
+        &self,
+        key: &str,
+        create: bool,
+        f: impl FnOnce(&mut HashMap<String, Vec<u8>>) -> T,
+    ) -> Result<Option<T>> {
+        self.with_data(|data, now| {
+            let entry = match Self::live(data, key, now) {
+                Some(e) => e,
+                None if create => data.entry(key.to_owned()).or_insert(Entry {
+                    value: Value::Hash(HashMap::new()),
+                    expires: None,
+                }),
+                None => return Ok(None),
+            };
+            match &mut entry.value {
+                Value::Hash(h) => Ok(Some(f(h))),
+                _ => Err(wrong_type(key)),
+            }
+        })
+    }
+
+    pub fn hash_set(&self, key: &str, field: &str, value: &[u8]) -> Result<()> {
+        self.with_hash(key, true, |h| h.insert(field.to_owned(), value.to_vec()))?;
+        self.wrote();
+        Ok(())
+    }
+
+    pub fn hash_get(&self, key: &str, field: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.with_hash(key, false, |h| h.get(field).cloned())?.flatten())
+    }
+
+    pub fn hash_delete(&self, key: &str, field: &str) -> Result<bool> {
+        Ok(self
+            .with_hash(key, false, |h| h.remove(field).is_some())?
+            .unwrap_or(false))
+    }
+
+    pub fn hash_all(&self, key: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        Ok(self
+            .with_hash(key, false, |h| {
+                h.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+            })?
+            .unwrap_or_default())
+    }
+
+    pub fn publish(&self, topic: &str, payload: Bytes) {
+        let mut topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(subs) = topics.get_mut(topic) {
+            subs.retain(|tx| offer(tx, payload.clone()));
+            if subs.is_empty() {
+                topics.remove(topic);
+            }
+        }
+    }
+
+    pub fn subscribe(&self, topic: &str) -> Subscription {
+        let (tx, rx) = mpsc::channel(SUBSCRIPTION_BUFFER);
+        let mut topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
+        topics.entry(topic.to_owned()).or_default().push(tx);
+        Subscription { rx }
+    }
+}

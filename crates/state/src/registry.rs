@@ -1,0 +1,78 @@
+//! The session registry: connection -> (gateway, protocol, user), and
+//! (protocol, user) -> connections. Entries carry a TTL that the holding
+//! gateway refreshes on each heartbeat, so a replica that dies without
+//! cleaning up stops being routed to once its entries expire.
+
+use std::time::Duration;
+
+use prost::Message;
+
+use crate::{ConnectionId, Result, SessionEntry, SharedState, StateError};
+
+#[derive(Clone, Debug)]
+pub struct SessionRegistry {
+    state: SharedState,
+    ttl: Duration,
+}
+
+fn session_key(conn: &str) -> String {
+    format!("sess:{conn}")
+}
+
+fn user_key(protocol: &str, user: &str) -> String {
+    format!("user:{protocol}:{user}")
+}
+
+impl SessionRegistry {
+    /// `ttl` should exceed the refresh period by a few heartbeats.
+    pub fn new(state: SharedState, ttl: Duration) -> Self {
+        Self { state, ttl }
+    }
+
+    /// Records (or refreshes) `entry`.
+    pub async fn register(&self, entry: &SessionEntry) -> Result<()> {
+        self.state
+            .set(&session_key(&entry.connection_id), &entry.encode_to_vec(), Some(self.ttl))
+            .await?;
+        if !entry.user_id.is_empty() {
+            self.state
+                .set_add(&user_key(&entry.protocol, &entry.user_id), &entry.connection_id, Some(self.ttl))
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn unregister(&self, entry: &SessionEntry) -> Result<()> {
+        self.state.delete(&session_key(&entry.connection_id)).await?;
+        if !entry.user_id.is_empty() {
+            self.state
+                .set_remove(&user_key(&entry.protocol, &entry.user_id), &entry.connection_id)
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn lookup(&self, conn: &ConnectionId) -> Result<Option<SessionEntry>> {
+        match self.state.get(&session_key(conn.as_str())).await? {
+            None => Ok(None),
+            Some(bytes) => SessionEntry::decode(bytes.as_slice())
+                .map(Some)
+                .map_err(|e| StateError::Corrupt(e.to_string())),
+        }
+    }
+
+    /// Every live connection of `user` on `protocol`, on any replica.
+    /// Connections whose entry expired are pruned from the user's set.
+    pub async fn sessions_of(&self, protocol: &str, user: &str) -> Result<Vec<SessionEntry>> {
+        let key = user_key(protocol, user);
+        let mut out = Vec::new();
+        for conn in self.state.set_members(&key).await? {
+            match self.lookup(&ConnectionId::new(conn.clone())).await? {
+                Some(entry) => out.push(entry),
+                None => self.state.set_remove(&key, &conn).await?,
+            }
+        }
+        out.sort_by_key(|e| e.connected_at_ms);
+        Ok(out)
+    }
+}

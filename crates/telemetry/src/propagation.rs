@@ -1,0 +1,68 @@
+//! W3C trace context over HTTP headers (gRPC metadata is HTTP/2 headers).
+//!
+//! The client side injects the current span's context into outgoing headers;
+//! the server side makes the extracted context the parent of its request span.
+
+use http::HeaderMap;
+use opentelemetry::propagation::{Extractor, Injector};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// Installs the W3C `traceparent` propagator globally (idempotent).
+pub fn install_propagator() {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+}
+
+struct HeaderInjector<'a>(&'a mut HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (
+            http::header::HeaderName::from_bytes(key.as_bytes()),
+            http::HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// Writes the context of `span` into `headers`.
+pub fn inject(span: &tracing::Span, headers: &mut HeaderMap) {
+    let cx = span.context();
+    opentelemetry::global::get_text_map_propagator(|p| {
+        p.inject_context(&cx, &mut HeaderInjector(headers))
+    });
+}
+
+/// Makes the context carried by `headers`, if any, the parent of `span`.
+pub fn set_parent_from(span: &tracing::Span, headers: &HeaderMap) {
+    if headers.contains_key("traceparent") {
+        let cx = opentelemetry::global::get_text_map_propagator(|p| {
+            p.extract(&HeaderExtractor(headers))
+        });
+        let _ = span.set_parent(cx);
+    }
+}
+
+/// The W3C `traceparent` of `span`, for carrying it through a message
+/// (a delivery envelope) rather than a header. Empty when not traced.
+pub fn traceparent(span: &tracing::Span) -> String {
+    let mut headers = HeaderMap::new();
+    inject(span, &mut headers);
+    headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
