@@ -1,1 +1,154 @@
-fn main() {}
+//! `relaymesh`: every role of the mesh in one binary.
+
+use std::future::Future;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use relaymesh::roles::{
+    AuthRole, ChannelRole, GatewayRole, MatchRole, MediaRelayRole, NodeAgentArgs, SchedulerRole, ServiceRole,
+    SignalingRole, UpArgs,
+};
+use relaymesh::{Mesh, roles};
+use relaymesh_state::SharedState;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(name = "relaymesh", version, about = "Phones, people and players connected through one gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the whole mesh on this machine (in-memory state unless REDIS_URL).
+    Up(Box<UpArgs>),
+    /// The HTTP/WebSocket gateway.
+    Gateway(Box<GatewayRole>),
+    /// JWT and node-credential verification.
+    Auth(Box<AuthRole>),
+    /// Copilot callbacks and WebRTC signal relay.
+    Signaling(Box<SignalingRole>),
+    /// LiveChat channels, chat and floor control.
+    Channel(Box<ChannelRole>),
+    /// The UDP RTP media relay.
+    MediaRelay(Box<MediaRelayRole>),
+    /// Lobby and match state machine.
+    Match(Box<MatchRole>),
+    /// Device scheduling.
+    Scheduler(Box<SchedulerRole>),
+    /// The agent on a device node.
+    NodeAgent(Box<NodeAgentArgs>),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(run(cli.command))
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Up(args) => up(*args).await,
+        Command::Gateway(args) => gateway(*args).await,
+        Command::Auth(args) => {
+            service("auth", *args, |l, c, _state, t| relaymesh_auth::serve(l, c, t)).await
+        }
+        Command::Signaling(args) => service("signaling", *args, relaymesh_signaling::serve).await,
+        Command::Channel(args) => service("channel", *args, relaymesh_channel::serve).await,
+        Command::MediaRelay(args) => service("media-relay", *args, relaymesh_media_relay::serve).await,
+        Command::Match(args) => service("match", *args, relaymesh_match::serve).await,
+        Command::Scheduler(args) => service("scheduler", *args, relaymesh_scheduler::serve).await,
+        Command::NodeAgent(args) => node_agent(*args).await,
+    }
+}
+
+/// Cancels the returned token on SIGINT (Ctrl-C) or SIGTERM.
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => {}
+            () = term => {}
+        }
+        tracing::info!("shutdown signal received; draining");
+        t.cancel();
+    });
+    token
+}
+
+async fn up(args: UpArgs) -> anyhow::Result<()> {
+    let _telemetry = relaymesh_telemetry::init(&args.telemetry, "relaymesh")?;
+    let options = args.into_options();
+    let mut mesh = Mesh::start(options).await?;
+    println!("relaymesh up (state: {})", mesh.state.backend_name());
+    println!("  gateway      http://{}  (ws: /ws/node /ws/copilot /ws/livechat /ws/signal)", mesh.gateway_addr);
+    for (role, addr) in &mesh.services {
+        println!("  {role:<12} grpc://{addr}");
+    }
+    println!("  ready:       curl http://{}/readyz", mesh.gateway_addr);
+    let signal = shutdown_on_signal();
+    let token = mesh.shutdown_token();
+    tokio::spawn(async move {
+        signal.cancelled().await;
+        token.cancel();
+    });
+    let outcome = mesh.run_until_stopped().await;
+    mesh.shutdown().await?;
+    println!("relaymesh stopped");
+    outcome
+}
+
+async fn gateway(args: GatewayRole) -> anyhow::Result<()> {
+    let _telemetry = relaymesh_telemetry::init(&args.telemetry, "relaymesh-gateway")?;
+    let shutdown = shutdown_on_signal();
+    let state = SharedState::connect(args.state.redis_url.as_deref(), &args.state.redis_key_prefix).await?;
+    let addr = relaymesh_config::join_host_port(&args.host, args.port);
+    let listener = TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
+    relaymesh_gateway::serve(listener, args.gateway, state, shutdown).await?;
+    Ok(())
+}
+
+/// Runs one service role: telemetry, metrics endpoint, state, gRPC listener.
+async fn service<C, F, Fut, E>(role: &'static str, args: ServiceRole<C>, serve: F) -> anyhow::Result<()>
+where
+    C: clap::Args,
+    F: FnOnce(TcpListener, C, SharedState, CancellationToken) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: Into<anyhow::Error>,
+{
+    let _telemetry = relaymesh_telemetry::init(&args.telemetry, role)?;
+    let shutdown = shutdown_on_signal();
+    if args.listen.metrics_port != 0 {
+        let addr = relaymesh_config::join_host_port(&args.listen.host, args.listen.metrics_port);
+        let addr = addr.parse().with_context(|| format!("metrics address {addr}"))?;
+        relaymesh_telemetry::metrics::spawn_endpoint(addr, shutdown.clone()).await?;
+    }
+    let state = SharedState::connect(args.state.redis_url.as_deref(), &args.state.redis_key_prefix).await?;
+    let addr = args.listen.grpc_addr();
+    let listener = TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
+    tracing::info!(role, addr = %listener.local_addr()?, "grpc listening");
+    serve(listener, args.config, state, shutdown).await.map_err(Into::into)
+}
+
+async fn node_agent(args: roles::NodeAgentArgs) -> anyhow::Result<()> {
+    let _telemetry = relaymesh_telemetry::init(&args.telemetry, "relaymesh-node-agent")?;
+    anyhow::bail!("the node agent arrives with the device-farm issue")
+}

@@ -1,1 +1,108 @@
+//! The WebSocket gateway: HTTP and WebSocket on one port, turning each
+//! protocol's JSON frames into gRPC calls on the services, and delivering
+//! events from any replica to the sockets this replica holds.
+//!
+//! It keeps no state a restart would lose: sessions live in the shared
+//! registry, everything else in the services.
 
+mod config;
+mod http;
+mod identity;
+mod protocols;
+mod upstream;
+pub mod ws;
+
+use std::sync::Arc;
+
+use relaymesh_state::{Delivery, GatewayId, SessionRegistry, SharedState};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::{GatewayConfig, UpstreamArgs};
+pub use upstream::{UpstreamHealth, Upstreams};
+
+use ws::ConnectionTable;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("upstream: {0}")]
+    Upstream(#[from] relaymesh_rpc::RpcError),
+    #[error("shared state: {0}")]
+    State(#[from] relaymesh_state::StateError),
+}
+
+/// What every request handler and connection task of one replica shares.
+pub struct Shared {
+    pub config: GatewayConfig,
+    pub gateway_id: GatewayId,
+    pub upstreams: Upstreams,
+    pub state: SharedState,
+    pub delivery: Delivery,
+    pub table: ConnectionTable,
+    pub shutdown: CancellationToken,
+    /// Counts live connection tasks, so shutdown can wait for them to close.
+    pub tracker: TaskTracker,
+    pub slots: Arc<Semaphore>,
+}
+
+/// Serves HTTP and WebSocket on `listener` until `shutdown`; then closes
+/// every connection with 1001 and waits for them (up to the drain timeout).
+pub async fn serve(
+    listener: TcpListener,
+    config: GatewayConfig,
+    state: SharedState,
+    shutdown: CancellationToken,
+) -> Result<(), GatewayError> {
+    // Install the recorder before anything records, or early metrics are lost.
+    relaymesh_telemetry::metrics::handle();
+    let upstreams = Upstreams::connect(&config.upstreams)?;
+    let gateway_id = config.gateway_id.clone().map_or_else(GatewayId::random, GatewayId::new);
+    let registry = SessionRegistry::new(state.clone(), config.session_ttl());
+    let delivery = Delivery::new(state.clone(), registry);
+    let inbox = delivery.inbox(&gateway_id).await?;
+    let gw = Arc::new(Shared {
+        slots: Arc::new(Semaphore::new(config.max_connections)),
+        config,
+        gateway_id,
+        upstreams,
+        state,
+        delivery,
+        table: ConnectionTable::default(),
+        shutdown: shutdown.clone(),
+        tracker: TaskTracker::new(),
+    });
+    tracing::info!(
+        gateway_id = %gw.gateway_id,
+        addr = %listener.local_addr()?,
+        backend = gw.state.backend_name(),
+        "gateway listening"
+    );
+    let inbox_task = tokio::spawn(run_inbox(inbox, gw.clone()));
+
+    let app = http::router(gw.clone());
+    axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await?;
+
+    // Upgraded sockets outlive the HTTP server: each sees `shutdown` and
+    // closes with 1001; wait for them, bounded.
+    gw.tracker.close();
+    if tokio::time::timeout(gw.config.drain_timeout(), gw.tracker.wait()).await.is_err() {
+        tracing::warn!(open = gw.table.len(), "drain timeout: connections still open");
+    }
+    inbox_task.abort();
+    tracing::info!(gateway_id = %gw.gateway_id, "gateway stopped");
+    Ok(())
+}
+
+/// Hands envelopes published for this replica to their connections.
+async fn run_inbox(mut inbox: relaymesh_state::GatewayInbox, gw: Arc<Shared>) {
+    while let Some(env) = inbox.recv().await {
+        let outcome = gw.table.deliver(env);
+        metrics::counter!("gateway_deliveries_total", "outcome" => format!("{outcome:?}")).increment(1);
+    }
+}

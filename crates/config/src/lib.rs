@@ -9,6 +9,7 @@ use clap::{Args, ValueEnum};
 /// Environment variable names of the public contract, one place to grep.
 pub mod env {
     pub const REDIS_URL: &str = "REDIS_URL";
+    pub const REDIS_KEY_PREFIX: &str = "REDIS_KEY_PREFIX";
     pub const LOG_FORMAT: &str = "LOG_FORMAT";
     pub const OTEL_EXPORTER_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
     pub const HOST: &str = "HOST";
@@ -22,12 +23,16 @@ pub mod env {
 pub const DEFAULT_GRPC_PORT: u16 = 50051;
 
 /// Where shared session state lives.
-#[derive(Debug, Clone, Default, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct StateArgs {
     /// Redis URL (`redis://…` or `rediss://…`) for shared session state;
     /// in-memory state when unset (one process only).
     #[arg(long, env = env::REDIS_URL)]
     pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key and channel, so deployments can share a Redis.
+    #[arg(long, env = env::REDIS_KEY_PREFIX, default_value = "relaymesh:")]
+    pub redis_key_prefix: String,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]

@@ -72,6 +72,7 @@ impl GrpcServer {
         opts: ServeOptions,
         shutdown: CancellationToken,
     ) -> Result<(), RpcError> {
+        relaymesh_telemetry::metrics::handle();
         let (health, health_service) = tonic_health::server::health_reporter();
         for name in &self.names {
             health.set_service_status(*name, ServingStatus::Serving).await;

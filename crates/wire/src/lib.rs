@@ -1,1 +1,107 @@
+//! Wire types of the four protocols behind the gateway, one module each.
+//!
+//! Frames are parsed once, at the edge, in two steps: the envelope (which
+//! tells malformed JSON, a non-object and an unknown type apart), then the
+//! typed payload of that type. Business code sees only the typed enums. Each
+//! module also renders its protocol's own error frame.
 
+pub mod copilot;
+pub mod livechat;
+pub mod node;
+pub mod signal;
+
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
+
+/// Why an inbound frame was refused, before any business logic ran.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame is not valid JSON: {0}")]
+    NotJson(String),
+    #[error("frame is not a JSON object")]
+    NotObject,
+    #[error("frame of {size} bytes exceeds the {max}-byte limit")]
+    TooLarge { size: usize, max: usize },
+    #[error("binary frames are not accepted")]
+    Binary,
+    #[error("unknown frame type {0}")]
+    UnknownType(String),
+    #[error("invalid {kind} frame: {why}")]
+    InvalidPayload { kind: String, why: String },
+}
+
+/// Checks that `text` is one JSON object and returns it unparsed.
+pub fn raw_object(text: &str) -> Result<&RawValue, FrameError> {
+    let raw: &RawValue = serde_json::from_str(text).map_err(|e| FrameError::NotJson(e.to_string()))?;
+    if raw.get().starts_with('{') {
+        Ok(raw)
+    } else {
+        Err(FrameError::NotObject)
+    }
+}
+
+/// Parses the payload of a frame of type `kind` into `T`; a missing payload
+/// is read as `{}` so payload-less frames need no special case.
+pub fn payload<T: DeserializeOwned>(kind: &str, raw: Option<&RawValue>) -> Result<T, FrameError> {
+    let text = raw.map_or("{}", RawValue::get);
+    serde_json::from_str(text).map_err(|e| FrameError::InvalidPayload {
+        kind: kind.to_owned(),
+        why: e.to_string(),
+    })
+}
+
+/// A JSON value the server relays without reading, kept as its text.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(transparent)]
+pub struct JsonText(pub Box<RawValue>);
+
+impl JsonText {
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl PartialEq for JsonText {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_object_tells_bad_json_from_non_objects() {
+        assert!(matches!(raw_object("{nope"), Err(FrameError::NotJson(_))));
+        assert_eq!(raw_object("[1,2]").unwrap_err(), FrameError::NotObject);
+        assert_eq!(raw_object("42").unwrap_err(), FrameError::NotObject);
+        assert!(raw_object(" {\"a\":1} ").is_ok());
+    }
+
+    #[test]
+    fn missing_payload_reads_as_empty_object() {
+        #[derive(serde::Deserialize)]
+        struct Empty {}
+        assert!(payload::<Empty>("x", None).is_ok());
+    }
+
+    #[test]
+    fn wrong_payload_types_name_the_frame() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct P {
+            n: u32,
+        }
+        let raw: &RawValue = serde_json::from_str(r#"{"n":"seven"}"#).unwrap();
+        let err = payload::<P>("thing", Some(raw)).unwrap_err();
+        assert!(matches!(err, FrameError::InvalidPayload { ref kind, .. } if kind == "thing"), "{err}");
+    }
+}

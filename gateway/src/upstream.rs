@@ -1,0 +1,98 @@
+//! Clients of every service the gateway turns frames into calls on.
+
+use std::time::Duration;
+
+use relaymesh_proto::auth::v1::auth_client::AuthClient;
+use relaymesh_proto::channel::v1::channel_client::ChannelClient;
+use relaymesh_proto::r#match::v1::match_client::MatchClient;
+use relaymesh_proto::scheduler::v1::scheduler_client::SchedulerClient;
+use relaymesh_proto::signaling::v1::signaling_client::SignalingClient;
+use relaymesh_rpc::{RpcChannel, RpcError, connect_lazy};
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+
+use crate::config::UpstreamArgs;
+
+#[derive(Clone)]
+pub struct Upstreams {
+    pub auth: AuthClient<RpcChannel>,
+    pub signaling: SignalingClient<RpcChannel>,
+    pub channel: ChannelClient<RpcChannel>,
+    pub r#match: MatchClient<RpcChannel>,
+    pub scheduler: SchedulerClient<RpcChannel>,
+    health: Vec<Upstream>,
+}
+
+#[derive(Clone)]
+struct Upstream {
+    role: &'static str,
+    service: &'static str,
+    client: HealthClient<RpcChannel>,
+}
+
+/// One upstream's answer to the health check.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UpstreamHealth {
+    pub role: &'static str,
+    pub serving: bool,
+}
+
+impl Upstreams {
+    pub fn connect(args: &UpstreamArgs) -> Result<Self, RpcError> {
+        let timeout = Duration::from_millis(args.rpc_timeout_ms);
+        let ch = |url: &str| connect_lazy(url, timeout);
+        let (auth, signaling, channel, media, matcher, scheduler) = (
+            ch(&args.auth_url)?,
+            ch(&args.signaling_url)?,
+            ch(&args.channel_url)?,
+            ch(&args.media_relay_url)?,
+            ch(&args.match_url)?,
+            ch(&args.scheduler_url)?,
+        );
+        let health = vec![
+            Upstream { role: "auth", service: "relaymesh.auth.v1.Auth", client: HealthClient::new(auth.clone()) },
+            Upstream {
+                role: "signaling",
+                service: "relaymesh.signaling.v1.Signaling",
+                client: HealthClient::new(signaling.clone()),
+            },
+            Upstream {
+                role: "channel",
+                service: "relaymesh.channel.v1.Channel",
+                client: HealthClient::new(channel.clone()),
+            },
+            Upstream {
+                role: "media-relay",
+                service: "relaymesh.media_relay.v1.MediaRelay",
+                client: HealthClient::new(media),
+            },
+            Upstream { role: "match", service: "relaymesh.match.v1.Match", client: HealthClient::new(matcher.clone()) },
+            Upstream {
+                role: "scheduler",
+                service: "relaymesh.scheduler.v1.Scheduler",
+                client: HealthClient::new(scheduler.clone()),
+            },
+        ];
+        Ok(Self {
+            auth: AuthClient::new(auth),
+            signaling: SignalingClient::new(signaling),
+            channel: ChannelClient::new(channel),
+            r#match: MatchClient::new(matcher),
+            scheduler: SchedulerClient::new(scheduler),
+            health,
+        })
+    }
+
+    /// Asks every upstream's gRPC health service, concurrently.
+    pub async fn health(&self) -> Vec<UpstreamHealth> {
+        let checks = self.health.iter().map(|u| {
+            let mut client = u.client.clone();
+            async move {
+                let req = HealthCheckRequest { service: u.service.to_owned() };
+                let answer = tokio::time::timeout(Duration::from_secs(2), client.check(req)).await;
+                let serving = matches!(answer, Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32);
+                UpstreamHealth { role: u.role, serving }
+            }
+        });
+        futures_util::future::join_all(checks).await
+    }
+}

@@ -1,0 +1,197 @@
+//! The whole mesh in one process: six services on loopback gRPC, one or
+//! more gateway replicas, shared state in memory or Redis.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use relaymesh_auth::AuthConfig;
+use relaymesh_channel::ChannelConfig;
+use relaymesh_gateway::{GatewayConfig, UpstreamArgs};
+use relaymesh_match::MatchConfig;
+use relaymesh_media_relay::MediaRelayConfig;
+use relaymesh_scheduler::SchedulerConfig;
+use relaymesh_signaling::SignalingConfig;
+use relaymesh_state::SharedState;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Everything `relaymesh up` can be told.
+#[derive(Debug, Clone)]
+pub struct MeshOptions {
+    /// Address every listener binds.
+    pub host: String,
+    /// Gateway port; 0 picks a free one.
+    pub gateway_port: u16,
+    /// First of six consecutive gRPC ports; None picks free ones.
+    pub grpc_base_port: Option<u16>,
+    pub redis_url: Option<String>,
+    pub redis_key_prefix: String,
+    pub gateway: GatewayConfig,
+    pub auth: AuthConfig,
+    pub signaling: SignalingConfig,
+    pub channel: ChannelConfig,
+    pub media_relay: MediaRelayConfig,
+    pub r#match: MatchConfig,
+    pub scheduler: SchedulerConfig,
+}
+
+/// A running mesh. Dropping it does not stop it: call [`Mesh::shutdown`].
+pub struct Mesh {
+    pub gateway_addr: SocketAddr,
+    /// (role, gRPC address) of every service.
+    pub services: Vec<(&'static str, SocketAddr)>,
+    pub state: SharedState,
+    options: MeshOptions,
+    upstreams: UpstreamArgs,
+    shutdown: CancellationToken,
+    tasks: RoleTasks,
+}
+
+type RoleTasks = JoinSet<(String, anyhow::Result<()>)>;
+
+/// Runs one role's `serve` future as a task named for the role.
+fn spawn_role<E>(
+    tasks: &mut RoleTasks,
+    role: impl Into<String>,
+    serve: impl std::future::Future<Output = Result<(), E>> + Send + 'static,
+) where
+    E: Into<anyhow::Error>,
+{
+    let role = role.into();
+    tasks.spawn(async move { (role, serve.await.map_err(Into::into)) });
+}
+
+async fn bind(host: &str, port: u16) -> anyhow::Result<TcpListener> {
+    let addr = relaymesh_config::join_host_port(host, port);
+    TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))
+}
+
+impl Mesh {
+    /// Binds every listener first (so ports are known), then starts the
+    /// services, then the gateway.
+    pub async fn start(options: MeshOptions) -> anyhow::Result<Self> {
+        let state = SharedState::connect(options.redis_url.as_deref(), &options.redis_key_prefix)
+            .await
+            .context("connecting shared state")?;
+        let shutdown = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let port = |i: u16| options.grpc_base_port.map_or(0, |b| b + i);
+        let host = options.host.as_str();
+        let (auth, signaling, channel, media, matcher, scheduler) = (
+            bind(host, port(0)).await?,
+            bind(host, port(1)).await?,
+            bind(host, port(2)).await?,
+            bind(host, port(3)).await?,
+            bind(host, port(4)).await?,
+            bind(host, port(5)).await?,
+        );
+        let services = vec![
+            ("auth", auth.local_addr()?),
+            ("signaling", signaling.local_addr()?),
+            ("channel", channel.local_addr()?),
+            ("media-relay", media.local_addr()?),
+            ("match", matcher.local_addr()?),
+            ("scheduler", scheduler.local_addr()?),
+        ];
+        let url = |i: usize| format!("http://{}", services[i].1);
+        let upstreams = UpstreamArgs {
+            auth_url: url(0),
+            signaling_url: url(1),
+            channel_url: url(2),
+            media_relay_url: url(3),
+            match_url: url(4),
+            scheduler_url: url(5),
+            rpc_timeout_ms: options.gateway.upstreams.rpc_timeout_ms,
+        };
+
+        let (o, st, sd) = (&options, &state, &shutdown);
+        spawn_role(&mut tasks, "auth", relaymesh_auth::serve(auth, o.auth.clone(), sd.clone()));
+        spawn_role(
+            &mut tasks,
+            "signaling",
+            relaymesh_signaling::serve(signaling, o.signaling.clone(), st.clone(), sd.clone()),
+        );
+        spawn_role(&mut tasks, "channel", relaymesh_channel::serve(channel, o.channel.clone(), st.clone(), sd.clone()));
+        spawn_role(
+            &mut tasks,
+            "media-relay",
+            relaymesh_media_relay::serve(media, o.media_relay.clone(), st.clone(), sd.clone()),
+        );
+        spawn_role(&mut tasks, "match", relaymesh_match::serve(matcher, o.r#match.clone(), st.clone(), sd.clone()));
+        spawn_role(
+            &mut tasks,
+            "scheduler",
+            relaymesh_scheduler::serve(scheduler, o.scheduler.clone(), st.clone(), sd.clone()),
+        );
+
+        let mut mesh = Self {
+            gateway_addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            services,
+            state,
+            options,
+            upstreams,
+            shutdown,
+            tasks,
+        };
+        mesh.gateway_addr = mesh.add_gateway(mesh.options.gateway_port, None).await?;
+        Ok(mesh)
+    }
+
+    /// Starts one more gateway replica on the same services and shared
+    /// state (with its own state connection), on `port` (0: any free one).
+    pub async fn add_gateway(&mut self, port: u16, gateway_id: Option<String>) -> anyhow::Result<SocketAddr> {
+        let listener = bind(&self.options.host, port).await?;
+        let addr = listener.local_addr()?;
+        let mut config = self.options.gateway.clone();
+        config.upstreams = self.upstreams.clone();
+        if gateway_id.is_some() {
+            config.gateway_id = gateway_id;
+        }
+        // Each replica gets its own Redis connections, as separate processes
+        // would; in memory, replicas share the one store.
+        let state = match &self.options.redis_url {
+            Some(url) => SharedState::connect(Some(url), &self.options.redis_key_prefix).await?,
+            None => self.state.clone(),
+        };
+        let role = format!("gateway {addr}");
+        spawn_role(&mut self.tasks, role, relaymesh_gateway::serve(listener, config, state, self.shutdown.clone()));
+        Ok(addr)
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits until a role stops by itself (an error) or `shutdown` fires.
+    pub async fn run_until_stopped(&mut self) -> anyhow::Result<()> {
+        tokio::select! {
+            () = self.shutdown.cancelled() => Ok(()),
+            joined = self.tasks.join_next() => match joined {
+                Some(Ok((role, Err(err)))) => Err(err.context(format!("{role} failed"))),
+                Some(Ok((role, Ok(())))) => anyhow::bail!("{role} stopped unexpectedly"),
+                Some(Err(join)) => Err(anyhow::Error::new(join).context("role task panicked")),
+                None => Ok(()),
+            },
+        }
+    }
+
+    /// Stops every role and waits for them to drain.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        let mut first_err = None;
+        while let Some(joined) = self.tasks.join_next().await {
+            match joined {
+                Ok((_, Ok(()))) => {}
+                Ok((role, Err(err))) => {
+                    tracing::error!(role = %role, error = %err, "role failed during shutdown");
+                    first_err.get_or_insert(err);
+                }
+                Err(join) => {
+                    first_err.get_or_insert(anyhow::Error::new(join));
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
