@@ -14,7 +14,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
-#[command(name = "relaymesh", version, about = "Phones, people and players connected through one gateway")]
+#[command(
+    name = "relaymesh",
+    version,
+    about = "Phones, people and players connected through one gateway"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -55,9 +59,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Up(args) => up(*args).await,
         Command::Gateway(args) => gateway(*args).await,
-        Command::Auth(args) => {
-            service("auth", *args, |l, c, _state, t| relaymesh_auth::serve(l, c, t)).await
-        }
+        Command::Auth(args) => service("auth", *args, |l, c, _state, t| relaymesh_auth::serve(l, c, t)).await,
         Command::Signaling(args) => service("signaling", *args, relaymesh_signaling::serve).await,
         Command::Channel(args) => service("channel", *args, relaymesh_channel::serve).await,
         Command::MediaRelay(args) => service("media-relay", *args, relaymesh_media_relay::serve).await,
@@ -99,7 +101,10 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let options = args.into_options();
     let mut mesh = Mesh::start(options).await?;
     println!("relaymesh up (state: {})", mesh.state.backend_name());
-    println!("  gateway      http://{}  (ws: /ws/node /ws/copilot /ws/livechat /ws/signal)", mesh.gateway_addr);
+    println!(
+        "  gateway      http://{}  (ws: /ws/node /ws/copilot /ws/livechat /ws/signal)",
+        mesh.gateway_addr
+    );
     for (role, addr) in &mesh.services {
         println!("  {role:<12} grpc://{addr}");
     }
@@ -121,7 +126,9 @@ async fn gateway(args: GatewayRole) -> anyhow::Result<()> {
     let shutdown = shutdown_on_signal();
     let state = SharedState::connect(args.state.redis_url.as_deref(), &args.state.redis_key_prefix).await?;
     let addr = relaymesh_config::join_host_port(&args.host, args.port);
-    let listener = TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
+    let listener = TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
     relaymesh_gateway::serve(listener, args.gateway, state, shutdown).await?;
     Ok(())
 }
@@ -143,7 +150,9 @@ where
     }
     let state = SharedState::connect(args.state.redis_url.as_deref(), &args.state.redis_key_prefix).await?;
     let addr = args.listen.grpc_addr();
-    let listener = TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
+    let listener = TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
     tracing::info!(role, addr = %listener.local_addr()?, "grpc listening");
     serve(listener, args.config, state, shutdown).await.map_err(Into::into)
 }

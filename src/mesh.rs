@@ -64,7 +64,9 @@ fn spawn_role<E>(
 
 async fn bind(host: &str, port: u16) -> anyhow::Result<TcpListener> {
     let addr = relaymesh_config::join_host_port(host, port);
-    TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))
+    TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("binding {addr}"))
 }
 
 impl Mesh {
@@ -106,19 +108,31 @@ impl Mesh {
         };
 
         let (o, st, sd) = (&options, &state, &shutdown);
-        spawn_role(&mut tasks, "auth", relaymesh_auth::serve(auth, o.auth.clone(), sd.clone()));
+        spawn_role(
+            &mut tasks,
+            "auth",
+            relaymesh_auth::serve(auth, o.auth.clone(), sd.clone()),
+        );
         spawn_role(
             &mut tasks,
             "signaling",
             relaymesh_signaling::serve(signaling, o.signaling.clone(), st.clone(), sd.clone()),
         );
-        spawn_role(&mut tasks, "channel", relaymesh_channel::serve(channel, o.channel.clone(), st.clone(), sd.clone()));
+        spawn_role(
+            &mut tasks,
+            "channel",
+            relaymesh_channel::serve(channel, o.channel.clone(), st.clone(), sd.clone()),
+        );
         spawn_role(
             &mut tasks,
             "media-relay",
             relaymesh_media_relay::serve(media, o.media_relay.clone(), st.clone(), sd.clone()),
         );
-        spawn_role(&mut tasks, "match", relaymesh_match::serve(matcher, o.r#match.clone(), st.clone(), sd.clone()));
+        spawn_role(
+            &mut tasks,
+            "match",
+            relaymesh_match::serve(matcher, o.r#match.clone(), st.clone(), sd.clone()),
+        );
         spawn_role(
             &mut tasks,
             "scheduler",
@@ -155,8 +169,16 @@ impl Mesh {
             None => self.state.clone(),
         };
         let role = format!("gateway {addr}");
-        spawn_role(&mut self.tasks, role, relaymesh_gateway::serve(listener, config, state, self.shutdown.clone()));
+        spawn_role(
+            &mut self.tasks,
+            role,
+            relaymesh_gateway::serve(listener, config, state, self.shutdown.clone()),
+        );
         Ok(addr)
+    }
+
+    pub fn options(&self) -> &MeshOptions {
+        &self.options
     }
 
     pub fn shutdown_token(&self) -> CancellationToken {

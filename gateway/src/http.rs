@@ -55,8 +55,17 @@ async fn readyz(State(gw): State<Arc<Shared>>) -> Response {
     let (upstreams, state) = tokio::join!(gw.upstreams.health(), gw.state.ping());
     let state_ok = state.is_ok();
     let ready = state_ok && !gw.shutdown.is_cancelled() && upstreams.iter().all(|u| u.serving);
-    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    let body = Readiness { ready, state_backend: gw.state.backend_name(), state_ok, upstreams };
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = Readiness {
+        ready,
+        state_backend: gw.state.backend_name(),
+        state_ok,
+        upstreams,
+    };
     (code, Json(body)).into_response()
 }
 
@@ -76,7 +85,7 @@ fn bearer<'a>(q: &'a TokenQuery, headers: &'a HeaderMap) -> Option<&'a str> {
 }
 
 async fn ws_node(ws: WebSocketUpgrade, State(gw): State<Arc<Shared>>) -> Response {
-    upgrade(ws, gw, Ok(()), |_, _| NodeProtocol::default())
+    upgrade(ws, gw, Ok(()), |_, _| NodeProtocol)
 }
 
 async fn ws_livechat(ws: WebSocketUpgrade, State(gw): State<Arc<Shared>>) -> Response {
@@ -143,8 +152,13 @@ where
                 Ok(who) => who,
                 Err(fail) => {
                     metrics::counter!("gateway_connections_refused_total", "reason" => "auth").increment(1);
-                    let frame = CloseFrame { code: fail.close_code(), reason: fail.to_string().into() };
-                    let _ = socket.send(Message::Close(Some(frame))).await;
+                    let frame = CloseFrame {
+                        code: fail.close_code(),
+                        reason: fail.to_string().into(),
+                    };
+                    if socket.send(Message::Close(Some(frame))).await.is_ok() {
+                        ws::finish_close_handshake(&mut socket).await;
+                    }
                     return;
                 }
             };

@@ -38,7 +38,12 @@ impl AuthFailure {
 pub async fn verify(gw: &Shared, token: Option<&str>) -> Result<Identity, AuthFailure> {
     let token = token.filter(|t| !t.is_empty()).ok_or(AuthFailure::Missing)?;
     let mut auth = gw.upstreams.auth.clone();
-    match auth.verify_token(VerifyTokenRequest { token: token.to_owned() }).await {
+    match auth
+        .verify_token(VerifyTokenRequest {
+            token: token.to_owned(),
+        })
+        .await
+    {
         Ok(resp) => {
             let r = resp.into_inner();
             Ok(Identity { user_id: r.user_id })

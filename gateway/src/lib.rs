@@ -84,14 +84,20 @@ pub async fn serve(
     let inbox_task = tokio::spawn(run_inbox(inbox, gw.clone()));
 
     let app = http::router(gw.clone());
-    axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+    .await?;
 
     // Upgraded sockets outlive the HTTP server: each sees `shutdown` and
     // closes with 1001; wait for them, bounded.
     gw.tracker.close();
-    if tokio::time::timeout(gw.config.drain_timeout(), gw.tracker.wait()).await.is_err() {
+    if tokio::time::timeout(gw.config.drain_timeout(), gw.tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(open = gw.table.len(), "drain timeout: connections still open");
     }
     inbox_task.abort();

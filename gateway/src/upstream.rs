@@ -49,7 +49,11 @@ impl Upstreams {
             ch(&args.scheduler_url)?,
         );
         let health = vec![
-            Upstream { role: "auth", service: "relaymesh.auth.v1.Auth", client: HealthClient::new(auth.clone()) },
+            Upstream {
+                role: "auth",
+                service: "relaymesh.auth.v1.Auth",
+                client: HealthClient::new(auth.clone()),
+            },
             Upstream {
                 role: "signaling",
                 service: "relaymesh.signaling.v1.Signaling",
@@ -65,7 +69,11 @@ impl Upstreams {
                 service: "relaymesh.media_relay.v1.MediaRelay",
                 client: HealthClient::new(media),
             },
-            Upstream { role: "match", service: "relaymesh.match.v1.Match", client: HealthClient::new(matcher.clone()) },
+            Upstream {
+                role: "match",
+                service: "relaymesh.match.v1.Match",
+                client: HealthClient::new(matcher.clone()),
+            },
             Upstream {
                 role: "scheduler",
                 service: "relaymesh.scheduler.v1.Scheduler",
@@ -87,7 +95,9 @@ impl Upstreams {
         let checks = self.health.iter().map(|u| {
             let mut client = u.client.clone();
             async move {
-                let req = HealthCheckRequest { service: u.service.to_owned() };
+                let req = HealthCheckRequest {
+                    service: u.service.to_owned(),
+                };
                 let answer = tokio::time::timeout(Duration::from_secs(2), client.check(req)).await;
                 let serving = matches!(answer, Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32);
                 UpstreamHealth { role: u.role, serving }

@@ -43,5 +43,4 @@ pub mod delivery {
 }
 
 /// Encoded `FileDescriptorSet` of every package, for gRPC reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/relaymesh_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/relaymesh_descriptor.bin"));

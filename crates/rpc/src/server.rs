@@ -35,7 +35,7 @@ impl Default for ServeOptions {
 }
 
 /// A gRPC server for one or more services, with the stack every relaymesh
-/// server shares. Build with [`GrpcServer::add`], then [`GrpcServer::serve`].
+/// server shares. Build with [`GrpcServer::add_service`], then [`GrpcServer::serve`].
 #[derive(Default)]
 pub struct GrpcServer {
     routes: RoutesBuilder,
@@ -48,14 +48,9 @@ impl GrpcServer {
     }
 
     /// Adds a generated tonic service; health checking reports it by name.
-    pub fn add<S>(mut self, svc: S) -> Self
+    pub fn add_service<S>(mut self, svc: S) -> Self
     where
-        S: tower::Service<http::Request<Body>, Error = Infallible>
-            + NamedService
-            + Clone
-            + Send
-            + Sync
-            + 'static,
+        S: tower::Service<http::Request<Body>, Error = Infallible> + NamedService + Clone + Send + Sync + 'static,
         S::Response: axum::response::IntoResponse,
         S::Future: Send + 'static,
     {

@@ -10,8 +10,7 @@ use bytes::Bytes;
 use prost::Message;
 
 use crate::{
-    Body, ConnectionId, Envelope, GatewayId, Result, SessionEntry, SessionRegistry, SharedState,
-    Subscription,
+    Body, ConnectionId, Envelope, GatewayId, Result, SessionEntry, SessionRegistry, SharedState, Subscription,
 };
 
 #[derive(Clone, Debug)]

@@ -66,8 +66,13 @@ impl MemoryStore {
     pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         self.with_data(|data, now| match Self::live(data, key, now) {
             None => Ok(None),
-            Some(Entry { value: Value::Bytes(v), .. }) => Ok(Some(v.clone())),
-            Some(Entry { value: Value::Counter(n), .. }) => Ok(Some(n.to_string().into_bytes())),
+            Some(Entry {
+                value: Value::Bytes(v), ..
+            }) => Ok(Some(v.clone())),
+            Some(Entry {
+                value: Value::Counter(n),
+                ..
+            }) => Ok(Some(n.to_string().into_bytes())),
             Some(_) => Err(wrong_type(key)),
         })
     }
@@ -118,7 +123,9 @@ impl MemoryStore {
                 return Ok(None);
             }
             match data.remove(key) {
-                Some(Entry { value: Value::Bytes(v), .. }) => Ok(Some(v)),
+                Some(Entry {
+                    value: Value::Bytes(v), ..
+                }) => Ok(Some(v)),
                 Some(other) => {
                     data.insert(key.to_owned(), other);
                     Err(wrong_type(key))
@@ -130,7 +137,10 @@ impl MemoryStore {
 
     pub fn incr_window(&self, key: &str, window: Duration) -> Result<(u64, Duration)> {
         let out = self.with_data(|data, now| match Self::live(data, key, now) {
-            Some(Entry { value: Value::Counter(n), expires }) => {
+            Some(Entry {
+                value: Value::Counter(n),
+                expires,
+            }) => {
                 *n += 1;
                 let left = expires.map_or(window, |at| at.saturating_duration_since(now));
                 Ok((*n, left))
@@ -192,7 +202,9 @@ impl MemoryStore {
     pub fn set_members(&self, key: &str) -> Result<Vec<String>> {
         self.with_data(|data, now| match Self::live(data, key, now) {
             None => Ok(Vec::new()),
-            Some(Entry { value: Value::Set(s), .. }) => Ok(s.iter().cloned().collect()),
+            Some(Entry {
+                value: Value::Set(s), ..
+            }) => Ok(s.iter().cloned().collect()),
             Some(_) => Err(wrong_type(key)),
         })
     }
@@ -237,9 +249,7 @@ impl MemoryStore {
 
     pub fn hash_all(&self, key: &str) -> Result<Vec<(String, Vec<u8>)>> {
         Ok(self
-            .with_hash(key, false, |h| {
-                h.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
-            })?
+            .with_hash(key, false, |h| h.iter().map(|(k, v)| (k.clone(), v.clone())).collect())?
             .unwrap_or_default())
     }
 

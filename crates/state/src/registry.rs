@@ -32,11 +32,19 @@ impl SessionRegistry {
     /// Records (or refreshes) `entry`.
     pub async fn register(&self, entry: &SessionEntry) -> Result<()> {
         self.state
-            .set(&session_key(&entry.connection_id), &entry.encode_to_vec(), Some(self.ttl))
+            .set(
+                &session_key(&entry.connection_id),
+                &entry.encode_to_vec(),
+                Some(self.ttl),
+            )
             .await?;
         if !entry.user_id.is_empty() {
             self.state
-                .set_add(&user_key(&entry.protocol, &entry.user_id), &entry.connection_id, Some(self.ttl))
+                .set_add(
+                    &user_key(&entry.protocol, &entry.user_id),
+                    &entry.connection_id,
+                    Some(self.ttl),
+                )
                 .await?;
         }
         Ok(())

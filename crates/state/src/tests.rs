@@ -138,7 +138,9 @@ async fn delivery_routes_to_the_gateway_holding_the_connection() {
         assert_eq!(env.connection_id, "c1");
         assert_eq!(env.body, Some(Body::Text("{\"hi\":1}".into())));
         assert!(
-            tokio::time::timeout(Duration::from_millis(100), inbox_a.recv()).await.is_err(),
+            tokio::time::timeout(Duration::from_millis(100), inbox_a.recv())
+                .await
+                .is_err(),
             "{s:?}: the other replica gets nothing"
         );
 

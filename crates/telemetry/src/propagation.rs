@@ -40,17 +40,13 @@ impl Extractor for HeaderExtractor<'_> {
 /// Writes the context of `span` into `headers`.
 pub fn inject(span: &tracing::Span, headers: &mut HeaderMap) {
     let cx = span.context();
-    opentelemetry::global::get_text_map_propagator(|p| {
-        p.inject_context(&cx, &mut HeaderInjector(headers))
-    });
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut HeaderInjector(headers)));
 }
 
 /// Makes the context carried by `headers`, if any, the parent of `span`.
 pub fn set_parent_from(span: &tracing::Span, headers: &HeaderMap) {
     if headers.contains_key("traceparent") {
-        let cx = opentelemetry::global::get_text_map_propagator(|p| {
-            p.extract(&HeaderExtractor(headers))
-        });
+        let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
         let _ = span.set_parent(cx);
     }
 }

@@ -34,11 +34,17 @@ struct RawFrame<'a> {
 /// them, it does not interpret them.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientFrame {
-    Query { data: String },
+    Query {
+        data: String,
+    },
     Ping,
     Pong,
     /// `available_data`, `api_result` or `human_response`.
-    CallbackAnswer { kind: CallbackAnswer, request_id: String, data: String },
+    CallbackAnswer {
+        kind: CallbackAnswer,
+        request_id: String,
+        data: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,8 +63,15 @@ impl ClientFrame {
         })?;
         let data = || f.data.map_or_else(|| "null".to_owned(), |d| d.get().to_owned());
         let answer = |kind| match &f.request_id {
-            Some(id) if !id.is_empty() => Ok(Self::CallbackAnswer { kind, request_id: id.clone(), data: data() }),
-            _ => Err(FrameError::InvalidPayload { kind: f.kind.clone(), why: "missing requestId".into() }),
+            Some(id) if !id.is_empty() => Ok(Self::CallbackAnswer {
+                kind,
+                request_id: id.clone(),
+                data: data(),
+            }),
+            _ => Err(FrameError::InvalidPayload {
+                kind: f.kind.clone(),
+                why: "missing requestId".into(),
+            }),
         };
         match f.kind.as_str() {
             "query" => Ok(Self::Query { data: data() }),
@@ -83,7 +96,12 @@ pub struct Connected<'a> {
 }
 
 pub fn connected(user_id: &str, connection_id: &str, heartbeat_interval_ms: u64) -> String {
-    to_text(&Connected { kind: "connected", user_id, connection_id, heartbeat_interval: heartbeat_interval_ms })
+    to_text(&Connected {
+        kind: "connected",
+        user_id,
+        connection_id,
+        heartbeat_interval: heartbeat_interval_ms,
+    })
 }
 
 #[derive(Debug, Serialize)]
@@ -94,11 +112,17 @@ struct Simple {
 }
 
 pub fn ping() -> String {
-    to_text(&Simple { kind: "ping", timestamp: crate::now_ms() })
+    to_text(&Simple {
+        kind: "ping",
+        timestamp: crate::now_ms(),
+    })
 }
 
 pub fn pong() -> String {
-    to_text(&Simple { kind: "pong", timestamp: crate::now_ms() })
+    to_text(&Simple {
+        kind: "pong",
+        timestamp: crate::now_ms(),
+    })
 }
 
 #[derive(Debug, Serialize)]
@@ -113,7 +137,12 @@ struct ErrorFrame<'a> {
 }
 
 pub fn error(code: &str, message: &str, request_id: Option<&str>) -> String {
-    to_text(&ErrorFrame { kind: "error", code, message, request_id })
+    to_text(&ErrorFrame {
+        kind: "error",
+        code,
+        message,
+        request_id,
+    })
 }
 
 pub fn frame_error(err: &FrameError) -> String {

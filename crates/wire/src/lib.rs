@@ -102,6 +102,9 @@ mod tests {
         }
         let raw: &RawValue = serde_json::from_str(r#"{"n":"seven"}"#).unwrap();
         let err = payload::<P>("thing", Some(raw)).unwrap_err();
-        assert!(matches!(err, FrameError::InvalidPayload { ref kind, .. } if kind == "thing"), "{err}");
+        assert!(
+            matches!(err, FrameError::InvalidPayload { ref kind, .. } if kind == "thing"),
+            "{err}"
+        );
     }
 }

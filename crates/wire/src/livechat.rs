@@ -223,15 +223,33 @@ pub struct NonceOnly<'a> {
 }
 
 pub fn hello(heartbeat_interval_ms: u64) -> String {
-    ServerFrame { op: op::HELLO, d: Hello { heartbeat_interval: heartbeat_interval_ms } }.to_text()
+    ServerFrame {
+        op: op::HELLO,
+        d: Hello {
+            heartbeat_interval: heartbeat_interval_ms,
+        },
+    }
+    .to_text()
 }
 
 pub fn heartbeat_ack(nonce: Option<&str>) -> String {
-    ServerFrame { op: op::HEARTBEAT_ACK, d: NonceOnly { nonce } }.to_text()
+    ServerFrame {
+        op: op::HEARTBEAT_ACK,
+        d: NonceOnly { nonce },
+    }
+    .to_text()
 }
 
 pub fn error(code: ErrorCode, reason: &str, nonce: Option<&str>) -> String {
-    ServerFrame { op: op::ERROR, d: ErrorBody { code: code.code(), reason, nonce } }.to_text()
+    ServerFrame {
+        op: op::ERROR,
+        d: ErrorBody {
+            code: code.code(),
+            reason,
+            nonce,
+        },
+    }
+    .to_text()
 }
 
 /// The seed's code for a frame refused before business logic.
@@ -252,18 +270,28 @@ mod tests {
         let f = ClientFrame::parse(r#"{ "op": 11, "d": { "channel_id": "CH_001", "ssrc": 12345 } }"#).unwrap();
         assert_eq!(
             f,
-            ClientFrame::ChannelJoin(ChannelJoin { channel_id: "CH_001".into(), ssrc: 12345, nonce: None })
+            ClientFrame::ChannelJoin(ChannelJoin {
+                channel_id: "CH_001".into(),
+                ssrc: 12345,
+                nonce: None
+            })
         );
     }
 
     #[test]
     fn unknown_op_and_bad_types_are_told_apart() {
-        assert_eq!(ClientFrame::parse(r#"{"op":99,"d":{}}"#).unwrap_err(), FrameError::UnknownType("99".into()));
+        assert_eq!(
+            ClientFrame::parse(r#"{"op":99,"d":{}}"#).unwrap_err(),
+            FrameError::UnknownType("99".into())
+        );
         assert!(matches!(
             ClientFrame::parse(r#"{"op":11,"d":{"channel_id":"a","ssrc":"x"}}"#),
             Err(FrameError::InvalidPayload { .. })
         ));
-        assert!(matches!(ClientFrame::parse(r#"{"d":{}}"#), Err(FrameError::InvalidPayload { .. })));
+        assert!(matches!(
+            ClientFrame::parse(r#"{"d":{}}"#),
+            Err(FrameError::InvalidPayload { .. })
+        ));
     }
 
     #[test]
@@ -281,6 +309,9 @@ mod tests {
         assert_eq!(f.nonce(), Some("n1"));
         let v: serde_json::Value = serde_json::from_str(&heartbeat_ack(f.nonce())).unwrap();
         assert_eq!(v["d"]["nonce"], "n1");
-        assert!(ClientFrame::parse(r#"{"op":1,"d":17}"#).is_ok(), "discord-style sequence heartbeat");
+        assert!(
+            ClientFrame::parse(r#"{"op":1,"d":17}"#).is_ok(),
+            "discord-style sequence heartbeat"
+        );
     }
 }

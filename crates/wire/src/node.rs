@@ -139,7 +139,16 @@ pub struct ErrorPayload<'a> {
 
 /// An unsigned hub `ERROR` frame.
 pub fn error(node_id: &str, code: &str, message: &str, ref_message_id: Option<&str>) -> String {
-    OutFrame::new(FrameType::Error, node_id, ErrorPayload { code, message, ref_message_id }).to_text()
+    OutFrame::new(
+        FrameType::Error,
+        node_id,
+        ErrorPayload {
+            code,
+            message,
+            ref_message_id,
+        },
+    )
+    .to_text()
 }
 
 pub fn frame_error(err: &FrameError) -> String {
@@ -196,7 +205,10 @@ mod tests {
 
     #[test]
     fn unknown_types_are_refused_by_name() {
-        assert_eq!(Envelope::parse(r#"{"type":"REBOOT"}"#).unwrap_err(), FrameError::UnknownType("REBOOT".into()));
+        assert_eq!(
+            Envelope::parse(r#"{"type":"REBOOT"}"#).unwrap_err(),
+            FrameError::UnknownType("REBOOT".into())
+        );
     }
 
     #[test]

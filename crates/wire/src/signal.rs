@@ -154,7 +154,15 @@ pub struct ErrorPayload<'a> {
 }
 
 pub fn error(code: u16, message: &str, session_id: Option<&str>) -> String {
-    ServerFrame { kind: "error", payload: ErrorPayload { code, message, session_id } }.to_text()
+    ServerFrame {
+        kind: "error",
+        payload: ErrorPayload {
+            code,
+            message,
+            session_id,
+        },
+    }
+    .to_text()
 }
 
 pub fn frame_error(err: &FrameError) -> String {

@@ -49,7 +49,11 @@ impl Protocol for CopilotProtocol {
             return;
         }
         let id = cx.id.to_string();
-        cx.send(wire::connected(&self.who.user_id, &id, cx.gw.config.heartbeat_interval_ms));
+        cx.send(wire::connected(
+            &self.who.user_id,
+            &id,
+            cx.gw.config.heartbeat_interval_ms,
+        ));
     }
 
     async fn on_text(&mut self, cx: &mut Ctx, text: &str) {

@@ -37,7 +37,11 @@ impl LivechatProtocol {
         let who = match identity::verify(&cx.gw, Some(&f.token)).await {
             Ok(who) if who.user_id == f.user_id => who,
             Ok(_) => {
-                cx.send(wire::error(ErrorCode::InvalidToken, "token is not for this user_id", nonce));
+                cx.send(wire::error(
+                    ErrorCode::InvalidToken,
+                    "token is not for this user_id",
+                    nonce,
+                ));
                 cx.close(close::AUTH_FAILED, "invalid token");
                 return;
             }
@@ -61,7 +65,11 @@ impl LivechatProtocol {
         cx.send(
             wire::ServerFrame {
                 op: wire::op::READY,
-                d: wire::Ready { session_id: &session_id, user_id: &who.user_id, nonce },
+                d: wire::Ready {
+                    session_id: &session_id,
+                    user_id: &who.user_id,
+                    nonce,
+                },
             }
             .to_text(),
         );
@@ -84,9 +92,11 @@ impl Protocol for LivechatProtocol {
         match frame {
             ClientFrame::Heartbeat(h) => cx.send(wire::heartbeat_ack(h.nonce.as_deref())),
             ClientFrame::Identify(f) => self.identify(cx, f).await,
-            other if self.user_id.is_none() => {
-                cx.send(wire::error(ErrorCode::NotIdentified, "send IDENTIFY first", other.nonce()))
-            }
+            other if self.user_id.is_none() => cx.send(wire::error(
+                ErrorCode::NotIdentified,
+                "send IDENTIFY first",
+                other.nonce(),
+            )),
             other => {
                 // Channel, chat and floor operations arrive with the LiveChat issue.
                 let status = Status::new(Code::Unimplemented, "channel operations are not available yet");

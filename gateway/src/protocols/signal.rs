@@ -38,7 +38,11 @@ impl Protocol for SignalProtocol {
         match ClientFrame::parse(text) {
             Err(err) => cx.send(self.frame_error(&err)),
             // Lobby, match and relay arrive with the game-signaling issue.
-            Ok(_) => cx.send(wire::error(code::UNAVAILABLE, "lobby and matches are not available yet", None)),
+            Ok(_) => cx.send(wire::error(
+                code::UNAVAILABLE,
+                "lobby and matches are not available yet",
+                None,
+            )),
         }
     }
 

@@ -87,7 +87,12 @@ impl Ctx {
     /// Registers this connection as `user` so events for the user reach it
     /// on this replica. With single-session policy (`single`), closes every
     /// older session of the user, on any replica, with 4004.
-    pub async fn register(&mut self, protocol: &'static str, user: &str, single: bool) -> Result<(), relaymesh_state::StateError> {
+    pub async fn register(
+        &mut self,
+        protocol: &'static str,
+        user: &str,
+        single: bool,
+    ) -> Result<(), relaymesh_state::StateError> {
         let entry = SessionEntry {
             connection_id: self.id.to_string(),
             gateway_id: self.gw.gateway_id.to_string(),
@@ -123,7 +128,13 @@ pub async fn run<P: Protocol>(
     mut rx: mpsc::Receiver<Outbound>,
     evict: CancellationToken,
 ) {
-    let mut cx = Ctx { id: id.clone(), gw: gw.clone(), out: Vec::new(), close: None, session: None };
+    let mut cx = Ctx {
+        id: id.clone(),
+        gw: gw.clone(),
+        out: Vec::new(),
+        close: None,
+        session: None,
+    };
     let cfg = &gw.config;
     let mut heartbeat = tokio::time::interval_at(
         tokio::time::Instant::now() + cfg.heartbeat_interval(),
@@ -185,8 +196,13 @@ pub async fn run<P: Protocol>(
 
     if open && let Some((code, reason)) = cx.close.take() {
         tracing::debug!(connection_id = %id, code, reason = %reason, "closing connection");
-        let frame = CloseFrame { code, reason: reason.into() };
-        let _ = send(&mut socket, Message::Close(Some(frame)), cfg.send_timeout()).await;
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        if send(&mut socket, Message::Close(Some(frame)), cfg.send_timeout()).await {
+            finish_close_handshake(&mut socket).await;
+        }
     }
     drop(socket);
     gw.table.remove(&id);
@@ -197,6 +213,22 @@ pub async fn run<P: Protocol>(
         tracing::warn!(connection_id = %id, error = %err, "session registry cleanup failed");
     }
     metrics::gauge!("gateway_connections", "protocol" => P::NAME).decrement(1.0);
+}
+
+/// Reads until the peer answers our Close (or a short grace expires).
+/// Dropping the socket at once would leave the peer's in-flight frames
+/// unread, and the kernel would then reset the connection, which can
+/// destroy our close frame, and its code, before the client reads it.
+pub async fn finish_close_handshake(socket: &mut WebSocket) {
+    let grace = std::time::Duration::from_secs(1);
+    let _ = tokio::time::timeout(grace, async {
+        while let Some(Ok(msg)) = socket.recv().await {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 fn refuse<P: Protocol>(cx: &mut Ctx, proto: &P, err: &FrameError) {

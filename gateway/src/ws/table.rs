@@ -109,7 +109,14 @@ impl ConnectionTable {
 mod tests {
     use super::*;
 
-    fn table_with(cap: usize) -> (ConnectionTable, ConnectionId, mpsc::Receiver<Outbound>, CancellationToken) {
+    fn table_with(
+        cap: usize,
+    ) -> (
+        ConnectionTable,
+        ConnectionId,
+        mpsc::Receiver<Outbound>,
+        CancellationToken,
+    ) {
         let table = ConnectionTable::default();
         let (tx, rx) = mpsc::channel(cap);
         let evict = CancellationToken::new();
@@ -137,6 +144,9 @@ mod tests {
     #[test]
     fn unknown_connections_are_reported() {
         let (table, _, _rx, _) = table_with(1);
-        assert_eq!(table.offer(&ConnectionId::new("zz"), Outbound::Text("a".into()), false), Offered::Unknown);
+        assert_eq!(
+            table.offer(&ConnectionId::new("zz"), Outbound::Text("a".into()), false),
+            Offered::Unknown
+        );
     }
 }

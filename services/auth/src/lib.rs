@@ -22,7 +22,7 @@ pub use verifier::{Claims, TokenVerifier};
 pub async fn serve(listener: TcpListener, config: AuthConfig, shutdown: CancellationToken) -> Result<(), AuthError> {
     let service = AuthService::new(&config)?;
     GrpcServer::new()
-        .add(AuthServer::new(service))
+        .add_service(AuthServer::new(service))
         .serve(listener, ServeOptions::default(), shutdown)
         .await
         .map_err(AuthError::from)

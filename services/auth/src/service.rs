@@ -34,7 +34,11 @@ impl Auth for AuthService {
         })?;
         Ok(Response::new(VerifyTokenResponse {
             roles: claims.all_roles(),
-            display_name: claims.preferred_username.clone().or(claims.name.clone()).unwrap_or_default(),
+            display_name: claims
+                .preferred_username
+                .clone()
+                .or(claims.name.clone())
+                .unwrap_or_default(),
             user_id: claims.sub,
             expires_at: claims.exp,
         }))
@@ -44,11 +48,18 @@ impl Auth for AuthService {
         &self,
         _req: Request<VerifyNodeFrameRequest>,
     ) -> Result<Response<VerifyNodeFrameResponse>, Status> {
-        Err(Status::unimplemented("node frame signatures arrive with the device-farm issue"))
+        Err(Status::unimplemented(
+            "node frame signatures arrive with the device-farm issue",
+        ))
     }
 
-    async fn sign_node_frame(&self, _req: Request<SignNodeFrameRequest>) -> Result<Response<SignNodeFrameResponse>, Status> {
-        Err(Status::unimplemented("node frame signatures arrive with the device-farm issue"))
+    async fn sign_node_frame(
+        &self,
+        _req: Request<SignNodeFrameRequest>,
+    ) -> Result<Response<SignNodeFrameResponse>, Status> {
+        Err(Status::unimplemented(
+            "node frame signatures arrive with the device-farm issue",
+        ))
     }
 
     async fn verify_node_secret(

@@ -55,11 +55,15 @@ impl TokenVerifier {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| AuthError::Config(format!("JWKS_FILE {}: {e}", path.display())))?;
-                serde_json::from_str(&text).map_err(|e| AuthError::Config(format!("JWKS_FILE {}: {e}", path.display())))?
+                serde_json::from_str(&text)
+                    .map_err(|e| AuthError::Config(format!("JWKS_FILE {}: {e}", path.display())))?
             }
         };
         Ok(Self {
-            hs256: config.jwt_secret.as_deref().map(|s| DecodingKey::from_secret(s.as_bytes())),
+            hs256: config
+                .jwt_secret
+                .as_deref()
+                .map(|s| DecodingKey::from_secret(s.as_bytes())),
             jwks,
             issuer: config.jwt_issuer.clone(),
             audience: config.jwt_audience.clone(),
@@ -74,8 +78,14 @@ impl TokenVerifier {
         let key = match header.alg {
             Algorithm::HS256 => self.hs256.clone().ok_or_else(|| AuthError::NoKey("HS256".into()))?,
             Algorithm::RS256 | Algorithm::ES256 => {
-                let kid = header.kid.as_deref().ok_or_else(|| AuthError::Invalid("token has no kid".into()))?;
-                let jwk = self.jwks.find(kid).ok_or_else(|| AuthError::NoKey(format!("kid {kid}")))?;
+                let kid = header
+                    .kid
+                    .as_deref()
+                    .ok_or_else(|| AuthError::Invalid("token has no kid".into()))?;
+                let jwk = self
+                    .jwks
+                    .find(kid)
+                    .ok_or_else(|| AuthError::NoKey(format!("kid {kid}")))?;
                 DecodingKey::from_jwk(jwk).map_err(|e| AuthError::Invalid(e.to_string()))?
             }
             other => return Err(AuthError::Invalid(format!("algorithm {other:?} not accepted"))),

@@ -24,7 +24,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), RpcError> {
     GrpcServer::new()
-        .add(ChannelServer::new(ChannelService))
+        .add_service(ChannelServer::new(ChannelService))
         .serve(listener, ServeOptions::default(), shutdown)
         .await
 }

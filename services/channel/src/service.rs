@@ -3,8 +3,9 @@
 //! built by the LiveChat issue.
 
 use relaymesh_proto::channel::v1::{
-    ChannelInfo, CreateChannelRequest, DeleteChannelRequest, DeleteChannelResponse, DropSessionRequest, DropSessionResponse, FloorRequest, FloorResponse, JoinChannelRequest, JoinChannelResponse, LeaveChannelRequest, LeaveChannelResponse, SendMessageRequest, SendMessageResponse, UpdateChannelRequest,
-    channel_server::Channel,
+    ChannelInfo, CreateChannelRequest, DeleteChannelRequest, DeleteChannelResponse, DropSessionRequest,
+    DropSessionResponse, FloorRequest, FloorResponse, JoinChannelRequest, JoinChannelResponse, LeaveChannelRequest,
+    LeaveChannelResponse, SendMessageRequest, SendMessageResponse, UpdateChannelRequest, channel_server::Channel,
 };
 use tonic::{Request, Response, Status};
 
@@ -25,7 +26,10 @@ impl Channel for ChannelService {
         Err(not_yet("JoinChannel"))
     }
 
-    async fn leave_channel(&self, _req: Request<LeaveChannelRequest>) -> Result<Response<LeaveChannelResponse>, Status> {
+    async fn leave_channel(
+        &self,
+        _req: Request<LeaveChannelRequest>,
+    ) -> Result<Response<LeaveChannelResponse>, Status> {
         Err(not_yet("LeaveChannel"))
     }
 
@@ -33,7 +37,10 @@ impl Channel for ChannelService {
         Err(not_yet("UpdateChannel"))
     }
 
-    async fn delete_channel(&self, _req: Request<DeleteChannelRequest>) -> Result<Response<DeleteChannelResponse>, Status> {
+    async fn delete_channel(
+        &self,
+        _req: Request<DeleteChannelRequest>,
+    ) -> Result<Response<DeleteChannelResponse>, Status> {
         Err(not_yet("DeleteChannel"))
     }
 

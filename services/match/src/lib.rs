@@ -24,7 +24,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), RpcError> {
     GrpcServer::new()
-        .add(MatchServer::new(MatchService))
+        .add_service(MatchServer::new(MatchService))
         .serve(listener, ServeOptions::default(), shutdown)
         .await
 }

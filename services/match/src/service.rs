@@ -3,8 +3,8 @@
 //! built by the game-signaling issue.
 
 use relaymesh_proto::r#match::v1::{
-    GetLobbyRequest, JoinLobbyRequest, LeaveLobbyRequest, LeaveLobbyResponse, LobbySnapshot, MatchActionRequest, MatchSession, ReportConnectionRequest, RequestMatchRequest, ValidateSignalRequest,
-    match_server::Match,
+    GetLobbyRequest, JoinLobbyRequest, LeaveLobbyRequest, LeaveLobbyResponse, LobbySnapshot, MatchActionRequest,
+    MatchSession, ReportConnectionRequest, RequestMatchRequest, ValidateSignalRequest, match_server::Match,
 };
 use tonic::{Request, Response, Status};
 
@@ -49,7 +49,10 @@ impl Match for MatchService {
         Err(not_yet("ValidateSignal"))
     }
 
-    async fn report_connection(&self, _req: Request<ReportConnectionRequest>) -> Result<Response<MatchSession>, Status> {
+    async fn report_connection(
+        &self,
+        _req: Request<ReportConnectionRequest>,
+    ) -> Result<Response<MatchSession>, Status> {
         Err(not_yet("ReportConnection"))
     }
 }

@@ -23,7 +23,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), RpcError> {
     GrpcServer::new()
-        .add(MediaRelayServer::new(MediaRelayService))
+        .add_service(MediaRelayServer::new(MediaRelayService))
         .serve(listener, ServeOptions::default(), shutdown)
         .await
 }

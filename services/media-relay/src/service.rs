@@ -3,8 +3,8 @@
 //! built by the LiveChat issue.
 
 use relaymesh_proto::media_relay::v1::{
-    AddPeerRequest, AddPeerResponse, GetStatsRequest, RelayStats, RemovePeerRequest, RemovePeerResponse, SetFloorRequest, SetFloorResponse,
-    media_relay_server::MediaRelay,
+    AddPeerRequest, AddPeerResponse, GetStatsRequest, RelayStats, RemovePeerRequest, RemovePeerResponse,
+    SetFloorRequest, SetFloorResponse, media_relay_server::MediaRelay,
 };
 use tonic::{Request, Response, Status};
 
@@ -12,7 +12,9 @@ use tonic::{Request, Response, Status};
 pub struct MediaRelayService;
 
 fn not_yet(rpc: &str) -> Status {
-    Status::unimplemented(format!("relaymesh.media_relay.v1.MediaRelay/{rpc} is not implemented yet"))
+    Status::unimplemented(format!(
+        "relaymesh.media_relay.v1.MediaRelay/{rpc} is not implemented yet"
+    ))
 }
 
 #[tonic::async_trait]

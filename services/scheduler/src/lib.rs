@@ -24,7 +24,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), RpcError> {
     GrpcServer::new()
-        .add(SchedulerServer::new(SchedulerService))
+        .add_service(SchedulerServer::new(SchedulerService))
         .serve(listener, ServeOptions::default(), shutdown)
         .await
 }

@@ -3,7 +3,9 @@
 //! built by the device-farm issue.
 
 use relaymesh_proto::scheduler::v1::{
-    CreateRunRequest, CreateWorkflowRequest, GetRunRequest, GetWorkflowRequest, ListNodesRequest, ListNodesResponse, NodeDisconnectedRequest, NodeDisconnectedResponse, NodeHeartbeatRequest, NodeHeartbeatResponse, RegisterNodeRequest, RegisterNodeResponse, ReportResultRequest, ReportResultResponse, Run, Workflow,
+    CreateRunRequest, CreateWorkflowRequest, GetRunRequest, GetWorkflowRequest, ListNodesRequest, ListNodesResponse,
+    NodeDisconnectedRequest, NodeDisconnectedResponse, NodeHeartbeatRequest, NodeHeartbeatResponse,
+    RegisterNodeRequest, RegisterNodeResponse, ReportResultRequest, ReportResultResponse, Run, Workflow,
     scheduler_server::Scheduler,
 };
 use tonic::{Request, Response, Status};
@@ -37,19 +39,31 @@ impl Scheduler for SchedulerService {
         Err(not_yet("ListNodes"))
     }
 
-    async fn register_node(&self, _req: Request<RegisterNodeRequest>) -> Result<Response<RegisterNodeResponse>, Status> {
+    async fn register_node(
+        &self,
+        _req: Request<RegisterNodeRequest>,
+    ) -> Result<Response<RegisterNodeResponse>, Status> {
         Err(not_yet("RegisterNode"))
     }
 
-    async fn node_heartbeat(&self, _req: Request<NodeHeartbeatRequest>) -> Result<Response<NodeHeartbeatResponse>, Status> {
+    async fn node_heartbeat(
+        &self,
+        _req: Request<NodeHeartbeatRequest>,
+    ) -> Result<Response<NodeHeartbeatResponse>, Status> {
         Err(not_yet("NodeHeartbeat"))
     }
 
-    async fn report_result(&self, _req: Request<ReportResultRequest>) -> Result<Response<ReportResultResponse>, Status> {
+    async fn report_result(
+        &self,
+        _req: Request<ReportResultRequest>,
+    ) -> Result<Response<ReportResultResponse>, Status> {
         Err(not_yet("ReportResult"))
     }
 
-    async fn node_disconnected(&self, _req: Request<NodeDisconnectedRequest>) -> Result<Response<NodeDisconnectedResponse>, Status> {
+    async fn node_disconnected(
+        &self,
+        _req: Request<NodeDisconnectedRequest>,
+    ) -> Result<Response<NodeDisconnectedResponse>, Status> {
         Err(not_yet("NodeDisconnected"))
     }
 }

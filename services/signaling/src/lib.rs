@@ -24,7 +24,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), RpcError> {
     GrpcServer::new()
-        .add(SignalingServer::new(SignalingService))
+        .add_service(SignalingServer::new(SignalingService))
         .serve(listener, ServeOptions::default(), shutdown)
         .await
 }

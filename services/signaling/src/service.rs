@@ -3,7 +3,8 @@
 //! built by the copilot and game-signaling issues.
 
 use relaymesh_proto::signaling::v1::{
-    CallClientRequest, CallClientResponse, CheckRateLimitRequest, CheckRateLimitResponse, QueryRequest, QueryResponse, RelaySignalRequest, RelaySignalResponse, ResolveCallbackRequest, ResolveCallbackResponse,
+    CallClientRequest, CallClientResponse, CheckRateLimitRequest, CheckRateLimitResponse, QueryRequest, QueryResponse,
+    RelaySignalRequest, RelaySignalResponse, ResolveCallbackRequest, ResolveCallbackResponse,
     signaling_server::Signaling,
 };
 use tonic::{Request, Response, Status};
@@ -25,11 +26,17 @@ impl Signaling for SignalingService {
         Err(not_yet("CallClient"))
     }
 
-    async fn resolve_callback(&self, _req: Request<ResolveCallbackRequest>) -> Result<Response<ResolveCallbackResponse>, Status> {
+    async fn resolve_callback(
+        &self,
+        _req: Request<ResolveCallbackRequest>,
+    ) -> Result<Response<ResolveCallbackResponse>, Status> {
         Err(not_yet("ResolveCallback"))
     }
 
-    async fn check_rate_limit(&self, _req: Request<CheckRateLimitRequest>) -> Result<Response<CheckRateLimitResponse>, Status> {
+    async fn check_rate_limit(
+        &self,
+        _req: Request<CheckRateLimitRequest>,
+    ) -> Result<Response<CheckRateLimitResponse>, Status> {
         Err(not_yet("CheckRateLimit"))
     }
 

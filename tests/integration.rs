@@ -1,0 +1,14 @@
+#![allow(clippy::unwrap_used)] // a test that cannot set up should panic
+
+//! Integration tests: the mesh on real loopback sockets, port 0, on every
+//! shared-state backend under test (memory always, Redis when REDIS_URL).
+
+mod integration {
+    pub mod harness;
+
+    mod auth;
+    mod cross_replica;
+    mod gateway_http;
+    mod livechat_session;
+    mod ws_machinery;
+}

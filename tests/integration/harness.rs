@@ -1,0 +1,181 @@
+//! Starts the mesh on port 0 and speaks its WebSocket protocols.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use relaymesh::roles::UpArgs;
+use relaymesh::{Mesh, MeshOptions};
+use relaymesh_state::testing;
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const JWT_SECRET: &str = "integration-test-secret";
+
+/// A shared-state backend a test runs on.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Memory,
+    Redis(String),
+}
+
+/// Memory always; Redis too when REDIS_URL is set (CI sets it).
+pub fn backends() -> Vec<Backend> {
+    let mut out = vec![Backend::Memory];
+    if let Some(url) = testing::redis_url() {
+        out.push(Backend::Redis(url));
+    }
+    out
+}
+
+/// Options for a test mesh: loopback, port 0, a fresh Redis prefix, the
+/// test JWT secret, plus `extra` flags (as `relaymesh up` would take them).
+pub fn options(backend: &Backend, extra: &[&str]) -> MeshOptions {
+    let mut args = vec!["--host", "127.0.0.1", "--port", "0", "--jwt-secret", JWT_SECRET];
+    args.extend_from_slice(extra);
+    let mut options = UpArgs::parse_from(args).expect("valid test flags").into_options();
+    options.grpc_base_port = None;
+    options.redis_url = match backend {
+        Backend::Memory => None,
+        Backend::Redis(url) => Some(url.clone()),
+    };
+    options.redis_key_prefix = testing::unique_prefix("mesh");
+    options
+}
+
+pub async fn start(backend: &Backend, extra: &[&str]) -> Mesh {
+    Mesh::start(options(backend, extra)).await.expect("mesh starts")
+}
+
+/// An HS256 token for `user` expiring `ttl_secs` from now (negative: expired).
+pub fn token(user: &str, ttl_secs: i64) -> String {
+    token_with_secret(user, ttl_secs, JWT_SECRET)
+}
+
+pub fn token_with_secret(user: &str, ttl_secs: i64, secret: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let claims = serde_json::json!({ "sub": user, "exp": now + ttl_secs, "iat": now });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A WebSocket client that reads frames as JSON.
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+/// How a socket ended, as seen by the client.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    Closed(u16, String),
+    /// Closed without a close frame.
+    Dropped,
+}
+
+pub const WAIT: Duration = Duration::from_secs(5);
+
+impl Client {
+    pub async fn connect(addr: SocketAddr, path: &str) -> Self {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}{path}"))
+            .await
+            .expect("ws connects");
+        Self { ws }
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::Text(text.into())).await.expect("send");
+    }
+
+    pub async fn send_json(&mut self, v: Value) {
+        self.send_text(&v.to_string()).await;
+    }
+
+    pub async fn send_binary(&mut self, bytes: Vec<u8>) {
+        self.ws.send(Message::Binary(bytes.into())).await.expect("send");
+    }
+
+    /// The next text frame as JSON, skipping the server's pings.
+    pub async fn recv(&mut self) -> Value {
+        self.try_recv(WAIT).await.expect("a text frame")
+    }
+
+    pub async fn try_recv(&mut self, wait: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()??.ok()?;
+            match msg {
+                Message::Text(t) => {
+                    let v: Value = serde_json::from_str(&t).expect("server frames are JSON");
+                    if v["type"] == "ping" {
+                        continue;
+                    }
+                    return Some(v);
+                }
+                Message::Close(_) => return None,
+                _ => continue,
+            }
+        }
+    }
+
+    /// Reads until the socket ends; panics if a text frame comes first
+    /// unless `skip_text`.
+    pub async fn ended(&mut self, wait: Duration, skip_text: bool) -> Ended {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .expect("socket ends in time")
+            {
+                None | Some(Err(_)) => return Ended::Dropped,
+                Some(Ok(Message::Close(Some(f)))) => return Ended::Closed(f.code.into(), f.reason.to_string()),
+                Some(Ok(Message::Close(None))) => return Ended::Dropped,
+                Some(Ok(Message::Text(t))) if !skip_text => panic!("expected close, got {t}"),
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    pub async fn close_code(&mut self) -> u16 {
+        match self.ended(WAIT, true).await {
+            Ended::Closed(code, _) => code,
+            Ended::Dropped => panic!("closed without a close frame"),
+        }
+    }
+}
+
+/// A livechat client that has identified as `user`.
+pub async fn livechat_ready(addr: SocketAddr, user: &str) -> (Client, Value) {
+    let mut c = Client::connect(addr, "/ws/livechat").await;
+    let hello = c.recv().await;
+    assert_eq!(hello["op"], 0);
+    c.send_json(serde_json::json!({"op": 3, "d": {"user_id": user, "token": token(user, 600)}}))
+        .await;
+    let ready = c.recv().await;
+    assert_eq!(ready["op"], 4, "READY: {ready}");
+    (c, ready)
+}
