@@ -1,0 +1,270 @@
+//! Mesh benchmarks, each reported as a ratio to a baseline measured in the
+//! same run (the machines are shared and noisy):
+//!
+//! - `rpc`: the gateway->service unary round trip (a tonic client exactly as
+//!   the gateway builds it, to the auth service over loopback) against the
+//!   same handler called in-process, and a raw loopback TCP echo;
+//! - `ws`: a WebSocket frame that costs one service RPC (copilot `query`)
+//!   against one the gateway answers itself (`ping`);
+//! - `idle-sockets`: resident memory per idle authenticated WebSocket of a
+//!   real `relaymesh up` process.
+//!
+//! `cargo bench --bench mesh` runs all; `cargo bench --bench mesh -- rpc`
+//! runs one. `BENCH_ITERS` and `BENCH_SOCKETS` scale them.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use relaymesh::roles::UpArgs;
+use relaymesh_auth::{AuthConfig, AuthService};
+use relaymesh_proto::auth::v1::VerifyTokenRequest;
+use relaymesh_proto::auth::v1::auth_client::AuthClient;
+use relaymesh_proto::auth::v1::auth_server::Auth;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+
+const SECRET: &str = "bench-secret";
+
+fn token(user: &str) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({"sub": user, "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+struct Stats {
+    median: Duration,
+    p99: Duration,
+}
+
+fn stats(mut samples: Vec<Duration>) -> Stats {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
+    Stats {
+        median: at(0.5),
+        p99: at(0.99),
+    }
+}
+
+async fn measure(iters: usize, mut f: impl AsyncFnMut()) -> Stats {
+    for _ in 0..iters / 10 {
+        f().await; // warm-up
+    }
+    let mut samples = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let t = Instant::now();
+        f().await;
+        samples.push(t.elapsed());
+    }
+    stats(samples)
+}
+
+fn row(name: &str, s: &Stats, base: &Stats) {
+    println!(
+        "{name:<44} median {:>9.1?}  p99 {:>9.1?}  ({:>6.1}x / {:>6.1}x baseline)",
+        s.median,
+        s.p99,
+        s.median.as_secs_f64() / base.median.as_secs_f64(),
+        s.p99.as_secs_f64() / base.p99.as_secs_f64()
+    );
+}
+
+async fn start_mesh() -> relaymesh::Mesh {
+    let mut o = UpArgs::parse_from(["--host", "127.0.0.1", "--port", "0", "--jwt-secret", SECRET])
+        .unwrap()
+        .into_options();
+    o.redis_url = None;
+    relaymesh::Mesh::start(o).await.unwrap()
+}
+
+/// Raw loopback TCP: one 64-byte write, one 64-byte read back.
+async fn tcp_echo(iters: usize) -> Stats {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        s.set_nodelay(true).unwrap();
+        let mut buf = [0u8; 64];
+        while s.read_exact(&mut buf).await.is_ok() {
+            if s.write_all(&buf).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    c.set_nodelay(true).unwrap();
+    measure(iters, async || {
+        let mut buf = [7u8; 64];
+        c.write_all(&buf).await.unwrap();
+        c.read_exact(&mut buf).await.unwrap();
+    })
+    .await
+}
+
+async fn bench_rpc(iters: usize) {
+    println!("== rpc: gateway->service unary round trip ({iters} sequential calls)");
+    let mesh = start_mesh().await;
+    let auth_addr = mesh.services.iter().find(|(r, _)| *r == "auth").unwrap().1;
+    let t = token("bench-user");
+
+    let config = AuthConfig {
+        jwt_secret: Some(SECRET.into()),
+        verify_signature: true,
+        ..AuthConfig::default()
+    };
+    let direct = AuthService::new(&config).unwrap();
+    let in_process = measure(iters, async || {
+        let req = tonic::Request::new(VerifyTokenRequest { token: t.clone() });
+        direct.verify_token(req).await.unwrap();
+    })
+    .await;
+
+    let channel = relaymesh_rpc::connect_lazy(&format!("http://{auth_addr}"), Duration::from_secs(5)).unwrap();
+    let mut client = AuthClient::new(channel);
+    let over_grpc = measure(iters, async || {
+        client
+            .verify_token(VerifyTokenRequest { token: t.clone() })
+            .await
+            .unwrap();
+    })
+    .await;
+    let echo = tcp_echo(iters).await;
+
+    row("in-process call (baseline)", &in_process, &in_process);
+    row("gRPC over loopback (as the gateway calls)", &over_grpc, &in_process);
+    row("raw TCP echo, 64 B (network floor)", &echo, &in_process);
+    println!(
+        "gRPC overhead above the raw socket: median {:.1}x the TCP echo",
+        over_grpc.median.as_secs_f64() / echo.median.as_secs_f64()
+    );
+    mesh.shutdown().await.unwrap();
+}
+
+async fn bench_ws(iters: usize) {
+    println!("== ws: copilot frames through the gateway ({iters} sequential round trips)");
+    let mesh = start_mesh().await;
+    let url = format!("ws://{}/ws/copilot?token={}", mesh.gateway_addr, token("ws-user"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    ws.next().await.unwrap().unwrap(); // connected
+    let mut round_trip = async |frame: &'static str| {
+        ws.send(Message::Text(frame.into())).await.unwrap();
+        loop {
+            if let Message::Text(t) = ws.next().await.unwrap().unwrap()
+                && !t.contains("\"ping\"")
+            {
+                break;
+            }
+        }
+    };
+    let local = measure(iters, async || round_trip(r#"{"type":"ping"}"#).await).await;
+    let with_rpc = measure(iters, async || {
+        round_trip(r#"{"type":"query","data":{"q":"hi"}}"#).await
+    })
+    .await;
+    row("ping -> pong (gateway only, baseline)", &local, &local);
+    row("query -> answer (one signaling RPC)", &with_rpc, &local);
+    mesh.shutdown().await.unwrap();
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+async fn bench_idle_sockets(n: usize) {
+    println!("== idle-sockets: resident memory per idle authenticated socket ({n} copilot sockets)");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_relaymesh"))
+        .arg("up")
+        .env("PORT", "0")
+        .env("JWT_SECRET", SECRET)
+        .env("RUST_LOG", "warn")
+        .env_remove("REDIS_URL")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap());
+    let addr = loop {
+        let mut line = String::new();
+        tokio::io::AsyncBufReadExt::read_line(&mut out, &mut line)
+            .await
+            .unwrap();
+        if let Some(rest) = line.trim().strip_prefix("gateway") {
+            break rest
+                .trim()
+                .trim_start_matches("http://")
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_owned();
+        }
+    };
+    // Warm the process (first connections allocate lazily-grown tables).
+    let mut sockets = Vec::with_capacity(n + 50);
+    let t = token("idle");
+    for _ in 0..50 {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws/copilot?token={t}"))
+            .await
+            .unwrap();
+        ws.next().await.unwrap().unwrap();
+        sockets.push(ws);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss_kib(pid);
+    for i in 0..n {
+        let t = token(&format!("idle-{i}"));
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws/copilot?token={t}"))
+            .await
+            .unwrap();
+        ws.next().await.unwrap().unwrap();
+        sockets.push(ws);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = rss_kib(pid);
+    let per = (after.saturating_sub(before)) as f64 * 1024.0 / n as f64;
+    println!("gateway process RSS {before} KiB -> {after} KiB: {per:.0} bytes per idle authenticated socket");
+    println!("(includes the socket's session-registry entry, in-memory backend; kernel socket buffers excluded)");
+    println!("goal: <= 8192 bytes; tungstenite's default buffers alone would be > 131072 bytes");
+    drop(sockets);
+    let _ = child.kill().await;
+}
+
+fn main() {
+    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let wants = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
+    let iters = env_usize("BENCH_ITERS", 5000);
+    let sockets = env_usize("BENCH_SOCKETS", 2000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        if wants("rpc") {
+            bench_rpc(iters).await;
+        }
+        if wants("ws") {
+            bench_ws(iters).await;
+        }
+        if wants("idle-sockets") {
+            bench_idle_sockets(sockets).await;
+        }
+    });
+}
