@@ -83,9 +83,18 @@ fn row(name: &str, s: &Stats, base: &Stats) {
 }
 
 async fn start_mesh() -> relaymesh::Mesh {
-    let mut o = UpArgs::parse_from(["--host", "127.0.0.1", "--port", "0", "--jwt-secret", SECRET])
-        .unwrap()
-        .into_options();
+    let mut o = UpArgs::parse_from([
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--media-udp-port",
+        "0",
+        "--jwt-secret",
+        SECRET,
+    ])
+    .unwrap()
+    .into_options();
     o.redis_url = None;
     relaymesh::Mesh::start(o).await.unwrap()
 }
@@ -193,6 +202,7 @@ async fn bench_idle_sockets(n: usize) {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_relaymesh"))
         .arg("up")
         .env("PORT", "0")
+        .env("MEDIA_UDP_PORT", "0")
         .env("JWT_SECRET", SECRET)
         .env("RUST_LOG", "warn")
         .env_remove("REDIS_URL")

@@ -72,7 +72,9 @@ async fn bind(host: &str, port: u16) -> anyhow::Result<TcpListener> {
 impl Mesh {
     /// Binds every listener first (so ports are known), then starts the
     /// services, then the gateway.
-    pub async fn start(options: MeshOptions) -> anyhow::Result<Self> {
+    pub async fn start(mut options: MeshOptions) -> anyhow::Result<Self> {
+        // Media is served where everything else is.
+        options.media_relay.media_udp_host.clone_from(&options.host);
         let state = SharedState::connect(options.redis_url.as_deref(), &options.redis_key_prefix)
             .await
             .context("connecting shared state")?;
