@@ -9,6 +9,7 @@ mod integration {
     mod auth;
     mod cross_replica;
     mod gateway_http;
+    mod livechat_channels;
     mod livechat_session;
     mod ws_machinery;
 }

@@ -188,3 +188,78 @@ pub async fn livechat_ready(addr: SocketAddr, user: &str) -> (Client, Value) {
     assert_eq!(ready["op"], 4, "READY: {ready}");
     (c, ready)
 }
+
+/// A identified livechat client that matches answers to requests by nonce
+/// and keeps the events that arrive in between.
+pub struct Chat {
+    pub client: Client,
+    /// READY's session id (the gateway connection id).
+    pub session_id: String,
+    pending: std::collections::VecDeque<Value>,
+    next_nonce: u64,
+}
+
+impl Chat {
+    pub async fn ready(addr: SocketAddr, user: &str) -> Self {
+        let (client, ready) = livechat_ready(addr, user).await;
+        let session_id = ready["d"]["session_id"].as_str().unwrap().to_owned();
+        Self {
+            client,
+            session_id,
+            pending: Default::default(),
+            next_nonce: 0,
+        }
+    }
+
+    /// Sends `{op, d + nonce}` and returns the ACK (200) or ERROR (201)
+    /// carrying that nonce.
+    pub async fn call(&mut self, op: u16, mut d: Value) -> Value {
+        self.next_nonce += 1;
+        let nonce = format!("n{}", self.next_nonce);
+        d["nonce"] = Value::String(nonce.clone());
+        self.client.send_json(serde_json::json!({"op": op, "d": d})).await;
+        loop {
+            let v = self.client.recv().await;
+            if (v["op"] == 200 || v["op"] == 201) && v["d"]["nonce"] == nonce.as_str() {
+                return v;
+            }
+            self.pending.push_back(v);
+        }
+    }
+
+    /// ACK's `d`, panicking on ERROR.
+    pub async fn ok(&mut self, op: u16, d: Value) -> Value {
+        let v = self.call(op, d).await;
+        assert_eq!(v["op"], 200, "expected ACK, got {v}");
+        v["d"].clone()
+    }
+
+    /// The ERROR code for a request that must fail.
+    pub async fn err(&mut self, op: u16, d: Value) -> u64 {
+        let v = self.call(op, d).await;
+        assert_eq!(v["op"], 201, "expected ERROR, got {v}");
+        v["d"]["code"].as_u64().unwrap()
+    }
+
+    /// The next frame with `op` (kept or new), skipping nothing else.
+    pub async fn event(&mut self, op: u16) -> Value {
+        self.try_event(op, WAIT)
+            .await
+            .unwrap_or_else(|| panic!("no op {op} event"))
+    }
+
+    pub async fn try_event(&mut self, op: u16, wait: Duration) -> Option<Value> {
+        if let Some(i) = self.pending.iter().position(|v| v["op"] == op) {
+            return self.pending.remove(i);
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let v = self.client.try_recv(left).await?;
+            if v["op"] == op {
+                return Some(v);
+            }
+            self.pending.push_back(v);
+        }
+    }
+}

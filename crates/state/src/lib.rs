@@ -113,7 +113,7 @@ impl SharedState {
 
     /// Sets `key` only if absent; true when it was set. The primitive behind
     /// one-time tokens and replay detection.
-    pub async fn set_nx(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool> {
+    pub async fn set_nx(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<bool> {
         match self {
             Self::Memory(m) => m.set_nx(key, value, ttl),
             Self::Redis(r) => r.set_nx(key, value, ttl).await,

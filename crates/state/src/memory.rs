@@ -91,7 +91,7 @@ impl MemoryStore {
         Ok(())
     }
 
-    pub fn set_nx(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool> {
+    pub fn set_nx(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<bool> {
         let set = self.with_data(|data, now| {
             if Self::live(data, key, now).is_some() {
                 return false;
@@ -100,7 +100,7 @@ impl MemoryStore {
                 key.to_owned(),
                 Entry {
                     value: Value::Bytes(value.to_vec()),
-                    expires: Some(now + ttl),
+                    expires: ttl.map(|t| now + t),
                 },
             );
             true

@@ -66,15 +66,13 @@ impl RedisStore {
         Ok(())
     }
 
-    pub async fn set_nx(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool> {
-        let set: Option<String> = redis::cmd("SET")
-            .arg(self.key(key))
-            .arg(value)
-            .arg("NX")
-            .arg("PX")
-            .arg(millis(ttl))
-            .query_async(&mut self.conn())
-            .await?;
+    pub async fn set_nx(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<bool> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.key(key)).arg(value).arg("NX");
+        if let Some(ttl) = ttl {
+            cmd.arg("PX").arg(millis(ttl));
+        }
+        let set: Option<String> = cmd.query_async(&mut self.conn()).await?;
         Ok(set.is_some())
     }
 

@@ -31,7 +31,7 @@ async fn keys_set_get_delete_and_expire() {
 #[tokio::test]
 async fn set_nx_admits_exactly_one_writer() {
     for s in backends("setnx").await {
-        let ttl = Duration::from_secs(10);
+        let ttl = Some(Duration::from_secs(10));
         assert!(s.set_nx("once", b"a", ttl).await.unwrap(), "{s:?}");
         assert!(!s.set_nx("once", b"b", ttl).await.unwrap(), "{s:?}");
         assert_eq!(s.get("once").await.unwrap().as_deref(), Some(&b"a"[..]));

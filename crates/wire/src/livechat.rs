@@ -43,6 +43,14 @@ pub enum ErrorCode {
     NotAllowed = 2002,
     AlreadyJoined = 2003,
     NotJoined = 2004,
+    /// Ours: the floor is held by another member (exclusive policy).
+    FloorBusy = 2005,
+    /// Ours: floor operations in a channel without floor control.
+    NoFloorControl = 2006,
+    /// Ours: another live member of the relay holds this SSRC.
+    SsrcInUse = 2007,
+    /// Ours: CHANNEL_CREATE of an id that exists.
+    ChannelExists = 2008,
     EmptyMessage = 3000,
     MessageTooLong = 3001,
     NotMember = 3002,
@@ -86,6 +94,12 @@ pub struct ChannelCreate {
     pub name: Option<String>,
     #[serde(default)]
     pub capacity: Option<u32>,
+    /// Floor policy: "none" (default, as the seed), "exclusive" or "queue".
+    #[serde(default)]
+    pub floor: Option<String>,
+    /// Longest a floor holder may talk, when lower than the server's limit.
+    #[serde(default)]
+    pub max_talk_ms: Option<u64>,
     #[serde(default)]
     pub nonce: Option<String>,
 }
@@ -222,6 +236,100 @@ pub struct NonceOnly<'a> {
     pub nonce: Option<&'a str>,
 }
 
+/// `{"op":200,"d":{"request_op":…,"nonce":…, …body}}`: the answer to one
+/// request, naming the op it answers.
+pub fn ack<B: Serialize>(request_op: u16, nonce: Option<&str>, body: B) -> String {
+    #[derive(Serialize)]
+    struct Ack<'a, B: Serialize> {
+        request_op: u16,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        nonce: Option<&'a str>,
+        #[serde(flatten)]
+        body: B,
+    }
+    ServerFrame {
+        op: op::ACK,
+        d: Ack {
+            request_op,
+            nonce,
+            body,
+        },
+    }
+    .to_text()
+}
+
+/// One member as events and acknowledgements show it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MemberView {
+    pub user_id: String,
+    pub session_id: String,
+    pub ssrc: u32,
+}
+
+/// CHANNEL_EVENT `kind`: "join", "leave", "update" or "delete".
+#[derive(Debug, Serialize)]
+pub struct ChannelEvent<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'a str,
+    pub channel_id: &'a str,
+    pub user_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssrc: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<&'a str>,
+}
+
+pub fn channel_event(e: &ChannelEvent<'_>) -> String {
+    ServerFrame {
+        op: op::CHANNEL_EVENT,
+        d: e,
+    }
+    .to_text()
+}
+
+#[derive(Debug, Serialize)]
+pub struct MessageEvent<'a> {
+    pub channel_id: &'a str,
+    pub message_id: &'a str,
+    pub user_id: &'a str,
+    pub content: &'a str,
+    pub timestamp: i64,
+}
+
+pub fn message_event(e: &MessageEvent<'_>) -> String {
+    ServerFrame {
+        op: op::MESSAGE_EVENT,
+        d: e,
+    }
+    .to_text()
+}
+
+/// FLOOR_EVENT (ours, op 102): who holds the floor now. `kind` is "granted",
+/// "released", "revoked" (max talk time) or "left" (the holder left).
+#[derive(Debug, Serialize)]
+pub struct FloorEvent<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'a str,
+    pub channel_id: &'a str,
+    /// The holder after the change; None when the floor is free.
+    pub holder_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holder_ssrc: Option<u32>,
+    /// Unix ms when the grant ends unless released earlier.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+}
+
+pub fn floor_event(e: &FloorEvent<'_>) -> String {
+    ServerFrame {
+        op: op::FLOOR_EVENT,
+        d: e,
+    }
+    .to_text()
+}
+
 pub fn hello(heartbeat_interval_ms: u64) -> String {
     ServerFrame {
         op: op::HELLO,
@@ -254,11 +362,36 @@ pub fn error(code: ErrorCode, reason: &str, nonce: Option<&str>) -> String {
 
 /// The seed's code for a frame refused before business logic.
 pub fn frame_error(err: &FrameError) -> String {
+    frame_error_for(err, None)
+}
+
+/// As [`frame_error`], echoing the refused request's `nonce` when the frame
+/// was JSON enough to carry one, so the client can match the answer.
+pub fn frame_error_for(err: &FrameError, text: Option<&str>) -> String {
     let code = match err {
         FrameError::UnknownType(_) => ErrorCode::InvalidOp,
         _ => ErrorCode::InvalidJson,
     };
-    error(code, &err.to_string(), None)
+    let nonce = text.and_then(nonce_of);
+    error(code, &err.to_string(), nonce.as_deref())
+}
+
+/// The `d.nonce` of a frame whose other fields may be wrong.
+pub fn nonce_of(text: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct D {
+        #[serde(default)]
+        nonce: Option<serde_json::Value>,
+    }
+    #[derive(Deserialize)]
+    struct F {
+        #[serde(default)]
+        d: Option<D>,
+    }
+    match serde_json::from_str::<F>(text).ok()?.d?.nonce? {
+        serde_json::Value::String(s) => Some(s),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -301,6 +434,33 @@ mod tests {
         assert_eq!(v["d"]["code"], 1003);
         let v: serde_json::Value = serde_json::from_str(&frame_error(&FrameError::NotObject)).unwrap();
         assert_eq!(v["d"]["code"], 1004);
+    }
+
+    #[test]
+    fn ack_names_the_request_and_flattens_its_body() {
+        #[derive(Serialize)]
+        struct B {
+            message_id: &'static str,
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(&ack(op::MESSAGE_CREATE, Some("n"), B { message_id: "m1" })).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"op":200,"d":{"request_op":20,"nonce":"n","message_id":"m1"}})
+        );
+    }
+
+    #[test]
+    fn refusals_of_json_frames_echo_their_nonce() {
+        let text = r#"{"op":11,"d":{"channel_id":"c","ssrc":"one","nonce":"n9"}}"#;
+        let err = ClientFrame::parse(text).unwrap_err();
+        let v: serde_json::Value = serde_json::from_str(&frame_error_for(&err, Some(text))).unwrap();
+        assert_eq!(
+            (v["d"]["code"].as_u64(), v["d"]["nonce"].as_str()),
+            (Some(1004), Some("n9"))
+        );
+        assert_eq!(nonce_of("{broken"), None);
+        assert_eq!(nonce_of(r#"{"op":1,"d":{"nonce":7}}"#), None);
     }
 
     #[test]

@@ -1,8 +1,13 @@
 //! `/ws/livechat`: seed 003's `{op, d}` protocol.
 
+use relaymesh_proto::channel::v1::{
+    ChannelInfo, CreateChannelRequest, DeleteChannelRequest, DropSessionRequest, FloorRequest, FloorResponse,
+    JoinChannelRequest, LeaveChannelRequest, SendMessageRequest, UpdateChannelRequest,
+};
 use relaymesh_wire::FrameError;
-use relaymesh_wire::livechat::{self as wire, ClientFrame, ErrorCode, Identify};
-use tonic::{Code, Status};
+use relaymesh_wire::livechat::{self as wire, ClientFrame, ErrorCode, Identify, MemberView, op};
+use serde::Serialize;
+use tonic::Status;
 
 use crate::identity::{self, AuthFailure};
 use crate::ws::{Ctx, Protocol, close};
@@ -23,11 +28,219 @@ pub fn error_code(status: &Status) -> ErrorCode {
         Some("empty_message") => ErrorCode::EmptyMessage,
         Some("message_too_long") => ErrorCode::MessageTooLong,
         Some("not_member") => ErrorCode::NotMember,
+        Some("floor_busy") => ErrorCode::FloorBusy,
+        Some("no_floor_control") => ErrorCode::NoFloorControl,
+        Some("ssrc_in_use") => ErrorCode::SsrcInUse,
+        Some("channel_exists") => ErrorCode::ChannelExists,
+        Some("invalid") => ErrorCode::InvalidJson,
         _ => ErrorCode::Internal,
     }
 }
 
+#[derive(Serialize)]
+struct ChannelView {
+    channel_id: String,
+    name: String,
+    creator_id: String,
+    capacity: u32,
+    floor: String,
+    members: Vec<String>,
+}
+
+impl From<ChannelInfo> for ChannelView {
+    fn from(c: ChannelInfo) -> Self {
+        Self {
+            channel_id: c.channel_id,
+            name: c.name,
+            creator_id: c.creator_id,
+            capacity: c.capacity,
+            floor: c.floor_policy,
+            members: c.members,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ChannelAck {
+    channel: ChannelView,
+}
+
+#[derive(Serialize)]
+struct JoinAck {
+    channel_id: String,
+    active_members: Vec<MemberView>,
+    /// Where to send RTP (host:port); empty when no relay is running.
+    media_addr: String,
+}
+
+#[derive(Serialize)]
+struct ChannelIdAck {
+    channel_id: String,
+}
+
+#[derive(Serialize)]
+struct MessageAck {
+    channel_id: String,
+    message_id: String,
+}
+
+#[derive(Serialize)]
+struct FloorAck {
+    channel_id: String,
+    holder_id: Option<String>,
+    holder_ssrc: Option<u32>,
+    queue_position: u32,
+    expires_at: Option<i64>,
+}
+
+impl FloorAck {
+    fn new(channel_id: String, r: FloorResponse) -> Self {
+        let held = !r.holder_id.is_empty();
+        Self {
+            channel_id,
+            holder_id: held.then_some(r.holder_id),
+            holder_ssrc: held.then_some(r.holder_ssrc),
+            queue_position: r.queue_position,
+            expires_at: held.then_some(r.expires_at_ms),
+        }
+    }
+}
+
+/// ACK with `body`, or the seed's ERROR for the service's refusal.
+fn answer<B: Serialize>(request_op: u16, nonce: Option<&str>, r: Result<B, Status>) -> String {
+    match r {
+        Ok(body) => wire::ack(request_op, nonce, body),
+        Err(status) => wire::error(error_code(&status), status.message(), nonce),
+    }
+}
+
 impl LivechatProtocol {
+    /// Turns one channel, chat or floor frame into its RPC and answer.
+    async fn channel_op(&self, cx: &Ctx, user_id: &str, frame: ClientFrame) -> String {
+        let mut channel = cx.gw.upstreams.channel.clone();
+        let session_id = cx.id.to_string();
+        let user_id = user_id.to_owned();
+        let nonce = frame.nonce().map(str::to_owned);
+        let nonce = nonce.as_deref();
+        match frame {
+            ClientFrame::ChannelCreate(f) => {
+                let req = CreateChannelRequest {
+                    session_id,
+                    user_id,
+                    channel_id: f.channel_id,
+                    name: f.name.unwrap_or_default(),
+                    capacity: f.capacity.unwrap_or(0),
+                    floor_policy: f.floor.unwrap_or_default(),
+                    max_talk_ms: f.max_talk_ms.unwrap_or(0),
+                };
+                let r = channel.create_channel(req).await.map(|r| ChannelAck {
+                    channel: r.into_inner().into(),
+                });
+                answer(op::CHANNEL_CREATE, nonce, r)
+            }
+            ClientFrame::ChannelJoin(f) => {
+                let channel_id = f.channel_id.clone();
+                let req = JoinChannelRequest {
+                    session_id,
+                    user_id,
+                    channel_id: f.channel_id,
+                    ssrc: f.ssrc,
+                };
+                let r = channel.join_channel(req).await.map(|r| {
+                    let r = r.into_inner();
+                    JoinAck {
+                        channel_id,
+                        active_members: r
+                            .active_members
+                            .into_iter()
+                            .map(|m| MemberView {
+                                user_id: m.user_id,
+                                session_id: m.session_id,
+                                ssrc: m.ssrc,
+                            })
+                            .collect(),
+                        media_addr: r.media_addr,
+                    }
+                });
+                answer(op::CHANNEL_JOIN, nonce, r)
+            }
+            ClientFrame::ChannelLeave(f) => {
+                let req = LeaveChannelRequest {
+                    session_id,
+                    user_id,
+                    channel_id: f.channel_id.clone(),
+                };
+                let r = channel.leave_channel(req).await.map(|_| ChannelIdAck {
+                    channel_id: f.channel_id,
+                });
+                answer(op::CHANNEL_LEAVE, nonce, r)
+            }
+            ClientFrame::ChannelUpdate(f) => {
+                let req = UpdateChannelRequest {
+                    session_id,
+                    user_id,
+                    channel_id: f.channel_id,
+                    name: f.name,
+                };
+                let r = channel.update_channel(req).await.map(|r| ChannelAck {
+                    channel: r.into_inner().into(),
+                });
+                answer(op::CHANNEL_UPDATE, nonce, r)
+            }
+            ClientFrame::ChannelDelete(f) => {
+                let req = DeleteChannelRequest {
+                    session_id,
+                    user_id,
+                    channel_id: f.channel_id.clone(),
+                };
+                let r = channel.delete_channel(req).await.map(|_| ChannelIdAck {
+                    channel_id: f.channel_id,
+                });
+                answer(op::CHANNEL_DELETE, nonce, r)
+            }
+            ClientFrame::MessageCreate(f) => {
+                let req = SendMessageRequest {
+                    session_id,
+                    user_id,
+                    channel_id: f.channel_id.clone(),
+                    content: f.content,
+                };
+                let r = channel.send_message(req).await.map(|r| MessageAck {
+                    channel_id: f.channel_id,
+                    message_id: r.into_inner().message_id,
+                });
+                answer(op::MESSAGE_CREATE, nonce, r)
+            }
+            ClientFrame::FloorRequest(f) => {
+                let req = FloorRequest {
+                    session_id,
+                    user_id,
+                    channel_id: f.channel_id.clone(),
+                };
+                let r = channel
+                    .request_floor(req)
+                    .await
+                    .map(|r| FloorAck::new(f.channel_id, r.into_inner()));
+                answer(op::FLOOR_REQUEST, nonce, r)
+            }
+            ClientFrame::FloorRelease(f) => {
+                let req = FloorRequest {
+                    session_id,
+                    user_id,
+                    channel_id: f.channel_id.clone(),
+                };
+                let r = channel
+                    .release_floor(req)
+                    .await
+                    .map(|r| FloorAck::new(f.channel_id, r.into_inner()));
+                answer(op::FLOOR_RELEASE, nonce, r)
+            }
+            ClientFrame::Heartbeat(_) | ClientFrame::Identify(_) => {
+                wire::error(ErrorCode::InvalidOp, "not a channel operation", nonce)
+            }
+        }
+    }
+
     async fn identify(&mut self, cx: &mut Ctx, f: Identify) {
         let nonce = f.nonce.as_deref();
         if self.user_id.is_some() {
@@ -87,7 +300,7 @@ impl Protocol for LivechatProtocol {
     async fn on_text(&mut self, cx: &mut Ctx, text: &str) {
         let frame = match ClientFrame::parse(text) {
             Ok(frame) => frame,
-            Err(err) => return cx.send(self.frame_error(&err)),
+            Err(err) => return cx.send(wire::frame_error_for(&err, Some(text))),
         };
         match frame {
             ClientFrame::Heartbeat(h) => cx.send(wire::heartbeat_ack(h.nonce.as_deref())),
@@ -98,9 +311,25 @@ impl Protocol for LivechatProtocol {
                 other.nonce(),
             )),
             other => {
-                // Channel, chat and floor operations arrive with the LiveChat issue.
-                let status = Status::new(Code::Unimplemented, "channel operations are not available yet");
-                cx.send(wire::error(error_code(&status), status.message(), other.nonce()));
+                let user_id = self.user_id.clone().unwrap_or_default();
+                let answer = self.channel_op(cx, &user_id, other).await;
+                cx.send(answer);
+            }
+        }
+    }
+
+    /// A closed or zombie session leaves every channel it joined; the other
+    /// members get the leave events.
+    async fn on_close(&mut self, cx: &mut Ctx) {
+        if self.user_id.is_some() {
+            let mut channel = cx.gw.upstreams.channel.clone();
+            if let Err(status) = channel
+                .drop_session(DropSessionRequest {
+                    session_id: cx.id.to_string(),
+                })
+                .await
+            {
+                tracing::warn!(connection_id = %cx.id, error = %status.message(), "channel cleanup failed");
             }
         }
     }

@@ -1,30 +1,52 @@
 //! Channel state for LiveChat / push-to-talk (seed 003): channels, members,
-//! chat messages and floor control.
+//! chat messages and server-arbitrated floor control.
 //!
-//! Talks to other services only through their gRPC contracts.
+//! State lives in shared state (any replica serves any channel); events go to
+//! members through the delivery envelopes of `relaymesh-state`. Talks to the
+//! media relay only through its gRPC contract.
 
+mod error;
+pub mod floor;
+mod relays;
 mod service;
+mod store;
 
 use relaymesh_proto::channel::v1::channel_server::ChannelServer;
 use relaymesh_rpc::{GrpcServer, RpcError, ServeOptions};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use error::ChannelError;
 pub use service::ChannelService;
 
 /// Flags of the channel role.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct ChannelConfig {}
+#[derive(Debug, Clone, clap::Args)]
+pub struct ChannelConfig {
+    /// Largest channel (members); CHANNEL_CREATE may ask for fewer.
+    #[arg(long, env = "MAX_CHANNEL_MEMBERS", default_value_t = 50)]
+    pub max_channel_members: u32,
+
+    /// Longest chat message, in characters.
+    #[arg(long, env = "MAX_MESSAGE_LEN", default_value_t = 2000)]
+    pub max_message_len: usize,
+
+    /// Longest a member may hold the floor; a channel may ask for less.
+    #[arg(long, env = "FLOOR_MAX_TALK_MS", default_value_t = 30_000)]
+    pub floor_max_talk_ms: u64,
+}
 
 /// Serves the channel API on `listener` until `shutdown`.
 pub async fn serve(
     listener: TcpListener,
-    _config: ChannelConfig,
-    _state: relaymesh_state::SharedState,
+    config: ChannelConfig,
+    state: relaymesh_state::SharedState,
     shutdown: CancellationToken,
 ) -> Result<(), RpcError> {
-    GrpcServer::new()
-        .add_service(ChannelServer::new(ChannelService))
+    let service = ChannelService::new(state, config, shutdown.clone());
+    let served = GrpcServer::new()
+        .add_service(ChannelServer::new(service.clone()))
         .serve(listener, ServeOptions::default(), shutdown)
-        .await
+        .await;
+    service.drained().await;
+    served
 }

@@ -1,0 +1,75 @@
+use relaymesh_rpc::ServiceError;
+use tonic::Code;
+
+/// What the channel service refuses or fails with. `reason()` is the key the
+/// gateway maps to seed 003's error codes (gateway/src/protocols/livechat.rs).
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    #[error("no channel {0}")]
+    NotFound(String),
+    #[error("channel {0} exists")]
+    Exists(String),
+    #[error("channel is full ({0} members)")]
+    Full(u32),
+    #[error("only the channel's creator may do that")]
+    NotAllowed,
+    #[error("already joined")]
+    AlreadyJoined,
+    #[error("not joined")]
+    NotJoined,
+    #[error("message is empty")]
+    EmptyMessage,
+    #[error("message exceeds {0} characters")]
+    MessageTooLong(usize),
+    #[error("not a member of the channel")]
+    NotMember,
+    #[error("the floor is held by {0}")]
+    FloorBusy(String),
+    #[error("channel has no floor control")]
+    NoFloorControl,
+    #[error("ssrc {0} is held by another member")]
+    SsrcInUse(u32),
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("channel {0} is busy, retry")]
+    Contended(String),
+    #[error("shared state: {0}")]
+    State(#[from] relaymesh_state::StateError),
+    #[error("media relay: {0}")]
+    Relay(String),
+}
+
+impl ServiceError for ChannelError {
+    fn code(&self) -> Code {
+        match self {
+            Self::NotFound(_) => Code::NotFound,
+            Self::Exists(_) | Self::AlreadyJoined | Self::SsrcInUse(_) => Code::AlreadyExists,
+            Self::Full(_) => Code::ResourceExhausted,
+            Self::NotAllowed => Code::PermissionDenied,
+            Self::NotJoined | Self::NotMember | Self::FloorBusy(_) | Self::NoFloorControl => Code::FailedPrecondition,
+            Self::EmptyMessage | Self::MessageTooLong(_) | Self::Invalid(_) => Code::InvalidArgument,
+            Self::Contended(_) | Self::State(_) | Self::Relay(_) => Code::Unavailable,
+        }
+    }
+
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::NotFound(_) => "channel_not_found",
+            Self::Exists(_) => "channel_exists",
+            Self::Full(_) => "channel_full",
+            Self::NotAllowed => "not_allowed",
+            Self::AlreadyJoined => "already_joined",
+            Self::NotJoined => "not_joined",
+            Self::EmptyMessage => "empty_message",
+            Self::MessageTooLong(_) => "message_too_long",
+            Self::NotMember => "not_member",
+            Self::FloorBusy(_) => "floor_busy",
+            Self::NoFloorControl => "no_floor_control",
+            Self::SsrcInUse(_) => "ssrc_in_use",
+            Self::Invalid(_) => "invalid",
+            Self::Contended(_) | Self::State(_) | Self::Relay(_) => "unavailable",
+        }
+    }
+}
+
+pub type Result<T, E = ChannelError> = std::result::Result<T, E>;

@@ -1,0 +1,342 @@
+//! Push-to-talk floor control: who may talk in a channel, as a table.
+//!
+//! The seed leaves the floor to clients; here the server arbitrates. Each
+//! transition is one function of (state, event) so it can be checked pair by
+//! pair; timers and delivery live in the service, not here.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ChannelError;
+
+/// A channel's floor policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FloorPolicy {
+    /// No floor: every member's media is forwarded (the seed's behaviour).
+    #[default]
+    None,
+    /// One holder at a time; a request while held is refused.
+    Exclusive,
+    /// One holder at a time; requests while held wait in FIFO order.
+    Queue,
+}
+
+impl FloorPolicy {
+    pub fn parse(s: &str) -> Result<Self, ChannelError> {
+        match s {
+            "" | "none" => Ok(Self::None),
+            "exclusive" => Ok(Self::Exclusive),
+            "queue" => Ok(Self::Queue),
+            other => Err(ChannelError::Invalid(format!("floor policy {other:?}"))),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Exclusive => "exclusive",
+            Self::Queue => "queue",
+        }
+    }
+
+    /// Whether the media relay forwards only the holder's packets.
+    pub fn controlled(self) -> bool {
+        self != Self::None
+    }
+}
+
+/// One member as the floor knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Talker {
+    pub session_id: String,
+    pub user_id: String,
+    pub ssrc: u32,
+}
+
+/// The floor of one channel.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Floor {
+    pub holder: Option<Grant>,
+    pub queue: Vec<Talker>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub talker: Talker,
+    pub expires_at_ms: i64,
+    /// Distinguishes grants to the same member, so a stale timer cannot
+    /// revoke a newer grant.
+    pub grant_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FloorEvent {
+    Request(Talker),
+    /// The member releases the floor or leaves the queue.
+    Release {
+        session_id: String,
+    },
+    /// The member left the channel (or its session died).
+    Leave {
+        session_id: String,
+    },
+    /// The grant's time ran out.
+    Expire {
+        grant_id: String,
+    },
+}
+
+/// What a transition did, for the events the service sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FloorChange {
+    /// The holder changed (granted to someone, or freed); `why` names the
+    /// FLOOR_EVENT type.
+    Holder { why: &'static str },
+    /// The requester was queued at this position (1-based).
+    Queued(u32),
+    /// Nothing changed (a release by a non-holder who was not queued, a
+    /// stale expiry, a repeated request by the holder).
+    Nothing,
+}
+
+/// Applies `event` to `floor` under `policy`. `now_ms` and `max_talk_ms` set
+/// the expiry of a new grant; `new_grant_id` names it.
+pub fn transition(
+    policy: FloorPolicy,
+    floor: &mut Floor,
+    event: FloorEvent,
+    now_ms: i64,
+    max_talk_ms: i64,
+    new_grant_id: impl FnOnce() -> String,
+) -> Result<FloorChange, ChannelError> {
+    if policy == FloorPolicy::None {
+        return Err(ChannelError::NoFloorControl);
+    }
+    let grant_next = |floor: &mut Floor, why: &'static str| {
+        floor.holder = (!floor.queue.is_empty()).then(|| Grant {
+            talker: floor.queue.remove(0),
+            expires_at_ms: now_ms + max_talk_ms,
+            grant_id: String::new(),
+        });
+        FloorChange::Holder { why }
+    };
+    let change = match event {
+        FloorEvent::Request(talker) => match &floor.holder {
+            None => {
+                floor.queue.retain(|t| t.session_id != talker.session_id);
+                floor.holder = Some(Grant {
+                    talker,
+                    expires_at_ms: now_ms + max_talk_ms,
+                    grant_id: String::new(),
+                });
+                FloorChange::Holder { why: "granted" }
+            }
+            Some(g) if g.talker.session_id == talker.session_id => FloorChange::Nothing,
+            Some(g) if policy == FloorPolicy::Exclusive => {
+                return Err(ChannelError::FloorBusy(g.talker.user_id.clone()));
+            }
+            Some(_) => {
+                if let Some(pos) = floor.queue.iter().position(|t| t.session_id == talker.session_id) {
+                    FloorChange::Queued(pos as u32 + 1)
+                } else {
+                    floor.queue.push(talker);
+                    FloorChange::Queued(floor.queue.len() as u32)
+                }
+            }
+        },
+        FloorEvent::Release { session_id } => {
+            if floor.holder.as_ref().is_some_and(|g| g.talker.session_id == session_id) {
+                grant_next(floor, "released")
+            } else {
+                floor.queue.retain(|t| t.session_id != session_id);
+                FloorChange::Nothing
+            }
+        }
+        FloorEvent::Leave { session_id } => {
+            floor.queue.retain(|t| t.session_id != session_id);
+            if floor.holder.as_ref().is_some_and(|g| g.talker.session_id == session_id) {
+                grant_next(floor, "left")
+            } else {
+                FloorChange::Nothing
+            }
+        }
+        FloorEvent::Expire { grant_id } => {
+            if floor.holder.as_ref().is_some_and(|g| g.grant_id == grant_id) {
+                grant_next(floor, "revoked")
+            } else {
+                FloorChange::Nothing
+            }
+        }
+    };
+    if let Some(g) = &mut floor.holder
+        && g.grant_id.is_empty()
+    {
+        g.grant_id = new_grant_id();
+    }
+    Ok(change)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> Talker {
+        Talker {
+            session_id: s.into(),
+            user_id: format!("user-{s}"),
+            ssrc: s.len() as u32,
+        }
+    }
+
+    fn apply(policy: FloorPolicy, floor: &mut Floor, e: FloorEvent) -> Result<FloorChange, ChannelError> {
+        let mut n = 0;
+        transition(policy, floor, e, 1_000, 500, || {
+            n += 1;
+            format!("g{n}")
+        })
+    }
+
+    fn holder(f: &Floor) -> Option<&str> {
+        f.holder.as_ref().map(|g| g.talker.session_id.as_str())
+    }
+
+    #[test]
+    fn no_policy_refuses_every_floor_event() {
+        let mut f = Floor::default();
+        for e in [
+            FloorEvent::Request(t("a")),
+            FloorEvent::Release { session_id: "a".into() },
+            FloorEvent::Leave { session_id: "a".into() },
+            FloorEvent::Expire { grant_id: "g".into() },
+        ] {
+            assert!(matches!(
+                apply(FloorPolicy::None, &mut f, e),
+                Err(ChannelError::NoFloorControl)
+            ));
+        }
+    }
+
+    #[test]
+    fn a_free_floor_is_granted_with_an_expiry() {
+        for policy in [FloorPolicy::Exclusive, FloorPolicy::Queue] {
+            let mut f = Floor::default();
+            assert_eq!(
+                apply(policy, &mut f, FloorEvent::Request(t("a"))).unwrap(),
+                FloorChange::Holder { why: "granted" }
+            );
+            let g = f.holder.as_ref().unwrap();
+            assert_eq!((g.talker.session_id.as_str(), g.expires_at_ms), ("a", 1_500));
+            assert!(!g.grant_id.is_empty());
+        }
+    }
+
+    #[test]
+    fn the_holder_asking_again_changes_nothing() {
+        let mut f = Floor::default();
+        apply(FloorPolicy::Queue, &mut f, FloorEvent::Request(t("a"))).unwrap();
+        let before = f.clone();
+        assert_eq!(
+            apply(FloorPolicy::Queue, &mut f, FloorEvent::Request(t("a"))).unwrap(),
+            FloorChange::Nothing
+        );
+        assert_eq!(f, before);
+    }
+
+    #[test]
+    fn exclusive_refuses_while_held() {
+        let mut f = Floor::default();
+        apply(FloorPolicy::Exclusive, &mut f, FloorEvent::Request(t("a"))).unwrap();
+        assert!(
+            matches!(apply(FloorPolicy::Exclusive, &mut f, FloorEvent::Request(t("b"))), Err(ChannelError::FloorBusy(u)) if u == "user-a")
+        );
+        assert!(f.queue.is_empty());
+    }
+
+    #[test]
+    fn queue_waits_in_order_and_hands_over_on_release() {
+        let mut f = Floor::default();
+        let q = FloorPolicy::Queue;
+        apply(q, &mut f, FloorEvent::Request(t("a"))).unwrap();
+        assert_eq!(
+            apply(q, &mut f, FloorEvent::Request(t("b"))).unwrap(),
+            FloorChange::Queued(1)
+        );
+        assert_eq!(
+            apply(q, &mut f, FloorEvent::Request(t("c"))).unwrap(),
+            FloorChange::Queued(2)
+        );
+        assert_eq!(
+            apply(q, &mut f, FloorEvent::Request(t("b"))).unwrap(),
+            FloorChange::Queued(1),
+            "no double entry"
+        );
+        assert_eq!(
+            apply(q, &mut f, FloorEvent::Release { session_id: "a".into() }).unwrap(),
+            FloorChange::Holder { why: "released" }
+        );
+        assert_eq!(holder(&f), Some("b"));
+        assert_eq!(f.queue, vec![t("c")]);
+    }
+
+    #[test]
+    fn releasing_without_holding_only_leaves_the_queue() {
+        let mut f = Floor::default();
+        let q = FloorPolicy::Queue;
+        apply(q, &mut f, FloorEvent::Request(t("a"))).unwrap();
+        apply(q, &mut f, FloorEvent::Request(t("b"))).unwrap();
+        assert_eq!(
+            apply(q, &mut f, FloorEvent::Release { session_id: "b".into() }).unwrap(),
+            FloorChange::Nothing
+        );
+        assert_eq!(holder(&f), Some("a"));
+        assert!(f.queue.is_empty());
+    }
+
+    #[test]
+    fn the_holder_leaving_frees_or_hands_over() {
+        let mut f = Floor::default();
+        let q = FloorPolicy::Queue;
+        apply(q, &mut f, FloorEvent::Request(t("a"))).unwrap();
+        assert_eq!(
+            apply(q, &mut f, FloorEvent::Leave { session_id: "a".into() }).unwrap(),
+            FloorChange::Holder { why: "left" }
+        );
+        assert_eq!(holder(&f), None);
+        apply(q, &mut f, FloorEvent::Request(t("a"))).unwrap();
+        apply(q, &mut f, FloorEvent::Request(t("b"))).unwrap();
+        apply(q, &mut f, FloorEvent::Leave { session_id: "a".into() }).unwrap();
+        assert_eq!(holder(&f), Some("b"));
+    }
+
+    #[test]
+    fn expiry_revokes_only_the_grant_it_was_armed_for() {
+        let mut f = Floor::default();
+        let q = FloorPolicy::Queue;
+        apply(q, &mut f, FloorEvent::Request(t("a"))).unwrap();
+        let first = f.holder.as_ref().unwrap().grant_id.clone();
+        apply(q, &mut f, FloorEvent::Request(t("b"))).unwrap();
+        assert_eq!(
+            apply(
+                q,
+                &mut f,
+                FloorEvent::Expire {
+                    grant_id: "stale".into()
+                }
+            )
+            .unwrap(),
+            FloorChange::Nothing
+        );
+        assert_eq!(
+            apply(q, &mut f, FloorEvent::Expire { grant_id: first }).unwrap(),
+            FloorChange::Holder { why: "revoked" }
+        );
+        assert_eq!(holder(&f), Some("b"));
+    }
+
+    #[test]
+    fn policies_parse_from_their_names() {
+        assert_eq!(FloorPolicy::parse("").unwrap(), FloorPolicy::None);
+        assert_eq!(FloorPolicy::parse("queue").unwrap(), FloorPolicy::Queue);
+        assert!(FloorPolicy::parse("chaos").is_err());
+    }
+}

@@ -1,0 +1,96 @@
+//! Which media relay instance serves which channel.
+//!
+//! Relays announce themselves in shared state (`media-relay:<id>` records,
+//! ids in the `media-relays` set). A channel is assigned one live relay on
+//! first join (`chan-relay:<channel>`), so all its members' RTP meets in one
+//! process; a channel whose relay died is reassigned on the next join.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prost::Message;
+use relaymesh_proto::media_relay::v1::RelayRegistration;
+use relaymesh_proto::media_relay::v1::media_relay_client::MediaRelayClient;
+use relaymesh_rpc::{RpcChannel, connect_lazy};
+use relaymesh_state::SharedState;
+
+use crate::error::{ChannelError, Result};
+
+pub struct RelayDirectory {
+    state: SharedState,
+    clients: Mutex<HashMap<String, MediaRelayClient<RpcChannel>>>,
+}
+
+impl RelayDirectory {
+    pub fn new(state: SharedState) -> Self {
+        Self {
+            state,
+            clients: Mutex::default(),
+        }
+    }
+
+    async fn registration(&self, relay_id: &str) -> Result<Option<RelayRegistration>> {
+        match self.state.get(&format!("media-relay:{relay_id}")).await? {
+            None => Ok(None),
+            Some(b) => RelayRegistration::decode(b.as_slice())
+                .map(Some)
+                .map_err(|e| ChannelError::Relay(format!("corrupt registration: {e}"))),
+        }
+    }
+
+    /// The live relay serving `channel_id`, assigning one if needed; None
+    /// when no relay is registered (chat still works, media does not).
+    pub async fn for_channel(&self, channel_id: &str) -> Result<Option<RelayRegistration>> {
+        let key = format!("chan-relay:{channel_id}");
+        if let Some(id) = self.state.get(&key).await?
+            && let Some(reg) = self.registration(&String::from_utf8_lossy(&id)).await?
+        {
+            return Ok(Some(reg));
+        }
+        let mut live = Vec::new();
+        let mut ids = self.state.set_members("media-relays").await?;
+        ids.sort();
+        for id in ids {
+            match self.registration(&id).await? {
+                Some(reg) => live.push(reg),
+                None => self.state.set_remove("media-relays", &id).await?,
+            }
+        }
+        if live.is_empty() {
+            return Ok(None);
+        }
+        // Spread channels over relays by a stable hash of the channel id.
+        let pick = channel_id
+            .bytes()
+            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+        let reg = live.swap_remove((pick % live.len() as u64) as usize);
+        self.state.set(&key, reg.relay_id.as_bytes(), None).await?;
+        Ok(Some(reg))
+    }
+
+    /// The relay assigned to `channel_id`, without assigning one.
+    pub async fn assigned(&self, channel_id: &str) -> Result<Option<RelayRegistration>> {
+        match self.state.get(&format!("chan-relay:{channel_id}")).await? {
+            Some(id) => self.registration(&String::from_utf8_lossy(&id)).await,
+            None => Ok(None),
+        }
+    }
+
+    pub async fn forget(&self, channel_id: &str) -> Result<()> {
+        self.state.delete(&format!("chan-relay:{channel_id}")).await?;
+        Ok(())
+    }
+
+    pub fn client(&self, reg: &RelayRegistration) -> Result<MediaRelayClient<RpcChannel>> {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = clients.get(&reg.grpc_url) {
+            return Ok(c.clone());
+        }
+        let channel =
+            connect_lazy(&reg.grpc_url, Duration::from_secs(3)).map_err(|e| ChannelError::Relay(e.to_string()))?;
+        let client = MediaRelayClient::new(channel);
+        clients.insert(reg.grpc_url.clone(), client.clone());
+        Ok(client)
+    }
+}
