@@ -108,6 +108,9 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     for (role, addr) in &mesh.services {
         println!("  {role:<12} grpc://{addr}");
     }
+    for addr in mesh.media_addrs(std::time::Duration::from_secs(2)).await {
+        println!("  media (RTP)  udp://{addr}");
+    }
     println!("  ready:       curl http://{}/readyz", mesh.gateway_addr);
     let signal = shutdown_on_signal();
     let token = mesh.shutdown_token();

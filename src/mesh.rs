@@ -9,6 +9,7 @@ use relaymesh_channel::ChannelConfig;
 use relaymesh_gateway::{GatewayConfig, UpstreamArgs};
 use relaymesh_match::MatchConfig;
 use relaymesh_media_relay::MediaRelayConfig;
+use relaymesh_proto::media_relay::v1::RelayRegistration;
 use relaymesh_scheduler::SchedulerConfig;
 use relaymesh_signaling::SignalingConfig;
 use relaymesh_state::SharedState;
@@ -177,6 +178,26 @@ impl Mesh {
             relaymesh_gateway::serve(listener, config, state, self.shutdown.clone()),
         );
         Ok(addr)
+    }
+
+    /// Where the media relays take RTP, as they registered in shared state;
+    /// waits up to `wait` for the first registration.
+    pub async fn media_addrs(&self, wait: std::time::Duration) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let mut out = Vec::new();
+            for id in self.state.set_members("media-relays").await.unwrap_or_default() {
+                if let Ok(Some(bytes)) = self.state.get(&format!("media-relay:{id}")).await
+                    && let Ok(reg) = <RelayRegistration as prost::Message>::decode(bytes.as_slice())
+                {
+                    out.push(reg.media_addr);
+                }
+            }
+            if !out.is_empty() || tokio::time::Instant::now() >= deadline {
+                return out;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     pub fn options(&self) -> &MeshOptions {

@@ -10,6 +10,7 @@ mod integration {
     mod cross_replica;
     mod gateway_http;
     mod livechat_channels;
+    mod livechat_media;
     mod livechat_session;
     mod ws_machinery;
 }

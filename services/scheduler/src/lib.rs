@@ -3,6 +3,7 @@
 //!
 //! Talks to other services only through their gRPC contracts.
 
+pub mod dispatch;
 mod service;
 
 use relaymesh_proto::scheduler::v1::scheduler_server::SchedulerServer;
