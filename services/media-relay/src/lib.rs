@@ -1,15 +1,46 @@
 //! The UDP RTP/SRTP media relay (seed 003).
 //!
-//! Talks to other services only through their gRPC contracts.
+//! The channel service tells a relay instance, over gRPC, which SSRCs belong
+//! to which channel; the relay latches each member's UDP address from its
+//! own packets and forwards every packet, unchanged, to the other members.
+//! It holds no media keys: SRTP is end to end.
+//!
+//! - [`rtp`]: the header check that yields a packet's SSRC;
+//! - [`table`]: SSRC -> peer, channel -> members and floor;
+//! - [`forward`]: the per-packet loop on the UDP socket;
+//! - [`sweep`]: eviction of peers that went silent;
+//! - [`registration`]: the record that lets the channel service find us;
+//! - [`service`]: the gRPC API.
+//!
+//! Talks to other services only through their gRPC contracts and shared
+//! state.
 
+mod error;
+mod forward;
+mod registration;
+mod rtp;
 mod service;
+mod stats;
+mod sweep;
+mod table;
 
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use relaymesh_config::join_host_port;
+use relaymesh_proto::media_relay::v1::RelayRegistration;
 use relaymesh_proto::media_relay::v1::media_relay_server::MediaRelayServer;
 use relaymesh_rpc::{GrpcServer, RpcError, ServeOptions};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+pub use error::MediaRelayError;
+pub use registration::{RELAYS_SET, registration_key};
 pub use service::MediaRelayService;
+
+use crate::stats::RelayCounters;
+use crate::table::RelayTable;
 
 /// Flags of the media-relay role.
 #[derive(Debug, Clone, clap::Args)]
@@ -41,15 +72,124 @@ pub struct MediaRelayConfig {
     pub media_peer_idle_timeout_ms: u64,
 }
 
-/// Serves the media-relay API on `listener` until `shutdown`.
+impl MediaRelayConfig {
+    /// The host clients are told to send to: the configured public host,
+    /// else the bind host, else loopback when bound to every interface
+    /// (an unspecified address cannot be sent to).
+    fn public_host(&self) -> String {
+        if let Some(host) = &self.media_public_host {
+            return host.clone();
+        }
+        let bind = self.media_udp_host.trim_start_matches('[').trim_end_matches(']');
+        match bind.parse::<IpAddr>() {
+            Ok(ip) if ip.is_unspecified() => "127.0.0.1".to_owned(),
+            _ if bind.is_empty() => "127.0.0.1".to_owned(),
+            _ => bind.to_owned(),
+        }
+    }
+}
+
+/// Binds the media socket, then serves the media-relay API on `listener`
+/// and relays RTP until `shutdown`; returns once every task has stopped and
+/// the registration is withdrawn.
 pub async fn serve(
     listener: TcpListener,
-    _config: MediaRelayConfig,
-    _state: relaymesh_state::SharedState,
+    config: MediaRelayConfig,
+    state: relaymesh_state::SharedState,
     shutdown: CancellationToken,
 ) -> Result<(), RpcError> {
-    GrpcServer::new()
-        .add_service(MediaRelayServer::new(MediaRelayService))
+    let socket = UdpSocket::bind(join_host_port(&config.media_udp_host, config.media_udp_port)).await?;
+    let public_host = config.public_host();
+    let media_addr = join_host_port(&public_host, socket.local_addr()?.port());
+    let relay_id = config
+        .media_relay_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let grpc_url = match &config.media_grpc_advertise {
+        Some(url) => url.clone(),
+        None => format!("http://{}", join_host_port(&public_host, listener.local_addr()?.port())),
+    };
+    tracing::info!(
+        media_addr = %media_addr,
+        udp_bind = %socket.local_addr()?,
+        relay_id = %relay_id,
+        grpc_url = %grpc_url,
+        "media relay listening"
+    );
+
+    let table = Arc::new(RelayTable::new());
+    let counters = Arc::new(RelayCounters::default());
+    // The tasks stop with the server, also when it fails rather than drains.
+    let stop = shutdown.child_token();
+    let mut tasks = JoinSet::new();
+    {
+        let (socket, table, counters, stop) = (Arc::new(socket), table.clone(), counters.clone(), stop.clone());
+        tasks.spawn(async move { forward::run(&socket, &table, &counters, &stop).await });
+    }
+    {
+        let (table, stop, timeout) = (table.clone(), stop.clone(), config.media_peer_idle_timeout_ms);
+        tasks.spawn(async move { sweep::evict_idle_peers(&table, timeout, stop).await });
+    }
+    {
+        let (table, counters, stop) = (table.clone(), counters.clone(), stop.clone());
+        tasks.spawn(async move { stats::publish_metrics(&counters, &table, stop).await });
+    }
+    {
+        let registration = RelayRegistration {
+            relay_id,
+            grpc_url,
+            media_addr: media_addr.clone(),
+            refreshed_at_ms: 0,
+        };
+        let stop = stop.clone();
+        tasks.spawn(async move { registration::keep_registered(&state, registration, stop).await });
+    }
+
+    let service = MediaRelayService::new(table, counters, media_addr, config.media_peer_idle_timeout_ms);
+    let served = GrpcServer::new()
+        .add_service(MediaRelayServer::new(service))
         .serve(listener, ServeOptions::default(), shutdown)
-        .await
+        .await;
+    stop.cancel();
+    while let Some(joined) = tasks.join_next().await {
+        if let Err(e) = joined {
+            tracing::error!(error = %e, "media relay task failed");
+        }
+    }
+    tracing::info!("media relay stopped");
+    served
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(host: &str, public: Option<&str>) -> MediaRelayConfig {
+        MediaRelayConfig {
+            media_udp_host: host.to_owned(),
+            media_udp_port: 0,
+            media_public_host: public.map(str::to_owned),
+            media_relay_id: None,
+            media_grpc_advertise: None,
+            media_peer_idle_timeout_ms: 30_000,
+        }
+    }
+
+    #[test]
+    fn public_host_prefers_the_configured_one() {
+        assert_eq!(config("0.0.0.0", Some("media.example")).public_host(), "media.example");
+    }
+
+    #[test]
+    fn public_host_is_the_bind_host_when_specific() {
+        assert_eq!(config("10.1.2.3", None).public_host(), "10.1.2.3");
+        assert_eq!(config("::1", None).public_host(), "::1");
+    }
+
+    #[test]
+    fn public_host_is_loopback_when_bound_to_every_interface() {
+        assert_eq!(config("0.0.0.0", None).public_host(), "127.0.0.1");
+        assert_eq!(config("::", None).public_host(), "127.0.0.1");
+        assert_eq!(config("[::]", None).public_host(), "127.0.0.1");
+    }
 }

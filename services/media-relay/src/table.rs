@@ -1,0 +1,506 @@
+//! The relay table: which SSRC belongs to which channel, where each member
+//! was last heard from, and who may speak.
+//!
+//! The forwarding loop asks [`RelayTable::route`] once per packet: one
+//! SSRC lookup and one channel lookup under a read lock, `last_seen`
+//! stored atomically, destinations copied into the caller's reused buffer.
+//! Only a changed source address (first packet, NAT rebinding) takes the
+//! write lock. The table holds no I/O and never blocks on anything but its
+//! own lock, which is never held across an `.await`.
+//!
+//! The SSRC is the only identity a packet carries, so whoever sends with a
+//! member's SSRC moves that member's latched address. SRTP at the endpoints
+//! protects what is said, not where it is routed.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Instant;
+
+use crate::error::{MediaRelayError, Result};
+use crate::rtp::Ssrc;
+
+/// What to do with one packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Send it to the addresses written into the destination buffer.
+    Forward,
+    /// No member holds this SSRC.
+    UnknownSsrc,
+    /// The channel is floor-controlled and the sender does not hold it.
+    NoFloor,
+}
+
+/// Whether AddPeer created the peer or found it already there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Added {
+    New,
+    AlreadyMember,
+}
+
+/// Who may speak in a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Floor {
+    /// Everyone's packets are forwarded.
+    Open,
+    /// Only the holder's packets are forwarded; `None` silences everyone.
+    Held(Option<Ssrc>),
+}
+
+struct Peer {
+    channel_id: Arc<str>,
+    user_id: String,
+    addr: Option<SocketAddr>,
+    /// Milliseconds since the table's epoch; stored by the forwarding loop
+    /// under the read lock, so it must be atomic.
+    last_seen_ms: AtomicU64,
+}
+
+/// A channel member as the forwarding loop needs it: the address is copied
+/// here so fan-out reads one contiguous list.
+struct Member {
+    ssrc: Ssrc,
+    addr: Option<SocketAddr>,
+}
+
+struct Channel {
+    members: Vec<Member>,
+    floor: Floor,
+}
+
+#[derive(Default)]
+struct Tables {
+    peers: HashMap<Ssrc, Peer>,
+    channels: HashMap<Arc<str>, Channel>,
+}
+
+/// SSRC -> peer and channel -> members, shared by the forwarding loop, the
+/// gRPC service and the idle sweeper.
+pub struct RelayTable {
+    tables: RwLock<Tables>,
+    epoch: Instant,
+}
+
+impl Default for RelayTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RelayTable {
+    pub fn new() -> Self {
+        Self {
+            tables: RwLock::default(),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Milliseconds since this table was created: the clock `last_seen` is
+    /// kept in. Monotonic, so a wall-clock step never evicts everyone.
+    pub fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    // A writer that panicked left every map consistent (each operation
+    // mutates after all checks), so a poisoned lock is still usable.
+    fn read(&self) -> RwLockReadGuard<'_, Tables> {
+        self.tables.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Tables> {
+        self.tables.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Decides where a packet from `ssrc` at `from` goes, marks the sender
+    /// seen and latches its address. `dests` is cleared and filled with
+    /// every other member's latched address.
+    ///
+    /// A packet refused for lack of the floor still latches and refreshes
+    /// its sender: in a push-to-talk channel listeners send keepalives
+    /// precisely so the relay learns where to reach them.
+    pub fn route(&self, ssrc: Ssrc, from: SocketAddr, now_ms: u64, dests: &mut Vec<SocketAddr>) -> Route {
+        dests.clear();
+        {
+            let tables = self.read();
+            let Some(peer) = tables.peers.get(&ssrc) else {
+                return Route::UnknownSsrc;
+            };
+            peer.last_seen_ms.store(now_ms, Ordering::Relaxed);
+            if peer.addr == Some(from) {
+                return tables.collect(ssrc, &peer.channel_id, dests);
+            }
+        }
+        let mut tables = self.write();
+        // The peer may have been removed between the two locks.
+        let Some(peer) = tables.peers.get_mut(&ssrc) else {
+            return Route::UnknownSsrc;
+        };
+        peer.addr = Some(from);
+        let channel_id = Arc::clone(&peer.channel_id);
+        if let Some(member) = tables
+            .channels
+            .get_mut(&channel_id)
+            .and_then(|c| c.members.iter_mut().find(|m| m.ssrc == ssrc))
+        {
+            member.addr = Some(from);
+        }
+        tables.collect(ssrc, &channel_id, dests)
+    }
+
+    /// Adds `ssrc` to `channel_id` for `user_id`. Re-adding the same SSRC
+    /// to the same channel for the same user changes nothing; an SSRC held
+    /// by anyone else is refused unless its holder has been idle past
+    /// `idle_timeout_ms` (then it is dead, whether or not swept yet).
+    pub fn add_peer(
+        &self,
+        channel_id: &str,
+        ssrc: Ssrc,
+        user_id: &str,
+        now_ms: u64,
+        idle_timeout_ms: u64,
+    ) -> Result<Added> {
+        if channel_id.is_empty() {
+            return Err(MediaRelayError::InvalidArgument("channel_id is empty"));
+        }
+        if ssrc.0 == 0 {
+            // 0 means "nobody" in SetFloor, so no member may use it.
+            return Err(MediaRelayError::InvalidArgument("ssrc 0 is reserved"));
+        }
+        let mut tables = self.write();
+        if let Some(existing) = tables.peers.get(&ssrc) {
+            if &*existing.channel_id == channel_id && existing.user_id == user_id {
+                existing.last_seen_ms.store(now_ms, Ordering::Relaxed);
+                return Ok(Added::AlreadyMember);
+            }
+            let idle = now_ms.saturating_sub(existing.last_seen_ms.load(Ordering::Relaxed));
+            if idle <= idle_timeout_ms {
+                return Err(MediaRelayError::SsrcInUse { ssrc });
+            }
+            tables.remove(ssrc);
+        }
+        let channel_id: Arc<str> = match tables.channels.get_key_value(channel_id) {
+            Some((key, _)) => Arc::clone(key),
+            None => Arc::from(channel_id),
+        };
+        tables
+            .channels
+            .entry(Arc::clone(&channel_id))
+            .or_insert_with(|| Channel {
+                members: Vec::new(),
+                floor: Floor::Open,
+            })
+            .members
+            .push(Member { ssrc, addr: None });
+        tables.peers.insert(
+            ssrc,
+            Peer {
+                channel_id,
+                user_id: user_id.to_owned(),
+                addr: None,
+                last_seen_ms: AtomicU64::new(now_ms),
+            },
+        );
+        Ok(Added::New)
+    }
+
+    /// Forgets `ssrc`, which must be a member of `channel_id`. A channel
+    /// left with no members is forgotten with its floor state.
+    pub fn remove_peer(&self, channel_id: &str, ssrc: Ssrc) -> Result<()> {
+        let mut tables = self.write();
+        match tables.peers.get(&ssrc) {
+            Some(peer) if &*peer.channel_id == channel_id => {
+                tables.remove(ssrc);
+                Ok(())
+            }
+            _ => Err(MediaRelayError::UnknownPeer {
+                channel_id: channel_id.to_owned(),
+                ssrc,
+            }),
+        }
+    }
+
+    /// Sets who may speak in `channel_id`. With `floor_controlled`, only
+    /// `holder` (a member) is forwarded, and `None` forwards nobody.
+    pub fn set_floor(&self, channel_id: &str, floor_controlled: bool, holder: Option<Ssrc>) -> Result<()> {
+        let mut tables = self.write();
+        let Some(channel) = tables.channels.get_mut(channel_id) else {
+            return Err(MediaRelayError::UnknownChannel(channel_id.to_owned()));
+        };
+        channel.floor = if floor_controlled {
+            if let Some(ssrc) = holder
+                && !channel.members.iter().any(|m| m.ssrc == ssrc)
+            {
+                return Err(MediaRelayError::HolderNotMember {
+                    channel_id: channel_id.to_owned(),
+                    ssrc,
+                });
+            }
+            Floor::Held(holder)
+        } else {
+            Floor::Open
+        };
+        Ok(())
+    }
+
+    /// Removes every peer not seen for more than `idle_timeout_ms`; returns
+    /// them as (channel, ssrc) for logging.
+    pub fn evict_idle(&self, now_ms: u64, idle_timeout_ms: u64) -> Vec<(Arc<str>, Ssrc)> {
+        let is_idle = |p: &Peer| now_ms.saturating_sub(p.last_seen_ms.load(Ordering::Relaxed)) > idle_timeout_ms;
+        // Scan under the read lock first so a sweep that finds nothing never
+        // stalls the forwarding loop behind the write lock.
+        if !self.read().peers.values().any(is_idle) {
+            return Vec::new();
+        }
+        let mut tables = self.write();
+        let idle: Vec<Ssrc> = tables
+            .peers
+            .iter()
+            .filter(|(_, p)| is_idle(p))
+            .map(|(ssrc, _)| *ssrc)
+            .collect();
+        idle.into_iter().filter_map(|ssrc| tables.remove(ssrc)).collect()
+    }
+
+    /// (peers, channels) currently known.
+    pub fn counts(&self) -> (usize, usize) {
+        let tables = self.read();
+        (tables.peers.len(), tables.channels.len())
+    }
+}
+
+impl Tables {
+    /// Applies the floor rule for a packet from `sender` in `channel_id`
+    /// and writes the other members' latched addresses into `dests`.
+    fn collect(&self, sender: Ssrc, channel_id: &str, dests: &mut Vec<SocketAddr>) -> Route {
+        let Some(channel) = self.channels.get(channel_id) else {
+            return Route::UnknownSsrc;
+        };
+        if let Floor::Held(holder) = channel.floor
+            && holder != Some(sender)
+        {
+            return Route::NoFloor;
+        }
+        dests.extend(
+            channel
+                .members
+                .iter()
+                .filter(|m| m.ssrc != sender)
+                .filter_map(|m| m.addr),
+        );
+        Route::Forward
+    }
+
+    /// Removes `ssrc` from the peers and its channel, dropping the channel
+    /// when it empties and releasing the floor if `ssrc` held it.
+    fn remove(&mut self, ssrc: Ssrc) -> Option<(Arc<str>, Ssrc)> {
+        let peer = self.peers.remove(&ssrc)?;
+        if let Entry::Occupied(mut entry) = self.channels.entry(Arc::clone(&peer.channel_id)) {
+            let channel = entry.get_mut();
+            channel.members.retain(|m| m.ssrc != ssrc);
+            if channel.floor == Floor::Held(Some(ssrc)) {
+                channel.floor = Floor::Held(None);
+            }
+            if channel.members.is_empty() {
+                entry.remove();
+            }
+        }
+        Some((peer.channel_id, ssrc))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IDLE: u64 = 1_000;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// A table with `ssrcs` in channel "c", each latched at port 1000+ssrc.
+    fn latched(ssrcs: &[u32]) -> RelayTable {
+        let table = RelayTable::new();
+        let mut dests = Vec::new();
+        for &s in ssrcs {
+            table.add_peer("c", Ssrc(s), &format!("u{s}"), 0, IDLE).unwrap();
+            table.route(Ssrc(s), addr(1000 + s as u16), 0, &mut dests);
+        }
+        table
+    }
+
+    fn route(table: &RelayTable, ssrc: u32, from: SocketAddr) -> (Route, Vec<SocketAddr>) {
+        let mut dests = Vec::new();
+        let r = table.route(Ssrc(ssrc), from, 0, &mut dests);
+        dests.sort();
+        (r, dests)
+    }
+
+    #[test]
+    fn packet_goes_to_every_other_latched_member() {
+        let table = latched(&[1, 2, 3]);
+        assert_eq!(
+            route(&table, 1, addr(1001)),
+            (Route::Forward, vec![addr(1002), addr(1003)])
+        );
+    }
+
+    #[test]
+    fn members_without_an_address_are_skipped() {
+        let table = latched(&[1]);
+        table.add_peer("c", Ssrc(2), "u2", 0, IDLE).unwrap();
+        assert_eq!(route(&table, 2, addr(1002)), (Route::Forward, vec![addr(1001)]));
+        assert_eq!(route(&table, 1, addr(1001)), (Route::Forward, vec![addr(1002)]));
+    }
+
+    #[test]
+    fn unknown_ssrc_is_reported() {
+        let table = latched(&[1]);
+        assert_eq!(route(&table, 9, addr(9)), (Route::UnknownSsrc, vec![]));
+    }
+
+    #[test]
+    fn address_change_is_followed() {
+        let table = latched(&[1, 2]);
+        route(&table, 2, addr(2222));
+        assert_eq!(route(&table, 1, addr(1001)), (Route::Forward, vec![addr(2222)]));
+    }
+
+    #[test]
+    fn channels_do_not_leak_into_each_other() {
+        let table = latched(&[1, 2]);
+        table.add_peer("other", Ssrc(3), "u3", 0, IDLE).unwrap();
+        route(&table, 3, addr(1003));
+        assert_eq!(route(&table, 1, addr(1001)), (Route::Forward, vec![addr(1002)]));
+        assert_eq!(route(&table, 3, addr(1003)), (Route::Forward, vec![]));
+    }
+
+    #[test]
+    fn re_adding_same_ssrc_channel_and_user_is_idempotent() {
+        let table = latched(&[1, 2]);
+        assert_eq!(table.add_peer("c", Ssrc(1), "u1", 0, IDLE), Ok(Added::AlreadyMember));
+        assert_eq!(table.counts(), (2, 1));
+        // The latched address survives.
+        assert_eq!(route(&table, 2, addr(1002)), (Route::Forward, vec![addr(1001)]));
+    }
+
+    #[test]
+    fn ssrc_of_a_live_member_is_refused_to_anyone_else() {
+        let table = latched(&[1]);
+        let in_use = Err(MediaRelayError::SsrcInUse { ssrc: Ssrc(1) });
+        assert_eq!(table.add_peer("c", Ssrc(1), "someone-else", 0, IDLE), in_use);
+        assert_eq!(table.add_peer("d", Ssrc(1), "u1", 0, IDLE), in_use);
+    }
+
+    #[test]
+    fn ssrc_of_an_idle_member_can_be_taken_over() {
+        let table = latched(&[1]);
+        assert_eq!(table.add_peer("d", Ssrc(1), "u9", IDLE + 1, IDLE), Ok(Added::New));
+        assert_eq!(table.counts(), (1, 1));
+    }
+
+    #[test]
+    fn empty_channel_and_ssrc_zero_are_invalid() {
+        let table = RelayTable::new();
+        assert!(matches!(
+            table.add_peer("", Ssrc(1), "u", 0, IDLE),
+            Err(MediaRelayError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            table.add_peer("c", Ssrc(0), "u", 0, IDLE),
+            Err(MediaRelayError::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn removed_peer_is_forgotten_and_empty_channel_dropped() {
+        let table = latched(&[1, 2]);
+        table.remove_peer("c", Ssrc(1)).unwrap();
+        assert_eq!(route(&table, 1, addr(1001)).0, Route::UnknownSsrc);
+        assert_eq!(route(&table, 2, addr(1002)), (Route::Forward, vec![]));
+        table.remove_peer("c", Ssrc(2)).unwrap();
+        assert_eq!(table.counts(), (0, 0));
+    }
+
+    #[test]
+    fn removing_a_peer_from_the_wrong_channel_is_unknown_peer() {
+        let table = latched(&[1]);
+        assert!(matches!(
+            table.remove_peer("d", Ssrc(1)),
+            Err(MediaRelayError::UnknownPeer { .. })
+        ));
+        assert!(matches!(
+            table.remove_peer("c", Ssrc(5)),
+            Err(MediaRelayError::UnknownPeer { .. })
+        ));
+    }
+
+    #[test]
+    fn floor_holder_alone_is_forwarded() {
+        let table = latched(&[1, 2, 3]);
+        table.set_floor("c", true, Some(Ssrc(1))).unwrap();
+        assert_eq!(
+            route(&table, 1, addr(1001)),
+            (Route::Forward, vec![addr(1002), addr(1003)])
+        );
+        assert_eq!(route(&table, 2, addr(1002)).0, Route::NoFloor);
+    }
+
+    #[test]
+    fn floor_without_holder_forwards_nobody() {
+        let table = latched(&[1, 2]);
+        table.set_floor("c", true, None).unwrap();
+        assert_eq!(route(&table, 1, addr(1001)).0, Route::NoFloor);
+        assert_eq!(route(&table, 2, addr(1002)).0, Route::NoFloor);
+    }
+
+    #[test]
+    fn uncontrolled_floor_forwards_everyone_again() {
+        let table = latched(&[1, 2]);
+        table.set_floor("c", true, None).unwrap();
+        table.set_floor("c", false, None).unwrap();
+        assert_eq!(route(&table, 2, addr(1002)), (Route::Forward, vec![addr(1001)]));
+    }
+
+    #[test]
+    fn refused_packet_still_latches_its_sender() {
+        let table = latched(&[1, 2]);
+        table.set_floor("c", true, Some(Ssrc(1))).unwrap();
+        assert_eq!(route(&table, 2, addr(2222)).0, Route::NoFloor);
+        assert_eq!(route(&table, 1, addr(1001)), (Route::Forward, vec![addr(2222)]));
+    }
+
+    #[test]
+    fn removing_the_holder_silences_the_channel() {
+        let table = latched(&[1, 2]);
+        table.set_floor("c", true, Some(Ssrc(1))).unwrap();
+        table.remove_peer("c", Ssrc(1)).unwrap();
+        assert_eq!(route(&table, 2, addr(1002)).0, Route::NoFloor);
+    }
+
+    #[test]
+    fn floor_on_unknown_channel_or_for_a_stranger_is_refused() {
+        let table = latched(&[1]);
+        assert!(matches!(
+            table.set_floor("nope", true, None),
+            Err(MediaRelayError::UnknownChannel(_))
+        ));
+        assert!(matches!(
+            table.set_floor("c", true, Some(Ssrc(7))),
+            Err(MediaRelayError::HolderNotMember { .. })
+        ));
+    }
+
+    #[test]
+    fn idle_peers_are_evicted_and_active_ones_kept() {
+        let table = latched(&[1, 2]);
+        let mut dests = Vec::new();
+        table.route(Ssrc(2), addr(1002), IDLE + 5, &mut dests);
+        let evicted = table.evict_idle(IDLE + 5, IDLE);
+        assert_eq!(evicted, vec![(Arc::from("c"), Ssrc(1))]);
+        assert_eq!(table.counts(), (1, 1));
+        assert!(table.evict_idle(IDLE + 5, IDLE).is_empty());
+    }
+}
