@@ -203,6 +203,7 @@ async fn bench_idle_sockets(n: usize) {
         .arg("up")
         .env("PORT", "0")
         .env("MEDIA_UDP_PORT", "0")
+        .env("DATABASE_URL", "sqlite::memory:")
         .env("JWT_SECRET", SECRET)
         .env("RUST_LOG", "warn")
         .env_remove("REDIS_URL")

@@ -59,7 +59,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Up(args) => up(*args).await,
         Command::Gateway(args) => gateway(*args).await,
-        Command::Auth(args) => service("auth", *args, |l, c, _state, t| relaymesh_auth::serve(l, c, t)).await,
+        Command::Auth(args) => service("auth", *args, relaymesh_auth::serve).await,
         Command::Signaling(args) => service("signaling", *args, relaymesh_signaling::serve).await,
         Command::Channel(args) => service("channel", *args, relaymesh_channel::serve).await,
         Command::MediaRelay(args) => service("media-relay", *args, relaymesh_media_relay::serve).await,

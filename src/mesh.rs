@@ -114,7 +114,7 @@ impl Mesh {
         spawn_role(
             &mut tasks,
             "auth",
-            relaymesh_auth::serve(auth, o.auth.clone(), sd.clone()),
+            relaymesh_auth::serve(auth, o.auth.clone(), st.clone(), sd.clone()),
         );
         spawn_role(
             &mut tasks,

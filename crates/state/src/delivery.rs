@@ -87,6 +87,16 @@ pub fn close_envelope(code: u16, reason: impl Into<String>) -> Envelope {
     }
 }
 
+/// An envelope telling the connection's protocol adapter to pull what a
+/// service has for it.
+pub fn nudge_envelope(reason: impl Into<String>) -> Envelope {
+    Envelope {
+        body: Some(Body::Nudge(crate::Nudge { reason: reason.into() })),
+        droppable: true,
+        ..Envelope::default()
+    }
+}
+
 /// Envelopes addressed to one gateway replica.
 pub struct GatewayInbox {
     sub: Subscription,

@@ -54,6 +54,11 @@ pub trait Protocol: Send + 'static {
     /// This protocol's error frame for a frame refused by the machinery.
     fn frame_error(&self, err: &FrameError) -> String;
 
+    /// A service nudged this connection (see `relaymesh.delivery.v1.Nudge`).
+    fn on_nudge(&mut self, _cx: &mut Ctx, _reason: &str) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
     /// Cleans up after the socket closed, for any reason.
     fn on_close(&mut self, _cx: &mut Ctx) -> impl Future<Output = ()> + Send {
         async {}
@@ -157,6 +162,7 @@ pub async fn run<P: Protocol>(
             out = rx.recv() => match out {
                 Some(Outbound::Text(text)) => cx.out.push(text),
                 Some(Outbound::Close(code, reason)) => cx.close(code, reason),
+                Some(Outbound::Nudge(reason)) => Box::pin(proto.on_nudge(&mut cx, &reason)).await,
                 None => break,
             },
             msg = socket.recv() => match msg {

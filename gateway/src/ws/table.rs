@@ -14,6 +14,8 @@ use tokio_util::sync::CancellationToken;
 pub enum Outbound {
     Text(Utf8Bytes),
     Close(u16, String),
+    /// A service has something for this connection's protocol adapter.
+    Nudge(String),
 }
 
 pub struct ConnHandle {
@@ -100,6 +102,9 @@ impl ConnectionTable {
                 let code = u16::try_from(c.code).unwrap_or(1008);
                 self.offer(&id, Outbound::Close(code, c.reason), false)
             }
+            // A nudge is a hint ("pull now"): if the queue is full, the
+            // adapter is busy and will pull anyway, so it may be dropped.
+            Some(Body::Nudge(n)) => self.offer(&id, Outbound::Nudge(n.reason), true),
             None => Offered::Unknown,
         }
     }

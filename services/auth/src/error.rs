@@ -1,3 +1,6 @@
+//! The auth service's errors and their one mapping to gRPC codes and
+//! reasons.
+
 use relaymesh_rpc::ServiceError;
 use tonic::Code;
 
@@ -12,6 +15,18 @@ pub enum AuthError {
     NoKey(String),
     #[error("configuration: {0}")]
     Config(String),
+    #[error("invalid node frame: {0}")]
+    InvalidFrame(String),
+    #[error("invalid node frame signature: {0}")]
+    InvalidSignature(String),
+    #[error("node frame {message_id} of {node_id} was already seen")]
+    Replayed { node_id: String, message_id: String },
+    #[error("node frame timestamp {0} is outside the replay window")]
+    StaleTimestamp(String),
+    #[error("NODE_SHARED_SECRET is not set; node frames cannot be signed or verified")]
+    NoNodeKey,
+    #[error("shared state: {0}")]
+    State(String),
     #[error("serve: {0}")]
     Serve(String),
 }
@@ -19,8 +34,15 @@ pub enum AuthError {
 impl ServiceError for AuthError {
     fn code(&self) -> Code {
         match self {
-            Self::Expired | Self::Invalid(_) | Self::NoKey(_) => Code::Unauthenticated,
-            Self::Config(_) => Code::FailedPrecondition,
+            Self::Expired
+            | Self::Invalid(_)
+            | Self::NoKey(_)
+            | Self::InvalidSignature(_)
+            | Self::Replayed { .. }
+            | Self::StaleTimestamp(_) => Code::Unauthenticated,
+            Self::InvalidFrame(_) => Code::InvalidArgument,
+            Self::Config(_) | Self::NoNodeKey => Code::FailedPrecondition,
+            Self::State(_) => Code::Unavailable,
             Self::Serve(_) => Code::Internal,
         }
     }
@@ -30,6 +52,12 @@ impl ServiceError for AuthError {
             Self::Expired => "token_expired",
             Self::Invalid(_) | Self::NoKey(_) => "token_invalid",
             Self::Config(_) => "misconfigured",
+            Self::InvalidFrame(_) => "invalid_frame",
+            Self::InvalidSignature(_) => "invalid_signature",
+            Self::Replayed { .. } => "replayed",
+            Self::StaleTimestamp(_) => "stale_timestamp",
+            Self::NoNodeKey => "no_key",
+            Self::State(_) => "unavailable",
             Self::Serve(_) => "internal",
         }
     }

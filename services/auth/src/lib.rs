@@ -1,26 +1,38 @@
 //! The auth service: verifies user JWTs for the copilot, livechat and signal
-//! protocols, and node credentials for the device farm.
+//! protocols, and node credentials for the device farm: node frame HMACs
+//! (with timestamp and replay checks) and the node agent's shared secret.
 //!
-//! It never issues tokens (the identity provider does) and never logs one.
+//! It never issues user tokens (the identity provider does) and never logs
+//! one, nor a node secret.
 
 mod config;
 mod error;
+mod node_frames;
 mod service;
 mod verifier;
 
 use relaymesh_proto::auth::v1::auth_server::AuthServer;
 use relaymesh_rpc::{GrpcServer, RpcError, ServeOptions};
+use relaymesh_state::SharedState;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use config::AuthConfig;
+pub use config::{AuthConfig, DEFAULT_NODE_REPLAY_WINDOW_MS};
 pub use error::AuthError;
+pub use node_frames::{AcceptedFrame, NodeFrames};
 pub use service::AuthService;
 pub use verifier::{Claims, TokenVerifier};
 
-/// Serves the auth API on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, config: AuthConfig, shutdown: CancellationToken) -> Result<(), AuthError> {
-    let service = AuthService::new(&config)?;
+/// Serves the auth API on `listener` until `shutdown`. `state` remembers
+/// node frame message ids, so replicas sharing it refuse each other's
+/// replays.
+pub async fn serve(
+    listener: TcpListener,
+    config: AuthConfig,
+    state: SharedState,
+    shutdown: CancellationToken,
+) -> Result<(), AuthError> {
+    let service = AuthService::with_state(&config, state)?;
     GrpcServer::new()
         .add_service(AuthServer::new(service))
         .serve(listener, ServeOptions::default(), shutdown)

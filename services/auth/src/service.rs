@@ -1,28 +1,49 @@
+//! The gRPC face of the auth service: each method delegates to the verifier
+//! for its credential and maps refusals through [`ServiceError`] once.
+
 use relaymesh_proto::auth::v1::{
     SignNodeFrameRequest, SignNodeFrameResponse, VerifyNodeFrameRequest, VerifyNodeFrameResponse,
     VerifyNodeSecretRequest, VerifyNodeSecretResponse, VerifyTokenRequest, VerifyTokenResponse, auth_server::Auth,
 };
 use relaymesh_rpc::ServiceError;
+use relaymesh_state::SharedState;
 use subtle::ConstantTimeEq;
 use tonic::{Request, Response, Status};
 
+use crate::node_frames::NodeFrames;
 use crate::{AuthConfig, AuthError, TokenVerifier};
 
 pub struct AuthService {
     tokens: TokenVerifier,
+    node_frames: NodeFrames,
     node_agent_secret: Option<String>,
 }
 
 impl AuthService {
+    /// A service whose node-frame replay memory is private to it; enough for
+    /// one process. Replicas must share state: use [`AuthService::with_state`].
     pub fn new(config: &AuthConfig) -> Result<Self, AuthError> {
+        Self::with_state(config, SharedState::memory())
+    }
+
+    pub fn with_state(config: &AuthConfig, state: SharedState) -> Result<Self, AuthError> {
         if !config.verify_signature {
             tracing::warn!("VERIFY_SIGNATURE=false: node frame signatures are NOT checked; never run so in production");
+        } else if config.node_shared_secret.as_deref().is_none_or(str::is_empty) {
+            tracing::warn!("NODE_SHARED_SECRET is not set: every node frame will be refused");
         }
         Ok(Self {
             tokens: TokenVerifier::new(config)?,
+            node_frames: NodeFrames::new(config, state),
             node_agent_secret: config.node_agent_shared_secret.clone(),
         })
     }
+}
+
+/// Counts a refused node frame by reason, then turns it into a status.
+fn refuse_node_frame(e: AuthError) -> Status {
+    metrics::counter!("auth_node_frames_refused_total", "reason" => e.reason()).increment(1);
+    e.into_status()
 }
 
 #[tonic::async_trait]
@@ -46,20 +67,28 @@ impl Auth for AuthService {
 
     async fn verify_node_frame(
         &self,
-        _req: Request<VerifyNodeFrameRequest>,
+        req: Request<VerifyNodeFrameRequest>,
     ) -> Result<Response<VerifyNodeFrameResponse>, Status> {
-        Err(Status::unimplemented(
-            "node frame signatures arrive with the device-farm issue",
-        ))
+        let accepted = self
+            .node_frames
+            .verify(&req.get_ref().frame_json)
+            .await
+            .map_err(refuse_node_frame)?;
+        Ok(Response::new(VerifyNodeFrameResponse {
+            node_id: accepted.node_id,
+            verified: accepted.verified,
+        }))
     }
 
     async fn sign_node_frame(
         &self,
-        _req: Request<SignNodeFrameRequest>,
+        req: Request<SignNodeFrameRequest>,
     ) -> Result<Response<SignNodeFrameResponse>, Status> {
-        Err(Status::unimplemented(
-            "node frame signatures arrive with the device-farm issue",
-        ))
+        let (frame_json, signature) = self
+            .node_frames
+            .sign(&req.get_ref().frame_json)
+            .map_err(ServiceError::into_status)?;
+        Ok(Response::new(SignNodeFrameResponse { frame_json, signature }))
     }
 
     async fn verify_node_secret(

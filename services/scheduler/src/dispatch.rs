@@ -141,6 +141,24 @@ impl<D: Clone + Eq + Hash, T> NodeQueues<D, T> {
         true
     }
 
+    /// Marks `device` busy with a task that started elsewhere (found in
+    /// flight when a restarted scheduler reloads its state). False when the
+    /// device is unknown or already busy.
+    pub fn occupy(&mut self, device: &D) -> bool {
+        let Some(q) = self.devices.get_mut(device) else { return false };
+        if q.running {
+            return false;
+        }
+        q.running = true;
+        self.running += 1;
+        true
+    }
+
+    /// Changes the node's slot count (a node re-registered with another).
+    pub fn set_slots(&mut self, slots: usize) {
+        self.slots = slots;
+    }
+
     /// Removes every queued task (not the running ones) and returns them.
     pub fn drain_queued(&mut self) -> Vec<(D, T)> {
         self.ring.clear();
@@ -256,6 +274,17 @@ mod tests {
         n.finish(&0);
         n.requeue_front(&0, t).unwrap();
         assert_eq!(n.start_next(), Some((0, (0, 1))));
+    }
+
+    #[test]
+    fn an_occupied_device_takes_a_slot_until_finished() {
+        let mut n = node(2, 1);
+        n.enqueue(&1, (1, 0)).unwrap();
+        assert!(n.occupy(&0));
+        assert!(!n.occupy(&0), "already busy");
+        assert_eq!(n.start_next(), None, "the one slot is taken");
+        n.finish(&0);
+        assert_eq!(n.start_next(), Some((1, (1, 0))));
     }
 
     #[test]

@@ -1,0 +1,63 @@
+use relaymesh_rpc::ServiceError;
+use tonic::Code;
+
+/// What the scheduler refuses or fails with.
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    #[error("no workflow {0}")]
+    WorkflowNotFound(String),
+    #[error("no run {0}")]
+    RunNotFound(String),
+    #[error("no command {0}")]
+    CommandNotFound(String),
+    #[error("unknown command type {0:?}")]
+    UnknownCommandType(String),
+    #[error("unknown device {0}")]
+    UnknownDevice(String),
+    #[error("unknown node {0}")]
+    UnknownNode(String),
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("command {0} belongs to another node")]
+    WrongNode(String),
+    #[error("store: {0}")]
+    Store(String),
+    #[error("artifact storage: {0}")]
+    Artifact(String),
+}
+
+impl From<sqlx::Error> for SchedulerError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Store(e.to_string())
+    }
+}
+
+impl ServiceError for SchedulerError {
+    fn code(&self) -> Code {
+        match self {
+            Self::WorkflowNotFound(_) | Self::RunNotFound(_) | Self::CommandNotFound(_) | Self::UnknownNode(_) => {
+                Code::NotFound
+            }
+            Self::UnknownCommandType(_) | Self::UnknownDevice(_) | Self::Invalid(_) => Code::InvalidArgument,
+            Self::WrongNode(_) => Code::PermissionDenied,
+            Self::Store(_) | Self::Artifact(_) => Code::Unavailable,
+        }
+    }
+
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::WorkflowNotFound(_) => "workflow_not_found",
+            Self::RunNotFound(_) => "run_not_found",
+            Self::CommandNotFound(_) => "command_not_found",
+            Self::UnknownCommandType(_) => "unknown_command_type",
+            Self::UnknownDevice(_) => "unknown_device",
+            Self::UnknownNode(_) => "unknown_node",
+            Self::Invalid(_) => "invalid",
+            Self::WrongNode(_) => "wrong_node",
+            Self::Store(_) => "store",
+            Self::Artifact(_) => "artifact",
+        }
+    }
+}
+
+pub type Result<T, E = SchedulerError> = std::result::Result<T, E>;
