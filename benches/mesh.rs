@@ -7,7 +7,9 @@
 //! - `ws`: a WebSocket frame that costs one service RPC (copilot `query`)
 //!   against one the gateway answers itself (`ping`);
 //! - `idle-sockets`: resident memory per idle authenticated WebSocket of a
-//!   real `relaymesh up` process.
+//!   real `relaymesh up` process;
+//! - `farm`: a run created through the HTTP API until its COMMAND is on the
+//!   node's socket, against an HTTP `GET /healthz` round trip.
 //!
 //! `cargo bench --bench mesh` runs all; `cargo bench --bench mesh -- rpc`
 //! runs one. `BENCH_ITERS` and `BENCH_SOCKETS` scale them.
@@ -82,8 +84,9 @@ fn row(name: &str, s: &Stats, base: &Stats) {
     );
 }
 
-async fn start_mesh() -> relaymesh::Mesh {
-    let mut o = UpArgs::parse_from([
+/// The whole mesh in this process on port 0, plus `extra` flags of `up`.
+async fn start_mesh(extra: &[&str]) -> relaymesh::Mesh {
+    let mut args = vec![
         "--host",
         "127.0.0.1",
         "--port",
@@ -92,9 +95,11 @@ async fn start_mesh() -> relaymesh::Mesh {
         "0",
         "--jwt-secret",
         SECRET,
-    ])
-    .unwrap()
-    .into_options();
+        "--database-url",
+        "sqlite::memory:",
+    ];
+    args.extend_from_slice(extra);
+    let mut o = UpArgs::parse_from(args).unwrap().into_options();
     o.redis_url = None;
     relaymesh::Mesh::start(o).await.unwrap()
 }
@@ -125,7 +130,7 @@ async fn tcp_echo(iters: usize) -> Stats {
 
 async fn bench_rpc(iters: usize) {
     println!("== rpc: gateway->service unary round trip ({iters} sequential calls)");
-    let mesh = start_mesh().await;
+    let mesh = start_mesh(&[]).await;
     let auth_addr = mesh.services.iter().find(|(r, _)| *r == "auth").unwrap().1;
     let t = token("bench-user");
 
@@ -164,7 +169,7 @@ async fn bench_rpc(iters: usize) {
 
 async fn bench_ws(iters: usize) {
     println!("== ws: copilot frames through the gateway ({iters} sequential round trips)");
-    let mesh = start_mesh().await;
+    let mesh = start_mesh(&[]).await;
     let url = format!("ws://{}/ws/copilot?token={}", mesh.gateway_addr, token("ws-user"));
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     ws.next().await.unwrap().unwrap(); // connected
@@ -258,6 +263,102 @@ async fn bench_idle_sockets(n: usize) {
     let _ = child.kill().await;
 }
 
+const NODE_SECRET: &str = "YmVuY2gtbm9kZS1zZWNyZXQ=";
+
+async fn http(addr: std::net::SocketAddr, method: &str, path: &str, auth: Option<&str>, body: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(t) = auth {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}
+
+fn signed(frame: serde_json::Value) -> String {
+    let key = relaymesh_wire::node::NodeKey::from_secret(NODE_SECRET);
+    relaymesh_wire::node::signature::signed_frame(&frame.to_string(), &key).unwrap()
+}
+
+fn node_frame(kind: &str, payload: serde_json::Value) -> String {
+    signed(serde_json::json!({
+        "version": "1.0",
+        "timestamp": relaymesh_wire::node::rfc3339_millis_now(),
+        "message_id": uuid::Uuid::new_v4().to_string(),
+        "type": kind,
+        "node_id": "bench-node",
+        "payload": payload,
+    }))
+}
+
+async fn bench_farm(iters: usize) {
+    println!("== farm: run created (HTTP API) -> COMMAND on the node socket ({iters} runs)");
+    let mesh = start_mesh(&["--node-shared-secret", NODE_SECRET]).await;
+    let gw = mesh.gateway_addr;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let operator = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({"sub": "ops", "exp": exp, "roles": ["operator"]}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let (mut node, _) = tokio_tungstenite::connect_async(format!("ws://{gw}/ws/node"))
+        .await
+        .unwrap();
+    node.send(Message::Text(
+        node_frame("HELLO", serde_json::json!({"devices": ["D1"], "slots": 20})).into(),
+    ))
+    .await
+    .unwrap();
+    let next_of = async |node: &mut tokio_tungstenite::WebSocketStream<_>, kind: &str| -> serde_json::Value {
+        loop {
+            if let Message::Text(t) = node.next().await.unwrap().unwrap() {
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                if v["type"] == kind {
+                    return v;
+                }
+            }
+        }
+    };
+    next_of(&mut node, "HELLO_ACK").await;
+    let wf = r#"{"workflow_id":"bench","recipe":{"command_type":"SYNC_STATE"}}"#;
+    http(gw, "POST", "/api/v1/workflows", Some(&operator), wf).await;
+
+    let healthz = measure(iters, async || {
+        http(gw, "GET", "/healthz", None, "").await;
+    })
+    .await;
+    let run_body = r#"{"workflow_id":"bench","devices":["D1"]}"#;
+    let to_command = measure(iters, async || {
+        let t0 = Instant::now();
+        http(gw, "POST", "/api/v1/runs", Some(&operator), run_body).await;
+        let cmd = next_of(&mut node, "COMMAND").await;
+        let took = t0.elapsed();
+        let id = cmd["payload"]["command_id"].clone();
+        let result = node_frame("RESULT", serde_json::json!({"command_id": id, "status": "SUCCESS"}));
+        node.send(Message::Text(result.into())).await.unwrap();
+        next_of(&mut node, "ACK").await;
+        std::hint::black_box(took);
+    })
+    .await;
+    row("GET /healthz over HTTP (baseline)", &healthz, &healthz);
+    row("run created -> COMMAND (+ RESULT/ACK)", &to_command, &healthz);
+    mesh.shutdown().await.unwrap();
+}
+
 fn main() {
     let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let wants = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
@@ -276,6 +377,9 @@ fn main() {
         }
         if wants("idle-sockets") {
             bench_idle_sockets(sockets).await;
+        }
+        if wants("farm") {
+            bench_farm(iters.min(500)).await;
         }
     });
 }

@@ -4,11 +4,11 @@ use std::future::Future;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use relaymesh::Mesh;
 use relaymesh::roles::{
-    AuthRole, ChannelRole, GatewayRole, MatchRole, MediaRelayRole, NodeAgentArgs, SchedulerRole, ServiceRole,
+    AuthRole, ChannelRole, GatewayRole, MatchRole, MediaRelayRole, NodeAgentRole, SchedulerRole, ServiceRole,
     SignalingRole, UpArgs,
 };
-use relaymesh::{Mesh, roles};
 use relaymesh_state::SharedState;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -42,8 +42,8 @@ enum Command {
     Match(Box<MatchRole>),
     /// Device scheduling.
     Scheduler(Box<SchedulerRole>),
-    /// The agent on a device node.
-    NodeAgent(Box<NodeAgentArgs>),
+    /// The agent on a device node (drivers: adb, sim).
+    NodeAgent(Box<NodeAgentRole>),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -160,7 +160,9 @@ where
     serve(listener, args.config, state, shutdown).await.map_err(Into::into)
 }
 
-async fn node_agent(args: roles::NodeAgentArgs) -> anyhow::Result<()> {
+async fn node_agent(args: NodeAgentRole) -> anyhow::Result<()> {
     let _telemetry = relaymesh_telemetry::init(&args.telemetry, "relaymesh-node-agent")?;
-    anyhow::bail!("the node agent arrives with the device-farm issue")
+    let shutdown = shutdown_on_signal();
+    relaymesh_node_agent::run(args.agent, shutdown).await?;
+    Ok(())
 }

@@ -46,6 +46,8 @@ pub struct Mesh {
     options: MeshOptions,
     upstreams: UpstreamArgs,
     shutdown: CancellationToken,
+    /// Each gateway replica's own stop switch (children of `shutdown`).
+    gateways: Vec<(SocketAddr, CancellationToken)>,
     tasks: RoleTasks,
 }
 
@@ -149,6 +151,7 @@ impl Mesh {
             options,
             upstreams,
             shutdown,
+            gateways: Vec::new(),
             tasks,
         };
         mesh.gateway_addr = mesh.add_gateway(mesh.options.gateway_port, None).await?;
@@ -172,12 +175,26 @@ impl Mesh {
             None => self.state.clone(),
         };
         let role = format!("gateway {addr}");
+        let stop = self.shutdown.child_token();
+        self.gateways.push((addr, stop.clone()));
         spawn_role(
             &mut self.tasks,
             role,
-            relaymesh_gateway::serve(listener, config, state, self.shutdown.clone()),
+            relaymesh_gateway::serve(listener, config, state, stop),
         );
         Ok(addr)
+    }
+
+    /// Stops one gateway replica (its sockets get 1001), as a restart or a
+    /// crash of that process would; the rest of the mesh keeps running.
+    pub fn stop_gateway(&self, addr: SocketAddr) -> bool {
+        match self.gateways.iter().find(|(a, _)| *a == addr) {
+            Some((_, stop)) => {
+                stop.cancel();
+                true
+            }
+            None => false,
+        }
     }
 
     /// Where the media relays take RTP, as they registered in shared state;

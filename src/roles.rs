@@ -119,18 +119,11 @@ pub type MediaRelayRole = ServiceRole<MediaRelayConfig>;
 pub type MatchRole = ServiceRole<MatchConfig>;
 pub type SchedulerRole = ServiceRole<SchedulerConfig>;
 
-/// `relaymesh node-agent`: the program on each device node (seed 000).
+/// `relaymesh node-agent`: the program on each device node (seeds 000, 002).
 #[derive(Debug, Clone, Args)]
-pub struct NodeAgentArgs {
-    /// This node's id (default: the host name).
-    #[arg(long, env = "NODE_ID")]
-    pub node_id: Option<String>,
-    /// Shared secret for frame signatures (base64, or raw UTF-8).
-    #[arg(long, env = "NODE_SECRET", hide_env_values = true)]
-    pub node_secret: Option<String>,
-    /// The hub's WebSocket URL, e.g. ws://hub:8000/ws/node.
-    #[arg(long, env = "VULTR_URL")]
-    pub vultr_url: Option<String>,
+pub struct NodeAgentRole {
+    #[command(flatten)]
+    pub agent: relaymesh_node_agent::AgentConfig,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
 }

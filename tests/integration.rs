@@ -8,6 +8,7 @@ mod integration {
 
     mod auth;
     mod cross_replica;
+    mod device_farm;
     mod gateway_http;
     mod livechat_channels;
     mod livechat_media;

@@ -28,6 +28,7 @@ pub fn router(gw: Arc<Shared>) -> Router {
         .route("/ws/copilot", get(ws_copilot))
         .route("/ws/livechat", get(ws_livechat))
         .route("/ws/signal", get(ws_signal))
+        .merge(crate::api::router())
         .with_state(gw)
 }
 
@@ -85,7 +86,7 @@ fn bearer<'a>(q: &'a TokenQuery, headers: &'a HeaderMap) -> Option<&'a str> {
 }
 
 async fn ws_node(ws: WebSocketUpgrade, State(gw): State<Arc<Shared>>) -> Response {
-    upgrade(ws, gw, Ok(()), |_, _| NodeProtocol)
+    upgrade(ws, gw, Ok(()), |_, _| NodeProtocol::default())
 }
 
 async fn ws_livechat(ws: WebSocketUpgrade, State(gw): State<Arc<Shared>>) -> Response {

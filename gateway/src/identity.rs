@@ -8,6 +8,7 @@ use crate::Shared;
 #[derive(Debug, Clone)]
 pub struct Identity {
     pub user_id: String,
+    pub roles: Vec<String>,
 }
 
 /// Why a token was not accepted, in the terms close codes need.
@@ -46,7 +47,10 @@ pub async fn verify(gw: &Shared, token: Option<&str>) -> Result<Identity, AuthFa
     {
         Ok(resp) => {
             let r = resp.into_inner();
-            Ok(Identity { user_id: r.user_id })
+            Ok(Identity {
+                user_id: r.user_id,
+                roles: r.roles,
+            })
         }
         Err(status) if status.code() == Code::Unauthenticated => {
             if relaymesh_rpc::reason_of(&status) == Some("token_expired") {

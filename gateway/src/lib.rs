@@ -5,6 +5,7 @@
 //! It keeps no state a restart would lose: sessions live in the shared
 //! registry, everything else in the services.
 
+mod api;
 mod config;
 mod http;
 mod identity;

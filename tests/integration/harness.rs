@@ -263,3 +263,60 @@ impl Chat {
         }
     }
 }
+
+/// Node frame secret of the test mesh (`NODE_SHARED_SECRET`), base64.
+pub const NODE_SECRET: &str = "cmVsYXltZXNoLXRlc3Qtbm9kZS1zZWNyZXQ=";
+/// `NODE_AGENT_SHARED_SECRET` of the test mesh.
+pub const NODE_AGENT_SECRET: &str = "agent-secret";
+
+/// A token for an operator (roles include `operator`).
+pub fn operator_token(user: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let claims = serde_json::json!({ "sub": user, "exp": now + 600, "realm_access": {"roles": ["operator"]} });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// One HTTP/1.1 request; returns the status and the body as JSON (Null
+/// when the body is empty or not JSON).
+pub async fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+/// POST/GET as an operator, with a JSON body.
+pub async fn operator_call(addr: SocketAddr, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let auth = format!("Bearer {}", operator_token("ops"));
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    http(
+        addr,
+        method,
+        path,
+        &[("Authorization", &auth), ("Content-Type", "application/json")],
+        body.as_bytes(),
+    )
+    .await
+}

@@ -9,9 +9,14 @@
 //!   slowest receiver (so no socket buffer overflows) for `RUN`; reported
 //!   as packets out per second summed over receivers;
 //! - latency: one packet in flight, stamped by the sender, timed at the
-//!   last receiver in fan-out order (the worst placed one).
+//!   last receiver in fan-out order (the worst placed one);
+//! - cpu: on-CPU time of the forwarder's thread during the throughput run
+//!   (from /proc schedstat, Linux) per packet out: what each packet costs
+//!   the relay, which the shared machine's noise disturbs far less than
+//!   the rate.
 //!
-//! Run: `cargo bench -p relaymesh-media-relay --bench relay`.
+//! Run: `cargo bench -p relaymesh-media-relay --bench relay`
+//! (`BENCH_MEDIA_UDP_SOCKETS=2` to bind two SO_REUSEPORT sockets).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -42,19 +47,19 @@ fn main() {
 
     let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     receiver.set_nonblocking(true).unwrap();
-    let (echo_addr, echo_stop) = start_echo(receiver.local_addr().unwrap());
+    let (echo_addr, echo_cpu, echo_stop) = start_echo(receiver.local_addr().unwrap());
     let baseline = loadgen.block_on(async {
         let receiver = UdpSocket::from_std(receiver).unwrap();
-        measure(echo_addr, SENDER_SSRC, vec![receiver], clock).await
+        measure(echo_addr, SENDER_SSRC, vec![receiver], &echo_cpu, clock).await
     });
     echo_stop.cancel();
     print_row("udp forwarder (baseline)", 1, &baseline, &baseline);
 
-    let (grpc_addr, relay_stop) = start_relay();
+    let (grpc_addr, relay_cpu, relay_stop) = start_relay();
     for n in [1usize, 4, 16] {
         let result = loadgen.block_on(async {
             let (target, sender_ssrc, receivers) = relay_channel(grpc_addr, n).await;
-            measure(target, sender_ssrc, receivers, clock).await
+            measure(target, sender_ssrc, receivers, &relay_cpu, clock).await
         });
         print_row("media relay", n, &result, &baseline);
     }
@@ -64,16 +69,20 @@ fn main() {
 struct Figures {
     packets_out_per_s: f64,
     lost: u64,
+    /// Forwarder thread CPU per packet out; NaN where unknown.
+    cpu_ns_per_packet_out: f64,
     median: Duration,
     p99: Duration,
 }
 
 fn print_row(what: &str, n: usize, f: &Figures, base: &Figures) {
     println!(
-        "{what:<26} N={n:<2}  {:>9.0} pkt out/s ({:>4.2}x)  lost {:<4}  latency median {:>6.1} us ({:>4.2}x)  p99 {:>6.1} us ({:>4.2}x)",
+        "{what:<26} N={n:<2}  {:>9.0} pkt out/s ({:>4.2}x)  lost {:<4}  cpu {:>6.0} ns/pkt out ({:>4.2}x)  latency median {:>6.1} us ({:>4.2}x)  p99 {:>6.1} us ({:>4.2}x)",
         f.packets_out_per_s,
         f.packets_out_per_s / base.packets_out_per_s,
         f.lost,
+        f.cpu_ns_per_packet_out,
+        f.cpu_ns_per_packet_out / base.cpu_ns_per_packet_out,
         micros(f.median),
         micros(f.median) / micros(base.median),
         micros(f.p99),
@@ -85,9 +94,22 @@ fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
+/// The calling thread's schedstat file, whose first field is its
+/// nanoseconds on CPU (Linux); `None` elsewhere.
+fn thread_cpu_file() -> Option<String> {
+    let link = std::fs::read_link("/proc/thread-self").ok()?;
+    Some(format!("/proc/{}/schedstat", link.display()))
+}
+
+/// Nanoseconds on CPU of the thread whose schedstat file is `file`.
+fn cpu_ns(file: &Option<String>) -> Option<u64> {
+    let text = std::fs::read_to_string(file.as_ref()?).ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
 /// A UDP forwarder on its own thread: receive one datagram, send it to
 /// `dest`, repeat. What any relay costs at minimum.
-fn start_echo(dest: SocketAddr) -> (SocketAddr, CancellationToken) {
+fn start_echo(dest: SocketAddr) -> (SocketAddr, Option<String>, CancellationToken) {
     let cancel = CancellationToken::new();
     let stop = cancel.clone();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -98,7 +120,7 @@ fn start_echo(dest: SocketAddr) -> (SocketAddr, CancellationToken) {
             .unwrap();
         rt.block_on(async move {
             let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-            tx.send(socket.local_addr().unwrap()).unwrap();
+            tx.send((socket.local_addr().unwrap(), thread_cpu_file())).unwrap();
             let mut buf = vec![0u8; 2048];
             loop {
                 tokio::select! {
@@ -111,11 +133,13 @@ fn start_echo(dest: SocketAddr) -> (SocketAddr, CancellationToken) {
             }
         });
     });
-    (rx.recv().unwrap(), stop)
+    let (addr, cpu) = rx.recv().unwrap();
+    (addr, cpu, stop)
 }
 
-/// The relay, served on its own thread; returns its gRPC address.
-fn start_relay() -> (SocketAddr, CancellationToken) {
+/// The relay, served on its own thread; returns its gRPC address and
+/// thread CPU file.
+fn start_relay() -> (SocketAddr, Option<String>, CancellationToken) {
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -126,7 +150,7 @@ fn start_relay() -> (SocketAddr, CancellationToken) {
             .unwrap();
         rt.block_on(async move {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
+            tx.send((listener.local_addr().unwrap(), thread_cpu_file())).unwrap();
             let config = MediaRelayConfig {
                 media_udp_host: "127.0.0.1".into(),
                 media_udp_port: 0,
@@ -134,13 +158,20 @@ fn start_relay() -> (SocketAddr, CancellationToken) {
                 media_relay_id: Some("bench".into()),
                 media_grpc_advertise: None,
                 media_peer_idle_timeout_ms: 60_000,
+                // SO_REUSEPORT sockets; one sender is one flow, so only one
+                // of them carries the load here.
+                media_udp_sockets: std::env::var("BENCH_MEDIA_UDP_SOCKETS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1),
             };
             relaymesh_media_relay::serve(listener, config, SharedState::memory(), shutdown)
                 .await
                 .unwrap();
         });
     });
-    (rx.recv().unwrap(), stop)
+    let (addr, cpu) = rx.recv().unwrap();
+    (addr, cpu, stop)
 }
 
 /// A channel of one sender and `n` receivers on the relay, every receiver
@@ -212,7 +243,13 @@ fn stamp_of(packet: &[u8]) -> Option<u64> {
     (packet.len() >= 28).then(|| u64::from_be_bytes(packet[20..28].try_into().unwrap()))
 }
 
-async fn measure(target: SocketAddr, sender_ssrc: u32, receivers: Vec<UdpSocket>, clock: Instant) -> Figures {
+async fn measure(
+    target: SocketAddr,
+    sender_ssrc: u32,
+    receivers: Vec<UdpSocket>,
+    forwarder_cpu: &Option<String>,
+    clock: Instant,
+) -> Figures {
     let sender = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let mut packet = vec![0u8; 12 + PAYLOAD];
     packet[..12].copy_from_slice(&rtp_header(sender_ssrc));
@@ -226,6 +263,7 @@ async fn measure(target: SocketAddr, sender_ssrc: u32, receivers: Vec<UdpSocket>
         .zip(&counts)
         .map(|(r, c)| tokio::spawn(count_until(r.clone(), c.clone(), stop.clone())))
         .collect();
+    let cpu_before = cpu_ns(forwarder_cpu);
     let start = Instant::now();
     let mut sent = 0u64;
     while start.elapsed() < RUN {
@@ -247,6 +285,9 @@ async fn measure(target: SocketAddr, sender_ssrc: u32, receivers: Vec<UdpSocket>
         tokio::task::yield_now().await;
     }
     let elapsed = start.elapsed();
+    let cpu_used = cpu_ns(forwarder_cpu)
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.abort();
@@ -254,6 +295,7 @@ async fn measure(target: SocketAddr, sender_ssrc: u32, receivers: Vec<UdpSocket>
     let received: u64 = counts.iter().map(|c| c.load(Ordering::Relaxed)).sum();
     let lost = sent * receivers.len() as u64 - received;
     let packets_out_per_s = received as f64 / elapsed.as_secs_f64();
+    let cpu_ns_per_packet_out = cpu_used.map_or(f64::NAN, |ns| ns as f64 / received as f64);
 
     // Latency: one packet in flight, timed at the last receiver.
     let (timed, others) = receivers.split_last().unwrap();
@@ -283,6 +325,7 @@ async fn measure(target: SocketAddr, sender_ssrc: u32, receivers: Vec<UdpSocket>
     Figures {
         packets_out_per_s,
         lost,
+        cpu_ns_per_packet_out,
         median: pick(0.5),
         p99: pick(0.99),
     }

@@ -70,6 +70,14 @@ pub struct MediaRelayConfig {
     /// A peer that sends nothing for this long is evicted.
     #[arg(long, env = "MEDIA_PEER_IDLE_TIMEOUT_MS", default_value_t = 30_000)]
     pub media_peer_idle_timeout_ms: u64,
+
+    /// UDP sockets bound to the media port with SO_REUSEPORT (Linux), each
+    /// with its own forwarding task; the kernel spreads senders over them
+    /// by flow hash. 1 (the default) binds one plain socket: measured on a
+    /// 2-core box, a second socket did not pay (see src/forward.rs).
+    #[arg(long, env = "MEDIA_UDP_SOCKETS", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub media_udp_sockets: u16,
 }
 
 impl MediaRelayConfig {
@@ -98,7 +106,12 @@ pub async fn serve(
     state: relaymesh_state::SharedState,
     shutdown: CancellationToken,
 ) -> Result<(), RpcError> {
-    let socket = UdpSocket::bind(join_host_port(&config.media_udp_host, config.media_udp_port)).await?;
+    let sockets = bind_media_sockets(
+        &join_host_port(&config.media_udp_host, config.media_udp_port),
+        config.media_udp_sockets,
+    )
+    .await?;
+    let socket = &sockets[0];
     let public_host = config.public_host();
     let media_addr = join_host_port(&public_host, socket.local_addr()?.port());
     let relay_id = config
@@ -112,6 +125,7 @@ pub async fn serve(
     tracing::info!(
         media_addr = %media_addr,
         udp_bind = %socket.local_addr()?,
+        udp_sockets = sockets.len(),
         relay_id = %relay_id,
         grpc_url = %grpc_url,
         "media relay listening"
@@ -122,8 +136,8 @@ pub async fn serve(
     // The tasks stop with the server, also when it fails rather than drains.
     let stop = shutdown.child_token();
     let mut tasks = JoinSet::new();
-    {
-        let (socket, table, counters, stop) = (Arc::new(socket), table.clone(), counters.clone(), stop.clone());
+    for socket in sockets {
+        let (table, counters, stop) = (table.clone(), counters.clone(), stop.clone());
         tasks.spawn(async move { forward::run(&socket, &table, &counters, &stop).await });
     }
     {
@@ -160,6 +174,45 @@ pub async fn serve(
     served
 }
 
+/// Binds the media socket, or `count` SO_REUSEPORT sockets on one port:
+/// the first picks the port (when `addr` asks for any), the rest join it.
+async fn bind_media_sockets(addr: &str, count: u16) -> std::io::Result<Vec<UdpSocket>> {
+    if count <= 1 {
+        return Ok(vec![UdpSocket::bind(addr).await?]);
+    }
+    #[cfg(target_os = "linux")]
+    {
+        let Some(mut addr) = tokio::net::lookup_host(addr).await?.next() else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{addr} resolves to nothing"),
+            ));
+        };
+        let mut sockets = Vec::with_capacity(usize::from(count));
+        for _ in 0..count {
+            let socket = bind_reuse_port(addr)?;
+            addr = socket.local_addr()?;
+            sockets.push(socket);
+        }
+        Ok(sockets)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        tracing::warn!(count, "several media sockets need SO_REUSEPORT on Linux; binding one");
+        Ok(vec![UdpSocket::bind(addr).await?])
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn bind_reuse_port(addr: std::net::SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,6 +225,7 @@ mod tests {
             media_relay_id: None,
             media_grpc_advertise: None,
             media_peer_idle_timeout_ms: 30_000,
+            media_udp_sockets: 1,
         }
     }
 

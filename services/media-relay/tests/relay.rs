@@ -279,3 +279,27 @@ async fn registration_announces_media_addr_and_is_withdrawn_on_shutdown() {
     assert_eq!(state.get(&key).await.unwrap(), None);
     assert!(!state.set_members(RELAYS_SET).await.unwrap().contains(&record.relay_id));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_reuse_port_sockets_relay_every_member_on_one_port() {
+    let mut cfg = config(30_000);
+    cfg.media_udp_sockets = 4;
+    let mut relay = Relay::start_with(cfg, SharedState::memory()).await;
+    let mut members = Vec::new();
+    for ssrc in 1..=6 {
+        members.push(relay.join("multi", ssrc, &format!("user-{ssrc}")).await);
+    }
+    let all: Vec<&harness::Member> = members.iter().collect();
+    relay.latch(&all).await;
+    // Every member speaks in turn from its own flow, which the kernel may
+    // hash to any of the sockets; everyone else hears it, in order.
+    for round in 0..5u16 {
+        for speaker in &members {
+            let sent = speaker.send(round, &payload(round)).await;
+            for listener in members.iter().filter(|m| m.ssrc != speaker.ssrc) {
+                assert_eq!(listener.recv().await, sent, "round {round} from {}", speaker.ssrc);
+            }
+        }
+    }
+    relay.stop().await;
+}

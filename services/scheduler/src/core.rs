@@ -33,7 +33,14 @@ pub struct Core {
 
 impl Core {
     /// Attaches (or re-attaches) a node with its devices and slots.
-    pub fn register(&mut self, node_id: &str, devices: &[String], slots: usize, connection: Option<String>, now_ms: i64) {
+    pub fn register(
+        &mut self,
+        node_id: &str,
+        devices: &[String],
+        slots: usize,
+        connection: Option<String>,
+        now_ms: i64,
+    ) {
         let node = self.nodes.entry(node_id.to_owned()).or_insert_with(|| NodeState {
             queues: NodeQueues::new(slots),
             devices: Vec::new(),
@@ -53,23 +60,31 @@ impl Core {
 
     /// The node a device is attached to.
     pub fn node_of(&self, device: &str) -> Option<&str> {
-        self.nodes.iter().find(|(_, n)| n.queues.has_device(&device.to_owned())).map(|(id, _)| id.as_str())
+        self.nodes
+            .iter()
+            .find(|(_, n)| n.queues.has_device(&device.to_owned()))
+            .map(|(id, _)| id.as_str())
     }
 
     /// Queues a task on its node (false when its device is not attached).
     pub fn enqueue(&mut self, row: TaskRow) -> bool {
-        let Some(node) = self.nodes.get_mut(&row.node_id) else { return false };
+        let Some(node) = self.nodes.get_mut(&row.node_id) else {
+            return false;
+        };
         if node.queues.enqueue(&row.device_serial, row.task_id.clone()).is_err() {
             return false;
         }
-        self.open.insert(row.task_id.clone(), OpenTask { row, deadline_ms: None });
+        self.open
+            .insert(row.task_id.clone(), OpenTask { row, deadline_ms: None });
         true
     }
 
     /// Reloads a task that was in flight when the scheduler stopped: its
     /// device stays busy until its RESULT or deadline.
     pub fn restore_in_flight(&mut self, row: TaskRow) -> bool {
-        let Some(node) = self.nodes.get_mut(&row.node_id) else { return false };
+        let Some(node) = self.nodes.get_mut(&row.node_id) else {
+            return false;
+        };
         if !node.queues.occupy(&row.device_serial) {
             return false;
         }
@@ -81,7 +96,9 @@ impl Core {
     /// Starts every task the node can take now; returns them with their
     /// new attempt count and deadline set. Nothing for a disconnected node.
     pub fn dispatch(&mut self, node_id: &str, now_ms: i64, grace_ms: i64) -> Vec<OpenTask> {
-        let Some(node) = self.nodes.get_mut(node_id) else { return Vec::new() };
+        let Some(node) = self.nodes.get_mut(node_id) else {
+            return Vec::new();
+        };
         if node.connection.is_none() {
             return Vec::new();
         }

@@ -145,7 +145,9 @@ impl<D: Clone + Eq + Hash, T> NodeQueues<D, T> {
     /// flight when a restarted scheduler reloads its state). False when the
     /// device is unknown or already busy.
     pub fn occupy(&mut self, device: &D) -> bool {
-        let Some(q) = self.devices.get_mut(device) else { return false };
+        let Some(q) = self.devices.get_mut(device) else {
+            return false;
+        };
         if q.running {
             return false;
         }

@@ -25,7 +25,11 @@ pub use service::SchedulerService;
 #[derive(Debug, Clone, clap::Args)]
 pub struct SchedulerConfig {
     /// Run and task store: postgres://… or sqlite://…
-    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://relaymesh-scheduler.db?mode=rwc")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://relaymesh-scheduler.db?mode=rwc"
+    )]
     pub database_url: String,
 
     /// Devices a node runs at once (a node may declare fewer).
@@ -51,7 +55,7 @@ pub struct SchedulerConfig {
     pub timeout_grace_ms: u64,
 
     /// How often deadlines are checked.
-    #[arg(long, env = "TIMEOUT_SWEEP_MS", default_value_t = 500)]
+    #[arg(long = "timeout-sweep-ms", env = "TIMEOUT_SWEEP_MS", default_value_t = 500)]
     pub sweep_interval_ms: u64,
 
     /// Heartbeat period nodes are told in HELLO_ACK.

@@ -38,8 +38,7 @@ impl Recipe {
     /// Parses and validates; an unknown command type is refused here, at
     /// creation, never on a device.
     pub fn parse(json: &str) -> Result<Self> {
-        let r: Recipe =
-            serde_json::from_str(json).map_err(|e| SchedulerError::Invalid(format!("recipe: {e}")))?;
+        let r: Recipe = serde_json::from_str(json).map_err(|e| SchedulerError::Invalid(format!("recipe: {e}")))?;
         if !COMMAND_TYPES.contains(&r.command_type.as_str()) {
             return Err(SchedulerError::UnknownCommandType(r.command_type));
         }
@@ -69,7 +68,10 @@ mod tests {
 
     #[test]
     fn unknown_command_types_are_refused_at_creation() {
-        assert!(matches!(Recipe::parse(r#"{"command_type":"FORMAT_DISK"}"#), Err(SchedulerError::UnknownCommandType(_))));
+        assert!(matches!(
+            Recipe::parse(r#"{"command_type":"FORMAT_DISK"}"#),
+            Err(SchedulerError::UnknownCommandType(_))
+        ));
         for t in COMMAND_TYPES {
             assert!(Recipe::parse(&format!(r#"{{"command_type":"{t}"}}"#)).is_ok(), "{t}");
         }
@@ -78,7 +80,8 @@ mod tests {
     #[test]
     fn run_params_override_recipe_params() {
         let r = Recipe::parse(r#"{"command_type":"WATCH_VIDEO","params":{"video_id":"a","seconds":30}}"#).unwrap();
-        let p: serde_json::Value = serde_json::from_str(&r.params_for_run(r#"{"video_id":"b"}"#, 30000).unwrap()).unwrap();
+        let p: serde_json::Value =
+            serde_json::from_str(&r.params_for_run(r#"{"video_id":"b"}"#, 30000).unwrap()).unwrap();
         assert_eq!(p["video_id"], "b");
         assert_eq!(p["seconds"], 30);
         assert_eq!(p["upload_timeout_ms"], 30000);

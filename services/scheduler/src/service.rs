@@ -68,8 +68,15 @@ fn segment<'a>(name: &str, v: &'a str) -> Result<&'a str> {
     let ok = !v.is_empty()
         && v != "."
         && v != ".."
-        && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok { Ok(v) } else { Err(SchedulerError::Invalid(format!("{name} {v:?} is not a valid path segment"))) }
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(v)
+    } else {
+        Err(SchedulerError::Invalid(format!(
+            "{name} {v:?} is not a valid path segment"
+        )))
+    }
 }
 
 impl SchedulerService {
@@ -83,7 +90,11 @@ impl SchedulerService {
         }
         let (mut queued, mut in_flight) = (0, 0);
         for t in store.open_tasks().await? {
-            let restored = if t.state == "DISPATCHED" { core.restore_in_flight(t) } else { core.enqueue(t) };
+            let restored = if t.state == "DISPATCHED" {
+                core.restore_in_flight(t)
+            } else {
+                core.enqueue(t)
+            };
             if restored {
                 queued += 1;
             } else {
@@ -93,7 +104,12 @@ impl SchedulerService {
         tracing::info!(queued, unplaceable = in_flight, "scheduler state reloaded");
         let registry = SessionRegistry::new(state.clone(), Duration::from_secs(60));
         let svc = Self {
-            inner: Arc::new(Inner { store, core: Mutex::new(core), delivery: Delivery::new(state, registry), config }),
+            inner: Arc::new(Inner {
+                store,
+                core: Mutex::new(core),
+                delivery: Delivery::new(state, registry),
+                config,
+            }),
         };
         tokio::spawn(svc.clone().sweep_timeouts(shutdown));
         Ok(svc)
@@ -105,7 +121,12 @@ impl SchedulerService {
 
     /// Tells the hub holding `node_id` to pull its commands.
     async fn nudge(&self, node_id: &str) {
-        if let Err(err) = self.inner.delivery.send_to_user("node", node_id, &nudge_envelope("commands")).await {
+        if let Err(err) = self
+            .inner
+            .delivery
+            .send_to_user("node", node_id, &nudge_envelope("commands"))
+            .await
+        {
             tracing::warn!(node_id, error = %err, "nudge failed");
         }
     }
@@ -113,11 +134,16 @@ impl SchedulerService {
     /// Starts what the node can take now and persists the decisions.
     async fn dispatch(&self, node_id: &str) -> Result<Vec<Command>> {
         let now = now_ms();
-        let started = self.core().dispatch(node_id, now, self.inner.config.timeout_grace_ms as i64);
+        let started = self
+            .core()
+            .dispatch(node_id, now, self.inner.config.timeout_grace_ms as i64);
         let mut out = Vec::with_capacity(started.len());
         for t in &started {
             let deadline = t.deadline_ms.unwrap_or(now);
-            self.inner.store.mark_dispatched(&t.row.task_id, t.row.attempts, now, deadline).await?;
+            self.inner
+                .store
+                .mark_dispatched(&t.row.task_id, t.row.attempts, now, deadline)
+                .await?;
             tracing::info!(
                 run_id = %t.row.run_id, node_id, device_serial = %t.row.device_serial,
                 command_id = %t.row.task_id, command_type = %t.row.command_type, "task dispatched"
@@ -140,8 +166,11 @@ impl SchedulerService {
                 let r = &t.row;
                 tracing::warn!(run_id = %r.run_id, node_id = %r.node_id, device_serial = %r.device_serial,
                     command_id = %r.task_id, "task timed out");
-                if let Err(err) =
-                    self.inner.store.finish(&r.task_id, "TIMED_OUT", Some("deadline passed"), None, now_ms()).await
+                if let Err(err) = self
+                    .inner
+                    .store
+                    .finish(&r.task_id, "TIMED_OUT", Some("deadline passed"), None, now_ms())
+                    .await
                 {
                     tracing::error!(run_id = %r.run_id, node_id = %r.node_id, device_serial = %r.device_serial,
                         error = %err, "could not record timeout");
@@ -166,7 +195,11 @@ impl SchedulerService {
             .ok_or_else(|| SchedulerError::WorkflowNotFound(req.workflow_id.clone()))?;
         let recipe = Recipe::parse(&wf.recipe_json)?;
         let clamp = |asked: u32, recipe: Option<u64>, default: u64| {
-            let v = if asked > 0 { u64::from(asked) } else { recipe.unwrap_or(default) };
+            let v = if asked > 0 {
+                u64::from(asked)
+            } else {
+                recipe.unwrap_or(default)
+            };
             v.clamp(cfg.min_timeout_ms, cfg.max_timeout_ms)
         };
         let task_timeout = clamp(req.task_timeout_ms, recipe.timeout_ms, cfg.task_timeout_ms);
@@ -180,11 +213,16 @@ impl SchedulerService {
             let core = self.core();
             let mut t = Vec::new();
             for serial in &req.device_serials {
-                let node = core.node_of(serial).ok_or_else(|| SchedulerError::UnknownDevice(serial.clone()))?;
+                let node = core
+                    .node_of(serial)
+                    .ok_or_else(|| SchedulerError::UnknownDevice(serial.clone()))?;
                 t.push((node.to_owned(), serial.clone()));
             }
             for node_id in &req.node_ids {
-                let node = core.nodes.get(node_id).ok_or_else(|| SchedulerError::UnknownNode(node_id.clone()))?;
+                let node = core
+                    .nodes
+                    .get(node_id)
+                    .ok_or_else(|| SchedulerError::UnknownNode(node_id.clone()))?;
                 t.extend(node.devices.iter().map(|d| (node_id.clone(), d.clone())));
             }
             t.sort();
@@ -242,11 +280,23 @@ impl SchedulerService {
     }
 
     async fn run_view(&self, run_id: &str) -> Result<Run> {
-        let (run, tasks) =
-            self.inner.store.run(run_id).await?.ok_or_else(|| SchedulerError::RunNotFound(run_id.to_owned()))?;
-        let finished = tasks.iter().all(|t| matches!(t.state.as_str(), "SUCCEEDED" | "FAILED" | "TIMED_OUT"));
+        let (run, tasks) = self
+            .inner
+            .store
+            .run(run_id)
+            .await?
+            .ok_or_else(|| SchedulerError::RunNotFound(run_id.to_owned()))?;
+        let finished = tasks
+            .iter()
+            .all(|t| matches!(t.state.as_str(), "SUCCEEDED" | "FAILED" | "TIMED_OUT"));
         let started = tasks.iter().any(|t| t.state != "QUEUED");
-        let status = if finished { "finished" } else if started { "running" } else { "queued" };
+        let status = if finished {
+            "finished"
+        } else if started {
+            "running"
+        } else {
+            "queued"
+        };
         Ok(Run {
             run_id: run.run_id,
             workflow_id: run.workflow_id,
@@ -270,8 +320,22 @@ impl SchedulerService {
     async fn report(&self, req: ReportResultRequest) -> Result<ReportResultResponse> {
         let (state, error) = match req.status.as_str() {
             "SUCCESS" => ("SUCCEEDED", None),
-            "TIMEOUT" => ("TIMED_OUT", Some(if req.error.is_empty() { "timed out on the node" } else { &req.error })),
-            "FAILED" => ("FAILED", Some(if req.error.is_empty() { "failed" } else { req.error.as_str() })),
+            "TIMEOUT" => (
+                "TIMED_OUT",
+                Some(if req.error.is_empty() {
+                    "timed out on the node"
+                } else {
+                    &req.error
+                }),
+            ),
+            "FAILED" => (
+                "FAILED",
+                Some(if req.error.is_empty() {
+                    "failed"
+                } else {
+                    req.error.as_str()
+                }),
+            ),
             other => return Err(SchedulerError::Invalid(format!("result status {other:?}"))),
         };
         let open = {
@@ -285,12 +349,19 @@ impl SchedulerService {
         let Some(t) = open else {
             // Not open: a result resent after a reconnect, or unknown.
             return match self.inner.store.task(&req.command_id).await? {
-                Some(_) => Ok(ReportResultResponse { recorded: false, commands: self.dispatch(&req.node_id).await? }),
+                Some(_) => Ok(ReportResultResponse {
+                    recorded: false,
+                    commands: self.dispatch(&req.node_id).await?,
+                }),
                 None => Err(SchedulerError::CommandNotFound(req.command_id)),
             };
         };
         let result = (!req.result_json.is_empty()).then_some(req.result_json.as_str());
-        let recorded = self.inner.store.finish(&t.row.task_id, state, error, result, now_ms()).await?;
+        let recorded = self
+            .inner
+            .store
+            .finish(&t.row.task_id, state, error, result, now_ms())
+            .await?;
         tracing::info!(run_id = %t.row.run_id, node_id = %t.row.node_id, device_serial = %t.row.device_serial,
             command_id = %t.row.task_id, state, "task finished");
         let commands = self.dispatch(&req.node_id).await?;
@@ -309,9 +380,13 @@ impl SchedulerService {
         .join(format!("{}.png", req.timestamp));
         let full = PathBuf::from(&self.inner.config.artifact_dir).join(&rel);
         if let Some(dir) = full.parent() {
-            tokio::fs::create_dir_all(dir).await.map_err(|e| SchedulerError::Artifact(e.to_string()))?;
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(|e| SchedulerError::Artifact(e.to_string()))?;
         }
-        tokio::fs::write(&full, &req.content).await.map_err(|e| SchedulerError::Artifact(e.to_string()))?;
+        tokio::fs::write(&full, &req.content)
+            .await
+            .map_err(|e| SchedulerError::Artifact(e.to_string()))?;
         tracing::info!(run_id = %req.run_id, node_id = %req.node_id, device_serial = %req.device_serial,
             path = %rel.display(), bytes = req.content.len(), "artifact stored");
         Ok(rel.to_string_lossy().replace('\\', "/"))
@@ -324,7 +399,10 @@ fn answer<T>(r: Result<T>) -> std::result::Result<Response<T>, Status> {
 
 #[tonic::async_trait]
 impl Scheduler for SchedulerService {
-    async fn create_workflow(&self, req: Request<CreateWorkflowRequest>) -> std::result::Result<Response<Workflow>, Status> {
+    async fn create_workflow(
+        &self,
+        req: Request<CreateWorkflowRequest>,
+    ) -> std::result::Result<Response<Workflow>, Status> {
         let r = req.into_inner();
         let run = async {
             if r.workflow_id.is_empty() {
@@ -332,7 +410,12 @@ impl Scheduler for SchedulerService {
             }
             Recipe::parse(&r.recipe_json)?;
             let version = self.inner.store.next_workflow_version(&r.workflow_id).await?;
-            let row = WorkflowRow { workflow_id: r.workflow_id, version, name: r.name, recipe_json: r.recipe_json };
+            let row = WorkflowRow {
+                workflow_id: r.workflow_id,
+                version,
+                name: r.name,
+                recipe_json: r.recipe_json,
+            };
             self.inner.store.insert_workflow(&row, now_ms()).await?;
             tracing::info!(workflow_id = %row.workflow_id, version, "workflow stored");
             Ok(Workflow {
@@ -347,15 +430,20 @@ impl Scheduler for SchedulerService {
 
     async fn get_workflow(&self, req: Request<GetWorkflowRequest>) -> std::result::Result<Response<Workflow>, Status> {
         let r = req.into_inner();
-        let wf = self.inner.store.workflow(&r.workflow_id, i64::from(r.version)).await.and_then(|w| {
-            w.map(|w| Workflow {
-                workflow_id: w.workflow_id,
-                version: w.version as u32,
-                name: w.name,
-                recipe_json: w.recipe_json,
-            })
-            .ok_or(SchedulerError::WorkflowNotFound(r.workflow_id))
-        });
+        let wf = self
+            .inner
+            .store
+            .workflow(&r.workflow_id, i64::from(r.version))
+            .await
+            .and_then(|w| {
+                w.map(|w| Workflow {
+                    workflow_id: w.workflow_id,
+                    version: w.version as u32,
+                    name: w.name,
+                    recipe_json: w.recipe_json,
+                })
+                .ok_or(SchedulerError::WorkflowNotFound(r.workflow_id))
+            });
         answer(wf)
     }
 
@@ -367,7 +455,10 @@ impl Scheduler for SchedulerService {
         answer(self.run_view(&req.into_inner().run_id).await)
     }
 
-    async fn list_nodes(&self, _req: Request<ListNodesRequest>) -> std::result::Result<Response<ListNodesResponse>, Status> {
+    async fn list_nodes(
+        &self,
+        _req: Request<ListNodesRequest>,
+    ) -> std::result::Result<Response<ListNodesResponse>, Status> {
         let core = self.core();
         let mut nodes: Vec<Node> = core
             .nodes
@@ -384,7 +475,10 @@ impl Scheduler for SchedulerService {
                     devices: n
                         .devices
                         .iter()
-                        .map(|d| Device { serial: d.clone(), busy: busy.contains(&d.as_str()) })
+                        .map(|d| Device {
+                            serial: d.clone(),
+                            busy: busy.contains(&d.as_str()),
+                        })
                         .collect(),
                     slots_in_use: n.queues.running() as u32,
                     slots: n.queues.slots() as u32,
@@ -397,49 +491,92 @@ impl Scheduler for SchedulerService {
         Ok(Response::new(ListNodesResponse { nodes }))
     }
 
-    async fn register_node(&self, req: Request<RegisterNodeRequest>) -> std::result::Result<Response<RegisterNodeResponse>, Status> {
+    async fn register_node(
+        &self,
+        req: Request<RegisterNodeRequest>,
+    ) -> std::result::Result<Response<RegisterNodeResponse>, Status> {
         let r = req.into_inner();
         let run = async {
             if r.node_id.is_empty() {
                 return Err(SchedulerError::Invalid("node_id is empty".into()));
             }
-            let slots = if r.slots == 0 { self.inner.config.slots_per_node } else { r.slots as usize };
+            let slots = if r.slots == 0 {
+                self.inner.config.slots_per_node
+            } else {
+                r.slots as usize
+            };
             let slots = slots.min(self.inner.config.slots_per_node);
             let now = now_ms();
-            self.core().register(&r.node_id, &r.device_serials, slots, Some(r.connection_id.clone()), now);
-            let devices = self.core().nodes.get(&r.node_id).map(|n| n.devices.clone()).unwrap_or_default();
+            self.core()
+                .register(&r.node_id, &r.device_serials, slots, Some(r.connection_id.clone()), now);
+            let devices = self
+                .core()
+                .nodes
+                .get(&r.node_id)
+                .map(|n| n.devices.clone())
+                .unwrap_or_default();
             self.inner
                 .store
-                .upsert_node(&NodeRow { node_id: r.node_id.clone(), devices, slots: slots as i64, last_heartbeat_ms: now })
+                .upsert_node(&NodeRow {
+                    node_id: r.node_id.clone(),
+                    devices,
+                    slots: slots as i64,
+                    last_heartbeat_ms: now,
+                })
                 .await?;
             tracing::info!(node_id = %r.node_id, devices = r.device_serials.len(), slots, "node registered");
-            Ok(RegisterNodeResponse { heartbeat_interval_s: self.inner.config.node_heartbeat_interval_s })
+            Ok(RegisterNodeResponse {
+                heartbeat_interval_s: self.inner.config.node_heartbeat_interval_s,
+            })
         };
         answer(run.await)
     }
 
-    async fn node_heartbeat(&self, req: Request<NodeHeartbeatRequest>) -> std::result::Result<Response<NodeHeartbeatResponse>, Status> {
+    async fn node_heartbeat(
+        &self,
+        req: Request<NodeHeartbeatRequest>,
+    ) -> std::result::Result<Response<NodeHeartbeatResponse>, Status> {
         let r = req.into_inner();
         let known = {
             let mut core = self.core();
-            core.nodes.get_mut(&r.node_id).map(|n| n.last_heartbeat_ms = now_ms()).is_some()
+            core.nodes
+                .get_mut(&r.node_id)
+                .map(|n| n.last_heartbeat_ms = now_ms())
+                .is_some()
         };
         if !known {
             return answer(Err(SchedulerError::UnknownNode(r.node_id)));
         }
-        let commands = if r.status == "READY" { self.dispatch(&r.node_id).await } else { Ok(Vec::new()) };
+        let commands = if r.status == "READY" {
+            self.dispatch(&r.node_id).await
+        } else {
+            Ok(Vec::new())
+        };
         answer(commands.map(|commands| NodeHeartbeatResponse { commands }))
     }
 
-    async fn report_result(&self, req: Request<ReportResultRequest>) -> std::result::Result<Response<ReportResultResponse>, Status> {
+    async fn report_result(
+        &self,
+        req: Request<ReportResultRequest>,
+    ) -> std::result::Result<Response<ReportResultResponse>, Status> {
         answer(self.report(req.into_inner()).await)
     }
 
-    async fn pull_commands(&self, req: Request<PullCommandsRequest>) -> std::result::Result<Response<PullCommandsResponse>, Status> {
-        answer(self.dispatch(&req.into_inner().node_id).await.map(|commands| PullCommandsResponse { commands }))
+    async fn pull_commands(
+        &self,
+        req: Request<PullCommandsRequest>,
+    ) -> std::result::Result<Response<PullCommandsResponse>, Status> {
+        answer(
+            self.dispatch(&req.into_inner().node_id)
+                .await
+                .map(|commands| PullCommandsResponse { commands }),
+        )
     }
 
-    async fn node_disconnected(&self, req: Request<NodeDisconnectedRequest>) -> std::result::Result<Response<NodeDisconnectedResponse>, Status> {
+    async fn node_disconnected(
+        &self,
+        req: Request<NodeDisconnectedRequest>,
+    ) -> std::result::Result<Response<NodeDisconnectedResponse>, Status> {
         let r = req.into_inner();
         let mut core = self.core();
         if let Some(n) = core.nodes.get_mut(&r.node_id)
@@ -451,7 +588,14 @@ impl Scheduler for SchedulerService {
         Ok(Response::new(NodeDisconnectedResponse {}))
     }
 
-    async fn store_artifact(&self, req: Request<StoreArtifactRequest>) -> std::result::Result<Response<StoreArtifactResponse>, Status> {
-        answer(SchedulerService::store_artifact(self, req.into_inner()).await.map(|path| StoreArtifactResponse { path }))
+    async fn store_artifact(
+        &self,
+        req: Request<StoreArtifactRequest>,
+    ) -> std::result::Result<Response<StoreArtifactResponse>, Status> {
+        answer(
+            SchedulerService::store_artifact(self, req.into_inner())
+                .await
+                .map(|path| StoreArtifactResponse { path }),
+        )
     }
 }

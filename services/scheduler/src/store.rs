@@ -89,7 +89,10 @@ impl Store {
         sqlx::any::install_default_drivers();
         let max = if url.starts_with("sqlite:") { 1 } else { 8 };
         let pool = AnyPoolOptions::new().max_connections(max).connect(url).await?;
-        MIGRATOR.run(&pool).await.map_err(|e| SchedulerError::Store(e.to_string()))?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|e| SchedulerError::Store(e.to_string()))?;
         Ok(Self { pool })
     }
 
@@ -118,9 +121,11 @@ impl Store {
     /// The given version, or the latest when `version` is 0.
     pub async fn workflow(&self, workflow_id: &str, version: i64) -> Result<Option<WorkflowRow>> {
         let q = if version > 0 {
-            sqlx::query("SELECT workflow_id, version, name, recipe_json FROM workflows WHERE workflow_id = $1 AND version = $2")
-                .bind(workflow_id)
-                .bind(version)
+            sqlx::query(
+                "SELECT workflow_id, version, name, recipe_json FROM workflows WHERE workflow_id = $1 AND version = $2",
+            )
+            .bind(workflow_id)
+            .bind(version)
         } else {
             sqlx::query(
                 "SELECT workflow_id, version, name, recipe_json FROM workflows WHERE workflow_id = $1 \
@@ -128,7 +133,9 @@ impl Store {
             )
             .bind(workflow_id)
         };
-        let Some(r) = q.fetch_optional(&self.pool).await? else { return Ok(None) };
+        let Some(r) = q.fetch_optional(&self.pool).await? else {
+            return Ok(None);
+        };
         Ok(Some(WorkflowRow {
             workflow_id: r.try_get("workflow_id")?,
             version: r.try_get("version")?,
@@ -195,10 +202,12 @@ impl Store {
             upload_timeout_ms: r.try_get("upload_timeout_ms")?,
             created_at_ms: r.try_get("created_at_ms")?,
         };
-        let rows = sqlx::query(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE run_id = $1 ORDER BY seq"))
-            .bind(run_id)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE run_id = $1 ORDER BY seq"
+        ))
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
         let tasks = rows.iter().map(task_row).collect::<std::result::Result<_, _>>()?;
         Ok(Some((run, tasks)))
     }
@@ -262,7 +271,10 @@ impl Store {
     pub async fn upsert_node(&self, n: &NodeRow) -> Result<()> {
         let devices = serde_json::to_string(&n.devices).unwrap_or_else(|_| "[]".into());
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM nodes WHERE node_id = $1").bind(&n.node_id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM nodes WHERE node_id = $1")
+            .bind(&n.node_id)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("INSERT INTO nodes (node_id, devices_json, slots, last_heartbeat_ms) VALUES ($1, $2, $3, $4)")
             .bind(&n.node_id)
             .bind(devices)

@@ -33,6 +33,7 @@ pub fn config(idle_timeout_ms: u64) -> MediaRelayConfig {
         media_relay_id: None,
         media_grpc_advertise: None,
         media_peer_idle_timeout_ms: idle_timeout_ms,
+        media_udp_sockets: 1,
     }
 }
 

@@ -1,0 +1,17 @@
+//! Why the agent stopped. Connection trouble is never here: the agent
+//! retries that forever; these are the reasons it gives up.
+
+use crate::driver::DriverError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The hub closed with 4004: another agent registered with our
+    /// NODE_ID. Reconnecting would only knock that one off in turn.
+    #[error("replaced by another agent with node id {node_id} (close 4004)")]
+    Replaced { node_id: String },
+    /// The driver could not list devices at start-up (e.g. adb missing).
+    #[error("device driver unavailable: {0}")]
+    Driver(#[from] DriverError),
+    #[error("invalid hub url {url:?}: {why}")]
+    InvalidUrl { url: String, why: String },
+}
