@@ -1,0 +1,210 @@
+//! Run and task state survive a restart of the scheduler, on SQLite and
+//! on PostgreSQL (when TEST_DATABASE_URL is set; CI sets it).
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+use relaymesh_proto::scheduler::v1::scheduler_client::SchedulerClient;
+use relaymesh_proto::scheduler::v1::{
+    CreateRunRequest, CreateWorkflowRequest, GetRunRequest, ListNodesRequest, PullCommandsRequest, RegisterNodeRequest,
+    ReportResultRequest, TaskState,
+};
+use relaymesh_scheduler::SchedulerConfig;
+use relaymesh_state::SharedState;
+use sqlx::Executor;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+#[derive(Parser)]
+struct Flags {
+    #[command(flatten)]
+    config: SchedulerConfig,
+}
+
+/// Database URLs under test, each fresh: a SQLite file always, a new
+/// PostgreSQL schema when TEST_DATABASE_URL is set.
+async fn databases() -> Vec<String> {
+    let file = std::env::temp_dir().join(format!("rm-sched-{}.db", uuid::Uuid::new_v4().simple()));
+    let mut out = vec![format!("sqlite://{}?mode=rwc", file.display())];
+    if let Ok(base) = std::env::var("TEST_DATABASE_URL")
+        && !base.is_empty()
+    {
+        sqlx::any::install_default_drivers();
+        let schema = format!("rmtest_{}", uuid::Uuid::new_v4().simple());
+        let pool = sqlx::AnyPool::connect(&base).await.expect("TEST_DATABASE_URL answers");
+        pool.execute(format!("CREATE SCHEMA {schema}").as_str()).await.unwrap();
+        let sep = if base.contains('?') { '&' } else { '?' };
+        out.push(format!("{base}{sep}options=-c%20search_path%3D{schema}"));
+    }
+    out
+}
+
+async fn start(db: &str) -> (SchedulerClient<Channel>, CancellationToken, tokio::task::JoinHandle<()>) {
+    let config = Flags::try_parse_from(["scheduler", "--database-url", db, "--timeout-sweep-ms", "50"])
+        .unwrap()
+        .config;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            relaymesh_scheduler::serve(listener, config, SharedState::memory(), stop)
+                .await
+                .unwrap()
+        }
+    });
+    let client = loop {
+        if let Ok(c) = SchedulerClient::connect(format!("http://{addr}")).await {
+            break c;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    (client, stop, task)
+}
+
+fn register(conn: &str) -> RegisterNodeRequest {
+    RegisterNodeRequest {
+        node_id: "node-1".into(),
+        connection_id: conn.into(),
+        device_serials: vec!["D1".into(), "D2".into()],
+        slots: 1,
+    }
+}
+
+fn states(run: &relaymesh_proto::scheduler::v1::Run) -> Vec<(String, i32)> {
+    let mut s: Vec<_> = run.tasks.iter().map(|t| (t.device_serial.clone(), t.state)).collect();
+    s.sort();
+    s
+}
+
+#[tokio::test]
+async fn queued_and_running_tasks_survive_a_scheduler_restart() {
+    for db in databases().await {
+        let (mut c, stop, task) = start(&db).await;
+        c.register_node(register("conn-1")).await.unwrap();
+        let recipe = r#"{"command_type":"WATCH_VIDEO","params":{"video_id":"v"}}"#;
+        let wf = CreateWorkflowRequest {
+            workflow_id: "w".into(),
+            name: "w".into(),
+            recipe_json: recipe.into(),
+        };
+        assert_eq!(c.create_workflow(wf.clone()).await.unwrap().into_inner().version, 1);
+        assert_eq!(
+            c.create_workflow(wf).await.unwrap().into_inner().version,
+            2,
+            "{db}: versions increase"
+        );
+        let run = CreateRunRequest {
+            workflow_id: "w".into(),
+            node_ids: vec!["node-1".into()],
+            ..Default::default()
+        };
+        let run_id = c.create_run(run).await.unwrap().into_inner().run_id;
+        let first = c
+            .pull_commands(PullCommandsRequest {
+                node_id: "node-1".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(first.commands.len(), 1, "{db}: one slot");
+        let running = first.commands[0].clone();
+
+        // Restart: a new scheduler process on the same database.
+        stop.cancel();
+        task.await.unwrap();
+        let (mut c, stop, task) = start(&db).await;
+        let run = c
+            .get_run(GetRunRequest { run_id: run_id.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        let other = if running.device_serial == "D1" { "D2" } else { "D1" };
+        assert_eq!(
+            states(&run),
+            {
+                let mut want = vec![
+                    (running.device_serial.clone(), TaskState::Dispatched as i32),
+                    (other.to_owned(), TaskState::Queued as i32),
+                ];
+                want.sort();
+                want
+            },
+            "{db}: nothing lost, nothing restarted"
+        );
+        let nodes = c.list_nodes(ListNodesRequest {}).await.unwrap().into_inner().nodes;
+        assert_eq!(
+            (nodes.len(), nodes[0].connected, nodes[0].slots_in_use),
+            (1, false, 1),
+            "{db}"
+        );
+
+        // The node comes back and delivers the result it finished meanwhile:
+        // the freed slot is refilled with the queued task at once.
+        c.register_node(register("conn-2")).await.unwrap();
+        let report = |id: &str| ReportResultRequest {
+            node_id: "node-1".into(),
+            command_id: id.to_owned(),
+            status: "SUCCESS".into(),
+            ..Default::default()
+        };
+        let r = c.report_result(report(&running.command_id)).await.unwrap().into_inner();
+        assert!(r.recorded, "{db}");
+        assert_eq!(r.commands.len(), 1, "{db}: refill");
+        assert_eq!(r.commands[0].device_serial, other);
+        let again = c.report_result(report(&running.command_id)).await.unwrap().into_inner();
+        assert!(!again.recorded, "{db}: a resent result is recorded once");
+        c.report_result(report(&r.commands[0].command_id)).await.unwrap();
+        let run = c.get_run(GetRunRequest { run_id }).await.unwrap().into_inner();
+        assert_eq!(run.status, "finished", "{db}");
+        assert!(
+            run.tasks
+                .iter()
+                .all(|t| t.state == TaskState::Succeeded as i32 && t.attempts == 1),
+            "{db}: {run:?}"
+        );
+        stop.cancel();
+        task.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn unknown_devices_nodes_and_command_types_are_refused() {
+    let db = databases().await.remove(0);
+    let (mut c, stop, task) = start(&db).await;
+    let bad = CreateWorkflowRequest {
+        workflow_id: "x".into(),
+        name: String::new(),
+        recipe_json: r#"{"command_type":"ROOT"}"#.into(),
+    };
+    assert_eq!(
+        c.create_workflow(bad).await.unwrap_err().code(),
+        tonic::Code::InvalidArgument
+    );
+    let ok = CreateWorkflowRequest {
+        workflow_id: "w".into(),
+        name: String::new(),
+        recipe_json: r#"{"command_type":"SYNC_STATE"}"#.into(),
+    };
+    c.create_workflow(ok).await.unwrap();
+    let run = CreateRunRequest {
+        workflow_id: "w".into(),
+        device_serials: vec!["ghost".into()],
+        ..Default::default()
+    };
+    assert_eq!(
+        c.create_run(run).await.unwrap_err().code(),
+        tonic::Code::InvalidArgument
+    );
+    let run = CreateRunRequest {
+        workflow_id: "w".into(),
+        node_ids: vec!["ghost".into()],
+        ..Default::default()
+    };
+    assert_eq!(c.create_run(run).await.unwrap_err().code(), tonic::Code::NotFound);
+    stop.cancel();
+    task.await.unwrap();
+}
