@@ -154,8 +154,50 @@ impl Mesh {
             gateways: Vec::new(),
             tasks,
         };
+        mesh.wait_services_ready(std::time::Duration::from_secs(30)).await?;
         mesh.gateway_addr = mesh.add_gateway(mesh.options.gateway_port, None).await?;
         Ok(mesh)
+    }
+
+    /// Waits until every service answers its gRPC health check with
+    /// SERVING. A role that stops while starting (a database it cannot open,
+    /// a port it cannot bind) fails this with its own error, instead of
+    /// leaving callers a listener that resets their connections.
+    async fn wait_services_ready(&mut self, within: std::time::Duration) -> anyhow::Result<()> {
+        use tonic_health::pb::health_check_response::ServingStatus;
+        use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+        let deadline = tokio::time::Instant::now() + within;
+        for (role, addr) in self.services.clone() {
+            loop {
+                if let Some(joined) = self.tasks.try_join_next() {
+                    return Err(match joined {
+                        Ok((role, Err(err))) => err.context(format!("{role} failed to start")),
+                        Ok((role, Ok(()))) => anyhow::anyhow!("{role} stopped while starting"),
+                        Err(join) => anyhow::Error::new(join).context("a role panicked while starting"),
+                    });
+                }
+                let serving = async {
+                    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+                        .connect()
+                        .await?;
+                    let status = HealthClient::new(channel)
+                        .check(HealthCheckRequest { service: String::new() })
+                        .await?
+                        .into_inner()
+                        .status;
+                    anyhow::Ok(status == ServingStatus::Serving as i32)
+                };
+                if let Ok(Ok(true)) = tokio::time::timeout(std::time::Duration::from_secs(2), serving).await {
+                    break;
+                }
+                anyhow::ensure!(
+                    tokio::time::Instant::now() < deadline,
+                    "{role} at {addr} not serving after {within:?}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+        Ok(())
     }
 
     /// Starts one more gateway replica on the same services and shared

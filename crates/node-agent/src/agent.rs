@@ -2,6 +2,10 @@
 //! run COMMANDs within the slot rules, report RESULTs until ACKed, and
 //! reconnect with backoff whenever the hub goes away.
 //!
+//! `wss://` hubs are reached through the rustls connector built once at
+//! start (webpki roots plus `--hub-ca-file`, see `crate::tls`); a TLS
+//! failure is a lost connection like any other and is retried with backoff.
+//!
 //! One task owns the socket and all state; commands run in a `JoinSet`
 //! owned by the agent, so results are collected whether or not the hub is
 //! connected, and nothing outlives `run`. No lock exists to be held across
@@ -21,7 +25,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream, connect_async_tls_with_config};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -104,6 +108,8 @@ struct Drain {
 
 pub(crate) struct Agent<D: DeviceDriver> {
     config: AgentConfig,
+    /// TLS settings for wss:// (unused for ws://).
+    connector: Connector,
     node_id: NodeId,
     codec: FrameCodec,
     driver: Arc<D>,
@@ -128,12 +134,15 @@ impl<D: DeviceDriver> Agent<D> {
                 why: e.to_string(),
             });
         }
+        crate::tls::install_default_provider();
+        let connector = crate::tls::connector(config.hub_ca_file.as_deref())?;
         let devices = driver.devices().await?;
         let node_id = config.resolved_node_id();
         let key = relaymesh_wire::node::NodeKey::from_secret(config.node_secret.expose());
         info!(node_id = %node_id, devices = devices.len(), slots = config.slots, "node agent starting");
         Ok(Self {
             codec: FrameCodec::new(node_id.clone(), key),
+            connector,
             node_id,
             driver: Arc::new(driver),
             devices,
@@ -187,12 +196,20 @@ impl<D: DeviceDriver> Agent<D> {
             return SessionEnd::Lost("shutting down".into());
         }
         self.refresh_devices().await;
-        let connect = tokio::time::timeout(CONNECT_TIMEOUT, connect_async(self.config.vultr_url.as_str()));
+        let connect = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            connect_async_tls_with_config(
+                self.config.vultr_url.as_str(),
+                None,
+                false,
+                Some(self.connector.clone()),
+            ),
+        );
         let mut ws = tokio::select! {
             () = shutdown.cancelled() => return SessionEnd::Lost("shutting down".into()),
             r = connect => match r {
                 Ok(Ok((ws, _))) => ws,
-                Ok(Err(e)) => return SessionEnd::Lost(format!("connect failed: {e}")),
+                Ok(Err(e)) => return SessionEnd::Lost(crate::tls::describe_connect_error(&e)),
                 Err(_) => return SessionEnd::Lost("connect timed out".into()),
             },
         };

@@ -3,6 +3,7 @@
 //! plus the agent's own knobs), defaults from seeds 000 and 002.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ pub mod env {
     pub const HOSTNAME: &str = "HOSTNAME";
     pub const NODE_SECRET: &str = "NODE_SECRET";
     pub const VULTR_URL: &str = "VULTR_URL";
+    pub const NODE_HUB_CA_FILE: &str = "NODE_HUB_CA_FILE";
     pub const NODE_SLOTS: &str = "NODE_SLOTS";
     pub const NODE_HEARTBEAT_INTERVAL_MS: &str = "NODE_HEARTBEAT_INTERVAL_MS";
     pub const NODE_TASK_TIMEOUT_MS: &str = "NODE_TASK_TIMEOUT_MS";
@@ -85,9 +87,13 @@ pub struct AgentConfig {
     /// Shared secret for frame signatures (base64, or raw UTF-8).
     #[arg(long, env = env::NODE_SECRET, hide_env_values = true)]
     pub node_secret: NodeSecret,
-    /// The hub's WebSocket URL, e.g. ws://127.0.0.1:8000/ws/node.
+    /// The hub's WebSocket URL, e.g. wss://hub.example.com/ws/node (or ws:// without TLS).
     #[arg(long, env = env::VULTR_URL)]
     pub vultr_url: String,
+    /// PEM file of extra CA certificates to trust for a wss:// hub (a private
+    /// hub's CA, or a self-signed hub certificate), on top of the webpki roots.
+    #[arg(long, env = env::NODE_HUB_CA_FILE, value_name = "PEM")]
+    pub hub_ca_file: Option<PathBuf>,
     /// Commands run at once on this node (seed 002: 20).
     #[arg(long, env = env::NODE_SLOTS, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     pub slots: u32,
@@ -222,6 +228,13 @@ mod tests {
         assert_eq!(c.sim_jitter_ms, 100);
         assert!(c.sim_fail_rate.abs() < f64::EPSILON);
         assert!(c.sim_hang_serials.is_empty());
+    }
+
+    #[test]
+    fn hub_ca_file_is_optional() {
+        assert_eq!(parse(&[]).unwrap().hub_ca_file, None);
+        let c = parse(&["--hub-ca-file", "/etc/relaymesh/hub-ca.pem"]).unwrap();
+        assert_eq!(c.hub_ca_file, Some(PathBuf::from("/etc/relaymesh/hub-ca.pem")));
     }
 
     #[test]

@@ -14,4 +14,10 @@ pub enum AgentError {
     Driver(#[from] DriverError),
     #[error("invalid hub url {url:?}: {why}")]
     InvalidUrl { url: String, why: String },
+    /// `--hub-ca-file` could not be read or holds no usable certificate.
+    #[error("hub CA file {path:?}: {why}")]
+    HubCa { path: String, why: String },
+    /// The TLS client configuration could not be built.
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
 }

@@ -4,6 +4,10 @@
 //! once, never two on one device, each bounded by its timeout), and reports
 //! RESULTs, kept until the hub ACKs them and resent after reconnects.
 //!
+//! `wss://` hub URLs use rustls (ring provider) trusting the webpki roots,
+//! plus the PEM certificates of `--hub-ca-file` / `NODE_HUB_CA_FILE` for a
+//! private or self-signed hub; see [`AgentConfig::hub_ca_file`].
+//!
 //! The frame contract is docs/node-protocol.md. This crate never decides
 //! which command runs next: the hub schedules, the agent only enforces the
 //! slot and device limits and refuses what breaks them.
@@ -17,6 +21,7 @@ pub mod frames;
 pub mod ids;
 mod outbox;
 mod slots;
+mod tls;
 
 pub use agent::close;
 pub use config::{AgentConfig, DriverKind, NodeSecret};

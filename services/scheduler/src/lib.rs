@@ -6,6 +6,7 @@
 //! restart loses nothing; queues are rebuilt from it. One active instance:
 //! its queues are in memory.
 
+mod artifacts;
 mod core;
 pub mod dispatch;
 mod error;
@@ -18,6 +19,7 @@ use relaymesh_rpc::{GrpcServer, RpcError, ServeOptions};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use artifacts::{ArtifactConfig, ArtifactStore};
 pub use error::SchedulerError;
 pub use service::SchedulerService;
 
@@ -62,9 +64,10 @@ pub struct SchedulerConfig {
     #[arg(long, env = "NODE_HEARTBEAT_INTERVAL_S", default_value_t = 30)]
     pub node_heartbeat_interval_s: u32,
 
-    /// Where artifacts are stored ({youtubeVideoId}/{node_id}/{device_serial}/{run_id}/{timestamp}.png).
-    #[arg(long, env = "ARTIFACT_DIR", default_value = "artifacts")]
-    pub artifact_dir: String,
+    /// Where artifacts are stored ({youtubeVideoId}/{node_id}/{device_serial}/{run_id}/{timestamp}.png):
+    /// a local directory, or an S3-compatible bucket.
+    #[command(flatten)]
+    pub artifacts: ArtifactConfig,
 }
 
 /// Serves the scheduler API on `listener` until `shutdown`.

@@ -6,17 +6,13 @@ use serde::Deserialize;
 
 use crate::error::{Result, SchedulerError};
 
-/// The command types of seed 000.
-pub const COMMAND_TYPES: [&str; 8] = [
-    "WATCH_VIDEO",
-    "RANDOM_WATCH",
-    "LIKE_VIDEO",
-    "WRITE_COMMENT",
-    "SUBSCRIBE_CHANNEL",
-    "RESTART_DEVICE",
-    "UPDATE_PERSONA",
-    "SYNC_STATE",
-];
+use relaymesh_proto::scheduler::v1::CommandType;
+
+/// Whether `name` is one of seed 000's command types, as the contract
+/// (`relaymesh.scheduler.v1.CommandType`) lists them.
+pub fn is_command_type(name: &str) -> bool {
+    CommandType::from_str_name(name).is_some_and(|t| t != CommandType::Unspecified)
+}
 
 /// `{"command_type": "WATCH_VIDEO", "params": {...}, "timeout_ms": 90000,
 ///   "upload_timeout_ms": 30000, "steps": [...]}`; only `command_type` is
@@ -39,7 +35,7 @@ impl Recipe {
     /// creation, never on a device.
     pub fn parse(json: &str) -> Result<Self> {
         let r: Recipe = serde_json::from_str(json).map_err(|e| SchedulerError::Invalid(format!("recipe: {e}")))?;
-        if !COMMAND_TYPES.contains(&r.command_type.as_str()) {
+        if !is_command_type(&r.command_type) {
             return Err(SchedulerError::UnknownCommandType(r.command_type));
         }
         Ok(r)
@@ -72,9 +68,19 @@ mod tests {
             Recipe::parse(r#"{"command_type":"FORMAT_DISK"}"#),
             Err(SchedulerError::UnknownCommandType(_))
         ));
-        for t in COMMAND_TYPES {
+        for t in [
+            "WATCH_VIDEO",
+            "RANDOM_WATCH",
+            "LIKE_VIDEO",
+            "WRITE_COMMENT",
+            "SUBSCRIBE_CHANNEL",
+            "RESTART_DEVICE",
+            "UPDATE_PERSONA",
+            "SYNC_STATE",
+        ] {
             assert!(Recipe::parse(&format!(r#"{{"command_type":"{t}"}}"#)).is_ok(), "{t}");
         }
+        assert!(Recipe::parse(r#"{"command_type":"COMMAND_TYPE_UNSPECIFIED"}"#).is_err());
     }
 
     #[test]

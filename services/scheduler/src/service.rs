@@ -3,10 +3,10 @@
 //! (heartbeat READY, a RESULT that frees a slot, or a nudge sent here when
 //! work arrives for an idle node).
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use object_store::path::Path;
 use relaymesh_proto::scheduler::v1::{
     Command, CreateRunRequest, CreateWorkflowRequest, Device, GetRunRequest, GetWorkflowRequest, ListNodesRequest,
     ListNodesResponse, Node, NodeDisconnectedRequest, NodeDisconnectedResponse, NodeHeartbeatRequest,
@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::SchedulerConfig;
+use crate::artifacts::ArtifactStore;
 use crate::core::{Core, OpenTask};
 use crate::error::{Result, SchedulerError};
 use crate::recipe::Recipe;
@@ -34,6 +35,7 @@ struct Inner {
     store: Store,
     core: Mutex<Core>,
     delivery: Delivery,
+    artifacts: ArtifactStore,
     config: SchedulerConfig,
 }
 
@@ -83,6 +85,8 @@ impl SchedulerService {
     /// Connects the store, reloads open work, and starts the timeout sweep.
     pub async fn start(state: SharedState, config: SchedulerConfig, shutdown: CancellationToken) -> Result<Self> {
         let store = Store::connect(&config.database_url).await?;
+        let artifacts = ArtifactStore::from_config(&config.artifacts)?;
+        tracing::info!(location = %artifacts.location(), "artifact store ready");
         let mut core = Core::default();
         for n in store.nodes().await? {
             let slots = (n.slots.max(0) as usize).min(config.slots_per_node);
@@ -108,6 +112,7 @@ impl SchedulerService {
                 store,
                 core: Mutex::new(core),
                 delivery: Delivery::new(state, registry),
+                artifacts,
                 config,
             }),
         };
@@ -369,27 +374,19 @@ impl SchedulerService {
     }
 
     async fn store_artifact(&self, req: StoreArtifactRequest) -> Result<String> {
-        let rel: PathBuf = [
+        let timestamp = format!("{}.png", req.timestamp);
+        let key = Path::from_iter([
             segment("youtube_video_id", &req.youtube_video_id)?,
             segment("node_id", &req.node_id)?,
             segment("device_serial", &req.device_serial)?,
             segment("run_id", &req.run_id)?,
-        ]
-        .iter()
-        .collect::<PathBuf>()
-        .join(format!("{}.png", req.timestamp));
-        let full = PathBuf::from(&self.inner.config.artifact_dir).join(&rel);
-        if let Some(dir) = full.parent() {
-            tokio::fs::create_dir_all(dir)
-                .await
-                .map_err(|e| SchedulerError::Artifact(e.to_string()))?;
-        }
-        tokio::fs::write(&full, &req.content)
-            .await
-            .map_err(|e| SchedulerError::Artifact(e.to_string()))?;
+            &timestamp,
+        ]);
+        let bytes = req.content.len();
+        self.inner.artifacts.put_png(&key, req.content).await?;
         tracing::info!(run_id = %req.run_id, node_id = %req.node_id, device_serial = %req.device_serial,
-            path = %rel.display(), bytes = req.content.len(), "artifact stored");
-        Ok(rel.to_string_lossy().replace('\\', "/"))
+            path = %key, bytes, "artifact stored");
+        Ok(key.to_string())
     }
 }
 

@@ -3,31 +3,21 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::net::SocketAddr;
+mod harness;
 
-use clap::Parser;
 use relaymesh_proto::scheduler::v1::scheduler_client::SchedulerClient;
 use relaymesh_proto::scheduler::v1::{
     CreateRunRequest, CreateWorkflowRequest, GetRunRequest, ListNodesRequest, PullCommandsRequest, RegisterNodeRequest,
     ReportResultRequest, TaskState,
 };
-use relaymesh_scheduler::SchedulerConfig;
-use relaymesh_state::SharedState;
 use sqlx::Executor;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-#[derive(Parser)]
-struct Flags {
-    #[command(flatten)]
-    config: SchedulerConfig,
-}
-
 /// Database URLs under test, each fresh: a SQLite file always, a new
 /// PostgreSQL schema when TEST_DATABASE_URL is set.
 async fn databases() -> Vec<String> {
-    let file = std::env::temp_dir().join(format!("rm-sched-{}.db", uuid::Uuid::new_v4().simple()));
-    let mut out = vec![format!("sqlite://{}?mode=rwc", file.display())];
+    let mut out = vec![harness::sqlite_url()];
     if let Ok(base) = std::env::var("TEST_DATABASE_URL")
         && !base.is_empty()
     {
@@ -42,27 +32,7 @@ async fn databases() -> Vec<String> {
 }
 
 async fn start(db: &str) -> (SchedulerClient<Channel>, CancellationToken, tokio::task::JoinHandle<()>) {
-    let config = Flags::try_parse_from(["scheduler", "--database-url", db, "--timeout-sweep-ms", "50"])
-        .unwrap()
-        .config;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr: SocketAddr = listener.local_addr().unwrap();
-    let stop = CancellationToken::new();
-    let task = tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            relaymesh_scheduler::serve(listener, config, SharedState::memory(), stop)
-                .await
-                .unwrap()
-        }
-    });
-    let client = loop {
-        if let Ok(c) = SchedulerClient::connect(format!("http://{addr}")).await {
-            break c;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
-    (client, stop, task)
+    harness::start(&["--database-url", db, "--timeout-sweep-ms", "50"]).await
 }
 
 fn register(conn: &str) -> RegisterNodeRequest {

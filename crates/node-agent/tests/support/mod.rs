@@ -2,9 +2,14 @@
 //! 127.0.0.1:0, signing and verifying frames like the real one, plus the
 //! helpers to start an agent against it. Each test drives the hub by hand:
 //! it decides when to accept a connection, what to send and when to hang up.
+//!
+//! [`FakeHub::bind_tls`] puts a rustls acceptor with a fresh self-signed
+//! `localhost` certificate in front of the same hub, for `wss://` tests.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -12,8 +17,12 @@ use relaymesh_node_agent::{AgentConfig, AgentError};
 use relaymesh_wire::node::signature::{signed_frame, verify};
 use relaymesh_wire::node::{FrameType, NodeKey, OutFrame};
 use serde_json::{Value, json};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -29,31 +38,95 @@ pub fn key() -> NodeKey {
     NodeKey::from_secret(SECRET)
 }
 
+/// The hub's side of a connection: plain TCP or TLS over TCP.
+pub trait HubIo: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> HubIo for T {}
+
+type HubStream = Box<dyn HubIo>;
+
 pub struct FakeHub {
     listener: TcpListener,
     pub url: String,
+    /// Set by [`FakeHub::bind_tls`]: every accepted connection does TLS first.
+    tls: Option<TlsAcceptor>,
+    /// The self-signed certificate (PEM) of a TLS hub.
+    pub cert_pem: Option<String>,
 }
 
 impl FakeHub {
     pub async fn bind() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("ws://{}/ws/node", listener.local_addr().unwrap());
-        Self { listener, url }
+        Self {
+            listener,
+            url,
+            tls: None,
+            cert_pem: None,
+        }
+    }
+
+    /// A hub at `wss://localhost:PORT/ws/node` with a fresh self-signed
+    /// certificate for `localhost` and 127.0.0.1 (see [`FakeHub::write_ca_file`]).
+    pub async fn bind_tls() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let rcgen::CertifiedKey { cert, signing_key } =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(signing_key.serialize_der()));
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let server = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], key)
+            .unwrap();
+        Self {
+            listener,
+            url: format!("wss://localhost:{port}/ws/node"),
+            tls: Some(TlsAcceptor::from(Arc::new(server))),
+            cert_pem: Some(cert.pem()),
+        }
+    }
+
+    /// Writes the TLS hub's certificate to a PEM file, for `--hub-ca-file`.
+    pub fn write_ca_file(&self) -> PathBuf {
+        let pem = self.cert_pem.as_deref().expect("not a TLS hub");
+        let port = self.listener.local_addr().unwrap().port();
+        let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("fake-hub-ca-{port}.pem"));
+        std::fs::write(&path, pem).unwrap();
+        path
     }
 
     /// Accepts the agent's next connection. Until this is called the agent
     /// cannot finish its WebSocket handshake: to it, the hub is down.
     pub async fn accept(&self) -> HubConn {
+        self.try_accept().await.unwrap()
+    }
+
+    /// Accepts the agent's next TCP connection (panics if none comes) and
+    /// runs the TLS (TLS hubs) and WebSocket handshakes; `Err` says which
+    /// handshake failed and why.
+    pub async fn try_accept(&self) -> Result<HubConn, String> {
         let (tcp, _) = tokio::time::timeout(PATIENCE, self.listener.accept())
             .await
             .expect("agent did not connect")
             .unwrap();
-        let ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
-        HubConn {
+        let stream: HubStream = match &self.tls {
+            None => Box::new(tcp),
+            Some(acceptor) => match tokio::time::timeout(PATIENCE, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => Box::new(tls),
+                Ok(Err(e)) => return Err(format!("TLS handshake failed: {e}")),
+                Err(_) => return Err("TLS handshake timed out".to_owned()),
+            },
+        };
+        let ws = tokio_tungstenite::accept_async(stream)
+            .await
+            .map_err(|e| format!("WebSocket handshake failed: {e}"))?;
+        Ok(HubConn {
             ws,
             key: key(),
             closed_with: None,
-        }
+        })
     }
 }
 
@@ -74,7 +147,7 @@ impl Frame {
 }
 
 pub struct HubConn {
-    ws: WebSocketStream<TcpStream>,
+    ws: WebSocketStream<HubStream>,
     key: NodeKey,
     /// The agent's close code, once it closed.
     pub closed_with: Option<u16>,
