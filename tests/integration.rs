@@ -13,5 +13,6 @@ mod integration {
     mod livechat_channels;
     mod livechat_media;
     mod livechat_session;
+    mod role_processes;
     mod ws_machinery;
 }
