@@ -19,7 +19,6 @@
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use relaymesh::roles::UpArgs;
 use relaymesh_auth::{AuthConfig, AuthService};
 use relaymesh_proto::auth::v1::VerifyTokenRequest;
 use relaymesh_proto::auth::v1::auth_client::AuthClient;
@@ -86,22 +85,11 @@ fn row(name: &str, s: &Stats, base: &Stats) {
 
 /// The whole mesh in this process on port 0, plus `extra` flags of `up`.
 async fn start_mesh(extra: &[&str]) -> relaymesh::Mesh {
-    let mut args = vec![
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--media-udp-port",
-        "0",
-        "--jwt-secret",
-        SECRET,
-        "--database-url",
-        "sqlite::memory:",
-    ];
+    let mut args = vec!["--jwt-secret", SECRET];
     args.extend_from_slice(extra);
-    let mut o = UpArgs::parse_from(args).unwrap().into_options();
-    o.redis_url = None;
-    relaymesh::Mesh::start(o).await.unwrap()
+    relaymesh::Mesh::start(relaymesh::MeshOptions::loopback(&args).unwrap())
+        .await
+        .unwrap()
 }
 
 /// Raw loopback TCP: one 64-byte write, one 64-byte read back.

@@ -53,6 +53,31 @@ struct UpOnly {
     up: UpArgs,
 }
 
+impl MeshOptions {
+    /// The mesh as tests and benchmarks start it: every listener on
+    /// 127.0.0.1 at a free port, in-memory shared state, and a private
+    /// in-memory scheduler store (meshes running side by side must not share
+    /// a database file). `extra` are further `up` flags.
+    pub fn loopback(extra: &[&str]) -> Result<Self, clap::Error> {
+        let mut args = vec![
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--media-udp-port",
+            "0",
+            "--database-url",
+            "sqlite::memory:",
+        ];
+        args.extend_from_slice(extra);
+        let mut options = UpArgs::parse_from(args)?.into_options();
+        // Whatever the environment says: these are the test's own choices.
+        options.grpc_base_port = None;
+        options.redis_url = None;
+        Ok(options)
+    }
+}
+
 impl UpArgs {
     pub fn parse_from<I, T>(args: I) -> Result<Self, clap::Error>
     where

@@ -4,7 +4,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use relaymesh::roles::UpArgs;
 use relaymesh::{Mesh, MeshOptions};
 use relaymesh_state::testing;
 use serde_json::Value;
@@ -33,19 +32,9 @@ pub fn backends() -> Vec<Backend> {
 /// Options for a test mesh: loopback, port 0, a fresh Redis prefix, the
 /// test JWT secret, plus `extra` flags (as `relaymesh up` would take them).
 pub fn options(backend: &Backend, extra: &[&str]) -> MeshOptions {
-    let mut args = vec![
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--media-udp-port",
-        "0",
-        "--jwt-secret",
-        JWT_SECRET,
-    ];
+    let mut args = vec!["--jwt-secret", JWT_SECRET];
     args.extend_from_slice(extra);
-    let mut options = UpArgs::parse_from(args).expect("valid test flags").into_options();
-    options.grpc_base_port = None;
+    let mut options = MeshOptions::loopback(&args).expect("valid test flags");
     options.redis_url = match backend {
         Backend::Memory => None,
         Backend::Redis(url) => Some(url.clone()),
