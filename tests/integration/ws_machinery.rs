@@ -61,45 +61,21 @@ async fn refused_with(addr: std::net::SocketAddr, frame: &str, expect: [&str; 4]
         assert_eq!(
             error_code(protocol, &answer).as_deref(),
             Some(want),
-            "{protocol}: {answer}"
+            "{protocol} refusing {frame:?}: {answer}"
         );
         still_answers(protocol, &mut c).await;
     }
 }
 
-#[tokio::test]
-async fn malformed_json_gets_each_protocols_error_frame() {
-    let mesh = harness::start(&Backend::Memory, &[]).await;
-    refused_with(
-        mesh.gateway_addr,
-        "{\"op\": 1,",
-        ["1004", "INVALID_MESSAGE", "4000", "INVALID_FRAME"],
-    )
-    .await;
-    mesh.shutdown().await.unwrap();
-}
+/// Each protocol's "bad frame" code, in `clients` order.
+const BAD_FRAME: [&str; 4] = ["1004", "INVALID_MESSAGE", "4000", "INVALID_FRAME"];
 
 #[tokio::test]
-async fn non_object_json_gets_each_protocols_error_frame() {
+async fn malformed_non_object_and_wrongly_typed_json_gets_each_protocols_error_frame() {
     let mesh = harness::start(&Backend::Memory, &[]).await;
-    refused_with(
-        mesh.gateway_addr,
-        "[1, 2, 3]",
-        ["1004", "INVALID_MESSAGE", "4000", "INVALID_FRAME"],
-    )
-    .await;
-    mesh.shutdown().await.unwrap();
-}
-
-#[tokio::test]
-async fn wrong_field_types_get_each_protocols_error_frame() {
-    let mesh = harness::start(&Backend::Memory, &[]).await;
-    refused_with(
-        mesh.gateway_addr,
-        r#"{"op":"one","type":7}"#,
-        ["1004", "INVALID_MESSAGE", "4000", "INVALID_FRAME"],
-    )
-    .await;
+    for frame in ["{\"op\": 1,", "[1, 2, 3]", r#"{"op":"one","type":7}"#] {
+        refused_with(mesh.gateway_addr, frame, BAD_FRAME).await;
+    }
     mesh.shutdown().await.unwrap();
 }
 

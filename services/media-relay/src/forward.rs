@@ -56,9 +56,9 @@ use tokio_util::sync::CancellationToken;
 
 #[cfg(not(target_os = "linux"))]
 use crate::rtp;
-use crate::stats::RelayCounters;
 #[cfg(not(target_os = "linux"))]
-use crate::stats::{DropReason, LocalCounts};
+use crate::stats::DropReason;
+use crate::stats::{LocalCounts, RelayCounters};
 use crate::table::RelayTable;
 #[cfg(not(target_os = "linux"))]
 use crate::table::Route;
@@ -78,12 +78,45 @@ pub async fn run(socket: &UdpSocket, table: &RelayTable, counters: &RelayCounter
     run_single(socket, table, counters, shutdown).await;
 }
 
-/// Logs a receive error that is not "would block".
-fn receive_failed(e: &io::Error) {
-    // Per-datagram errors (an ICMP error surfacing on some platforms) must
-    // not stop the relay; the caller yields so a persistent one cannot
-    // starve the runtime.
-    tracing::debug!(error = %e, "media receive failed");
+/// After relaying a read: publish counts every `FLUSH_EVERY` packets (the
+/// socket may never run dry under load) and stop when shutting down.
+/// Returns whether to keep forwarding.
+fn after_relay(counts: &mut LocalCounts, counters: &RelayCounters, shutdown: &CancellationToken) -> bool {
+    if counts.pending_packets() >= FLUSH_EVERY {
+        counts.flush(counters);
+        return !shutdown.is_cancelled();
+    }
+    true
+}
+
+/// After a receive that returned no datagram: on "would block", publish
+/// counts and wait for the socket or shutdown; on any other error, yield
+/// and go on (a per-datagram error, such as an ICMP error surfacing on some
+/// platforms, must not stop the relay, nor starve the runtime if it
+/// persists). Returns whether to keep forwarding.
+async fn after_receive_error(
+    e: io::Error,
+    socket: &UdpSocket,
+    counts: &mut LocalCounts,
+    counters: &RelayCounters,
+    shutdown: &CancellationToken,
+) -> bool {
+    if e.kind() != io::ErrorKind::WouldBlock {
+        tracing::debug!(error = %e, "media receive failed");
+        tokio::task::yield_now().await;
+        return true;
+    }
+    counts.flush(counters);
+    tokio::select! {
+        ready = socket.readable() => match ready {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "media socket failed; forwarding stopped");
+                false
+            }
+        },
+        () = shutdown.cancelled() => false,
+    }
 }
 
 /// One datagram per receive, one `send_to` per destination.
@@ -93,33 +126,16 @@ async fn run_single(socket: &UdpSocket, table: &RelayTable, counters: &RelayCoun
     let mut dests: Vec<SocketAddr> = Vec::with_capacity(64);
     let mut counts = LocalCounts::default();
     loop {
-        match socket.try_recv_from(&mut buf) {
+        let go_on = match socket.try_recv_from(&mut buf) {
             Ok((len, from)) => {
                 let packet = &buf[..len];
                 relay_one(socket, table, packet, from, &mut dests, &mut counts).await;
-                if counts.pending_packets() >= FLUSH_EVERY {
-                    counts.flush(counters);
-                    if shutdown.is_cancelled() {
-                        break;
-                    }
-                }
+                after_relay(&mut counts, counters, shutdown)
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                counts.flush(counters);
-                tokio::select! {
-                    ready = socket.readable() => {
-                        if let Err(e) = ready {
-                            tracing::error!(error = %e, "media socket failed; forwarding stopped");
-                            break;
-                        }
-                    }
-                    () = shutdown.cancelled() => break,
-                }
-            }
-            Err(e) => {
-                receive_failed(&e);
-                tokio::task::yield_now().await;
-            }
+            Err(e) => after_receive_error(e, socket, &mut counts, counters, shutdown).await,
+        };
+        if !go_on {
+            break;
         }
     }
     counts.flush(counters);
@@ -186,7 +202,7 @@ pub(crate) mod batched {
     use tokio::net::UdpSocket;
     use tokio_util::sync::CancellationToken;
 
-    use super::{FLUSH_EVERY, MAX_DATAGRAM, receive_failed};
+    use super::{MAX_DATAGRAM, after_receive_error, after_relay};
     use crate::rtp;
     use crate::stats::{DropReason, LocalCounts, RelayCounters};
     use crate::table::{RelayTable, Route};
@@ -203,32 +219,15 @@ pub(crate) mod batched {
         let mut relay = Relay::new(ipv6, RECV_BATCH, SEND_BATCH);
         let mut counts = LocalCounts::default();
         loop {
-            match relay.recv.recv(socket) {
+            let go_on = match relay.recv.recv(socket) {
                 Ok(_) => {
                     relay.route_and_send(socket, table, &mut counts).await;
-                    if counts.pending_packets() >= FLUSH_EVERY {
-                        counts.flush(counters);
-                        if shutdown.is_cancelled() {
-                            break;
-                        }
-                    }
+                    after_relay(&mut counts, counters, shutdown)
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    counts.flush(counters);
-                    tokio::select! {
-                        ready = socket.readable() => {
-                            if let Err(e) = ready {
-                                tracing::error!(error = %e, "media socket failed; forwarding stopped");
-                                break;
-                            }
-                        }
-                        () = shutdown.cancelled() => break,
-                    }
-                }
-                Err(e) => {
-                    receive_failed(&e);
-                    tokio::task::yield_now().await;
-                }
+                Err(e) => after_receive_error(e, socket, &mut counts, counters, shutdown).await,
+            };
+            if !go_on {
+                break;
             }
         }
         counts.flush(counters);
