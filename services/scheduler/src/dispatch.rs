@@ -160,17 +160,6 @@ impl<D: Clone + Eq + Hash, T> NodeQueues<D, T> {
     pub fn set_slots(&mut self, slots: usize) {
         self.slots = slots;
     }
-
-    /// Removes every queued task (not the running ones) and returns them.
-    pub fn drain_queued(&mut self) -> Vec<(D, T)> {
-        self.ring.clear();
-        let mut out = Vec::new();
-        for (d, q) in &mut self.devices {
-            q.in_ring = false;
-            out.extend(q.fifo.drain(..).map(|t| (d.clone(), t)));
-        }
-        out
-    }
 }
 
 #[cfg(test)]

@@ -92,20 +92,22 @@ impl SchedulerService {
             let slots = (n.slots.max(0) as usize).min(config.slots_per_node);
             core.register(&n.node_id, &n.devices, slots, None, n.last_heartbeat_ms);
         }
-        let (mut queued, mut in_flight) = (0, 0);
+        let (mut restored, mut unplaceable) = (0, 0);
         for t in store.open_tasks().await? {
-            let restored = if t.state == "DISPATCHED" {
+            let placed = if t.state == "DISPATCHED" {
                 core.restore_in_flight(t)
             } else {
                 core.enqueue(t)
             };
-            if restored {
-                queued += 1;
+            if placed {
+                restored += 1;
             } else {
-                in_flight += 1;
+                unplaceable += 1;
             }
         }
-        tracing::info!(queued, unplaceable = in_flight, "scheduler state reloaded");
+        // Unplaceable: a task whose node or device is no longer known; it
+        // stays in the store, visible in its run, and is not dispatched.
+        tracing::info!(restored, unplaceable, "scheduler state reloaded");
         let registry = SessionRegistry::new(state.clone(), Duration::from_secs(60));
         let svc = Self {
             inner: Arc::new(Inner {
