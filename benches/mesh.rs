@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use relaymesh_auth::{AuthConfig, AuthService};
 use relaymesh_proto::auth::v1::VerifyTokenRequest;
-use relaymesh_proto::auth::v1::auth_client::AuthClient;
-use relaymesh_proto::auth::v1::auth_server::Auth;
+use relaymesh_proto::auth::v1::auth_service_client::AuthServiceClient;
+use relaymesh_proto::auth::v1::auth_service_server::AuthService as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -135,7 +135,7 @@ async fn bench_rpc(iters: usize) {
     .await;
 
     let channel = relaymesh_rpc::connect_lazy(&format!("http://{auth_addr}"), Duration::from_secs(5)).unwrap();
-    let mut client = AuthClient::new(channel);
+    let mut client = AuthServiceClient::new(channel);
     let over_grpc = measure(iters, async || {
         client
             .verify_token(VerifyTokenRequest { token: t.clone() })
