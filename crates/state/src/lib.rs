@@ -103,6 +103,17 @@ impl SharedState {
         }
     }
 
+    /// The values at `keys`, in order, in one round trip.
+    pub async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self {
+            Self::Memory(m) => keys.iter().map(|k| m.get(k)).collect(),
+            Self::Redis(r) => r.get_many(keys).await,
+        }
+    }
+
     /// Sets `key`, replacing any value, expiring after `ttl` when given.
     pub async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<()> {
         match self {

@@ -56,6 +56,11 @@ impl RedisStore {
         Ok(self.conn().get(self.key(key)).await?)
     }
 
+    pub async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>> {
+        let keys: Vec<String> = keys.iter().map(|k| self.key(k)).collect();
+        Ok(redis::cmd("MGET").arg(&keys).query_async(&mut self.conn()).await?)
+    }
+
     pub async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<()> {
         let mut cmd = redis::cmd("SET");
         cmd.arg(self.key(key)).arg(value);

@@ -171,3 +171,43 @@ async fn expired_sessions_are_pruned_from_the_user_index() {
         assert!(registry.sessions_of("signal", "bob").await.unwrap().is_empty(), "{s:?}");
     }
 }
+
+#[tokio::test]
+async fn lookup_many_answers_in_order_with_gaps() {
+    for s in backends("lookup_many").await {
+        let registry = SessionRegistry::new(s.clone(), Duration::from_secs(60));
+        assert!(registry.lookup_many(&[]).await.unwrap().is_empty(), "{s:?}");
+        let entries: Vec<SessionEntry> = (0..5)
+            .map(|i| SessionEntry {
+                connection_id: format!("c{i}"),
+                gateway_id: format!("gw{}", i % 2),
+                protocol: "livechat".into(),
+                user_id: format!("u{i}"),
+                connected_at_ms: i,
+            })
+            .collect();
+        for e in &entries {
+            registry.register(e).await.unwrap();
+        }
+        registry.unregister(&entries[3]).await.unwrap();
+        let ids: Vec<ConnectionId> = ["c4", "missing", "c0", "c3", "c1", "c0"]
+            .into_iter()
+            .map(ConnectionId::new)
+            .collect();
+        let got = registry.lookup_many(&ids).await.unwrap();
+        let want = vec![
+            Some(entries[4].clone()),
+            None,
+            Some(entries[0].clone()),
+            None,
+            Some(entries[1].clone()),
+            Some(entries[0].clone()),
+        ];
+        assert_eq!(got, want, "{s:?}");
+        s.set("sess:bad", b"\xff\xff\xff", None).await.unwrap();
+        assert!(
+            registry.lookup_many(&[ConnectionId::new("bad")]).await.is_err(),
+            "{s:?}: a corrupt entry is an error"
+        );
+    }
+}
