@@ -200,6 +200,7 @@ async fn bench_idle_sockets(n: usize) {
         .env("JWT_SECRET", SECRET)
         .env("RUST_LOG", "warn")
         .env_remove("REDIS_URL")
+        .env_remove("REDIS_CLUSTER_URLS")
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()

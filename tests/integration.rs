@@ -1,7 +1,8 @@
 #![allow(clippy::unwrap_used)] // a test that cannot set up should panic
 
 //! Integration tests: the mesh on real loopback sockets, port 0, on every
-//! shared-state backend under test (memory always, Redis when REDIS_URL).
+//! shared-state backend under test (memory always, Redis when REDIS_URL, a
+//! Redis Cluster when REDIS_CLUSTER_URLS).
 
 mod integration {
     pub mod harness;
@@ -13,6 +14,7 @@ mod integration {
     mod livechat_channels;
     mod livechat_media;
     mod livechat_session;
+    mod redis_restart;
     mod role_processes;
     mod ws_machinery;
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use relaymesh_state::{Delivery, SessionRegistry, SharedState, text_envelope};
+use relaymesh_state::{Delivery, SessionRegistry, text_envelope};
 
 use super::harness::{self, Backend, Client, token};
 
@@ -60,10 +60,7 @@ async fn an_event_published_anywhere_reaches_the_user_on_its_replica() {
         // service replica in another process would have.
         let producer_state = match &backend {
             Backend::Memory => mesh.state.clone(),
-            Backend::Redis(url) => {
-                let prefix = harness_prefix(&mesh);
-                SharedState::connect(Some(url), &prefix).await.unwrap()
-            }
+            Backend::Redis(_) | Backend::Cluster(_) => mesh.options().connect_state().await.unwrap(),
         };
         let registry = SessionRegistry::new(producer_state.clone(), Duration::from_secs(60));
         let delivery = Delivery::new(producer_state, registry);
@@ -80,11 +77,6 @@ async fn an_event_published_anywhere_reaches_the_user_on_its_replica() {
         );
         mesh.shutdown().await.unwrap();
     }
-}
-
-/// The key prefix the test mesh runs under (its state is shared by prefix).
-fn harness_prefix(mesh: &relaymesh::Mesh) -> String {
-    mesh.options().redis_key_prefix.clone()
 }
 
 #[tokio::test]

@@ -136,6 +136,16 @@ impl SharedState {
         }
     }
 
+    /// Connects to what `REDIS_URL` and `REDIS_CLUSTER_URLS` name (see
+    /// [`Backend::from_settings`]).
+    pub async fn connect_settings(
+        redis_url: Option<&str>,
+        redis_cluster_urls: Option<&str>,
+        prefix: &str,
+    ) -> Result<Self> {
+        Self::open(&Backend::from_settings(redis_url, redis_cluster_urls)?, prefix).await
+    }
+
     /// Connects to `backend`. `prefix` is put before every key and topic; on
     /// a cluster it must not contain `{`, or every key would share one slot.
     pub async fn open(backend: &Backend, prefix: &str) -> Result<Self> {

@@ -98,6 +98,16 @@ impl RedisServer {
         self.spawn();
     }
 
+    /// [`Self::restart`] off the async runtime's threads.
+    pub async fn restarted(mut self) -> Self {
+        tokio::task::spawn_blocking(move || {
+            self.restart();
+            self
+        })
+        .await
+        .expect("restart task")
+    }
+
     fn spawn(&mut self) {
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port"])

@@ -420,7 +420,7 @@ fn backend_settings() {
 /// heartbeat, and its inbox subscription keeps receiving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_loses_no_live_session_and_no_subscription() {
-    let mut server = testing::RedisServer::start();
+    let server = testing::RedisServer::start();
     let state = SharedState::connect(Some(&server.url()), &testing::unique_prefix("restart"))
         .await
         .unwrap();
@@ -450,12 +450,7 @@ async fn a_redis_restart_loses_no_live_session_and_no_subscription() {
             (ok, failed)
         }
     });
-    server = tokio::task::spawn_blocking(move || {
-        server.restart();
-        server
-    })
-    .await
-    .unwrap();
+    let server = server.restarted().await;
     let restarted = tokio::time::Instant::now();
     assert_eq!(
         state.get("absent").await.unwrap(),
