@@ -26,6 +26,9 @@ const KNOWN_GATEWAYS: &str = "gateways";
 /// replaced by the next claimer after it.
 const CLAIM_TTL: Duration = Duration::from_secs(60);
 
+/// How soon a failed re-registration after a reconnect is tried again.
+const REASSERT_RETRY: Duration = Duration::from_millis(50);
+
 pub(crate) fn sessions_key(gateway: &str) -> String {
     hash_tag(&format!("gw:{gateway}"), "sessions")
 }
@@ -189,24 +192,33 @@ impl GatewayLiveness {
         let mut tick = tokio::time::interval(self.ttl / 3);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut listening = true;
+        // Set by a reconnect; cleared once the sessions are written again
+        // (a backend that answers PING may still refuse writes for a while,
+        // e.g. a cluster whose nodes have not agreed on the slots yet).
+        let mut reassert_since: Option<tokio::time::Instant> = None;
         loop {
-            let reassert = tokio::select! {
+            tokio::select! {
                 () = stop.cancelled() => break,
-                _ = tick.tick() => false,
+                _ = tick.tick() => {}
+                () = tokio::time::sleep(REASSERT_RETRY), if reassert_since.is_some() => {}
                 changed = reconnected.changed(), if listening => {
                     listening = changed.is_ok();
-                    listening
+                    if listening {
+                        reassert_since.get_or_insert_with(tokio::time::Instant::now);
+                    }
                 }
-            };
-            if reassert {
-                let started = tokio::time::Instant::now();
+            }
+            if let Some(since) = reassert_since {
                 match self.registry.reassert().await {
-                    Ok(n) => tracing::info!(
-                        sessions = n,
-                        took_ms = started.elapsed().as_millis(),
-                        "shared state reconnected: live sessions registered again"
-                    ),
-                    Err(err) => tracing::warn!(error = %err, "re-registering live sessions failed"),
+                    Ok(n) => {
+                        reassert_since = None;
+                        tracing::info!(
+                            sessions = n,
+                            after_ms = since.elapsed().as_millis(),
+                            "shared state reconnected: live sessions registered again"
+                        );
+                    }
+                    Err(err) => tracing::debug!(error = %err, "re-registering live sessions failed; retrying"),
                 }
             }
             match self.heartbeat().await {

@@ -58,6 +58,9 @@ pub async fn backends(test: &str) -> Vec<SharedState> {
 pub struct RedisServer {
     port: u16,
     dir: PathBuf,
+    /// Cluster mode: its node file is kept in `dir` across restarts, so a
+    /// restarted node keeps its id and slots (and loses its keys).
+    cluster: bool,
     child: Option<Child>,
 }
 
@@ -65,13 +68,18 @@ impl RedisServer {
     /// Starts it and waits until it answers. Panics when `redis-server` is
     /// missing: a test that needs one must not pass without it.
     pub fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
+        Self::start_on(free_port(), false)
+    }
+
+    fn start_on(port: u16, cluster: bool) -> Self {
         let dir = std::env::temp_dir().join(format!("relaymesh-redis-{port}-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("redis test dir");
-        let mut server = Self { port, dir, child: None };
+        let mut server = Self {
+            port,
+            dir,
+            cluster,
+            child: None,
+        };
         server.spawn();
         server
     }
@@ -114,6 +122,11 @@ impl RedisServer {
             .arg(self.port.to_string())
             .args(["--save", "", "--appendonly", "no", "--dir"])
             .arg(&self.dir)
+            .args(if self.cluster {
+                &["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"][..]
+            } else {
+                &[]
+            })
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -146,5 +159,94 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A free port whose cluster bus port (+10000) is free too.
+fn free_cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A three-master Redis Cluster of the test's own, on free ports, for
+/// tests that restart one of its nodes. Killed when dropped.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts three nodes and creates the cluster (`redis-cli --cluster
+    /// create`); returns once every slot is served.
+    pub fn start() -> Self {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| RedisServer::start_on(free_cluster_port(), true))
+            .collect();
+        let status = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli on PATH");
+        assert!(status.success(), "redis-cli --cluster create failed");
+        let cluster = Self { nodes };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !cluster.nodes.iter().all(RedisServer::cluster_ok) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the test cluster did not become ready"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        cluster
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// Kills every node, starts them again (empty, same ids and slots),
+    /// and waits until the cluster serves every slot again.
+    pub async fn restarted(mut self) -> Self {
+        tokio::task::spawn_blocking(move || {
+            for node in &mut self.nodes {
+                node.kill();
+            }
+            for node in &mut self.nodes {
+                node.spawn();
+            }
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while !self.nodes.iter().all(RedisServer::cluster_ok) {
+                assert!(std::time::Instant::now() < deadline, "the test cluster did not recover");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            self
+        })
+        .await
+        .expect("restart task")
+    }
+}
+
+impl RedisServer {
+    fn cluster_ok(&self) -> bool {
+        Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p"])
+            .arg(self.port.to_string())
+            .args(["cluster", "info"])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
     }
 }

@@ -414,6 +414,94 @@ fn backend_settings() {
     ));
 }
 
+/// A gateway's view of a backend about to be restarted: live sessions,
+/// its inbox, and its upkeep task (`GatewayLiveness::run`).
+struct Gateway {
+    state: SharedState,
+    registry: SessionRegistry,
+    delivery: Delivery,
+    inbox: GatewayInbox,
+    live: Vec<ConnectionId>,
+    reconnected: tokio::sync::watch::Receiver<u64>,
+    epoch: u64,
+    stop: tokio_util::sync::CancellationToken,
+    upkeep: tokio::task::JoinHandle<()>,
+}
+
+impl Gateway {
+    async fn start(state: SharedState, sessions: usize) -> Self {
+        let registry = SessionRegistry::new(state.clone(), Duration::from_secs(60));
+        let delivery = Delivery::new(state.clone(), registry.clone());
+        let gw = GatewayId::new("gw-restart");
+        let inbox = delivery.inbox(&gw).await.unwrap();
+        let mut live = Vec::new();
+        for i in 0..sessions {
+            let e = entry(&format!("live-{i}"), gw.as_str(), "gus");
+            registry.register(&e).await.unwrap();
+            live.push(ConnectionId::new(e.connection_id));
+        }
+        let stop = tokio_util::sync::CancellationToken::new();
+        let upkeep = tokio::spawn(GatewayLiveness::new(registry.clone(), gw).run(stop.clone()));
+        let mut reconnected = state.reconnected();
+        let epoch = *reconnected.borrow_and_update();
+        Self {
+            state,
+            registry,
+            delivery,
+            inbox,
+            live,
+            reconnected,
+            epoch,
+            stop,
+            upkeep,
+        }
+    }
+
+    /// Asserts that the first command after the restart succeeds, every
+    /// live session is registered again and the inbox receives; returns
+    /// how long after `restarted` the sessions were back.
+    async fn check_recovered(mut self, restarted: tokio::time::Instant) -> Duration {
+        self.state
+            .set("after", b"1", None)
+            .await
+            .expect("the first command after the restart");
+        let back = loop {
+            let got = self.registry.lookup_many(&self.live).await;
+            if got.is_ok_and(|got| got.iter().all(Option::is_some)) {
+                break restarted.elapsed();
+            }
+            assert!(
+                restarted.elapsed() < Duration::from_secs(10),
+                "sessions not registered again"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert!(
+            *self.reconnected.borrow_and_update() > self.epoch,
+            "reconnected() was bumped"
+        );
+        assert_eq!(
+            self.registry.sessions_of("livechat", "gus").await.unwrap().len(),
+            self.live.len(),
+            "the user index is back too"
+        );
+        let sent = self
+            .delivery
+            .send_to_connection(&self.live[0], text_envelope("after restart", false))
+            .await
+            .unwrap();
+        assert!(sent);
+        let env = tokio::time::timeout(Duration::from_secs(5), self.inbox.recv())
+            .await
+            .expect("the inbox receives after the restart")
+            .expect("inbox open");
+        assert_eq!(env.body, Some(Body::Text("after restart".into())));
+        self.stop.cancel();
+        self.upkeep.await.unwrap();
+        back
+    }
+}
+
 /// A Redis restart (kill -9, start again empty on the same port) under a
 /// gateway's upkeep task: the first command after it succeeds, the
 /// gateway's live session is registered again without waiting for a
@@ -424,23 +512,14 @@ async fn a_redis_restart_loses_no_live_session_and_no_subscription() {
     let state = SharedState::connect(Some(&server.url()), &testing::unique_prefix("restart"))
         .await
         .unwrap();
-    let registry = SessionRegistry::new(state.clone(), Duration::from_secs(60));
-    let delivery = Delivery::new(state.clone(), registry.clone());
-    let gw = GatewayId::new("gw-restart");
-    let mut inbox = delivery.inbox(&gw).await.unwrap();
-    let live = entry("live-1", "gw-restart", "gus");
-    registry.register(&live).await.unwrap();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let upkeep = tokio::spawn(GatewayLiveness::new(registry.clone(), gw.clone()).run(stop.clone()));
-    let mut reconnected = state.reconnected();
-    let epoch = *reconnected.borrow_and_update();
-
+    let gateway = Gateway::start(state.clone(), 1).await;
     // A client issuing commands all along, to count what the outage costs.
+    let probing = tokio_util::sync::CancellationToken::new();
     let probe = tokio::spawn({
-        let (state, stop) = (state.clone(), stop.clone());
+        let probing = probing.clone();
         async move {
             let (mut ok, mut failed) = (0u32, 0u32);
-            while !stop.is_cancelled() {
+            while !probing.is_cancelled() {
                 match state.get("probe").await {
                     Ok(_) => ok += 1,
                     Err(_) => failed += 1,
@@ -450,56 +529,35 @@ async fn a_redis_restart_loses_no_live_session_and_no_subscription() {
             (ok, failed)
         }
     });
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let server = server.restarted().await;
-    let restarted = tokio::time::Instant::now();
-    assert_eq!(
-        state.get("absent").await.unwrap(),
-        None,
-        "the first command after the restart"
+    let back = gateway.check_recovered(tokio::time::Instant::now()).await;
+    probing.cancel();
+    let (ok, failed) = probe.await.unwrap();
+    eprintln!(
+        "redis: sessions registered again {} ms after the restart; probe commands {ok} ok, {failed} failed",
+        back.as_millis()
     );
-    state.set("after", b"1", None).await.unwrap();
-
-    let back = loop {
-        if registry
-            .lookup(&ConnectionId::new("live-1"))
-            .await
-            .ok()
-            .flatten()
-            .is_some()
-        {
-            break restarted.elapsed();
-        }
-        assert!(
-            restarted.elapsed() < Duration::from_secs(5),
-            "session not registered again"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
-    eprintln!("session registered again {} ms after the restart", back.as_millis());
     // The session refresh heartbeat is 30 s; only the reconnect hook can
     // have written it this soon.
     assert!(back < Duration::from_secs(1), "re-registered in {back:?}");
-    assert!(*reconnected.borrow_and_update() > epoch, "reconnected() was bumped");
-    assert_eq!(
-        registry.sessions_of("livechat", "gus").await.unwrap(),
-        vec![live.clone()],
-        "the user index is back too"
-    );
+    drop(server);
+}
 
-    let sent = delivery
-        .send_to_connection(&ConnectionId::new("live-1"), text_envelope("after restart", false))
+/// The same on a Redis Cluster whose three masters are all killed and
+/// started again empty (keeping their ids and slots).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_restart_loses_no_live_session_and_no_subscription() {
+    let cluster = testing::RedisCluster::start();
+    let state = SharedState::open(&Backend::Cluster(cluster.urls()), &testing::unique_prefix("crestart"))
         .await
         .unwrap();
-    assert!(sent);
-    let env = tokio::time::timeout(Duration::from_secs(5), inbox.recv())
-        .await
-        .expect("the inbox receives after the restart")
-        .expect("inbox open");
-    assert_eq!(env.body, Some(Body::Text("after restart".into())));
-
-    stop.cancel();
-    upkeep.await.unwrap();
-    let (ok, failed) = probe.await.unwrap();
-    eprintln!("probe commands across the restart: {ok} ok, {failed} failed");
-    drop(server);
+    let gateway = Gateway::start(state, 8).await;
+    let cluster = cluster.restarted().await;
+    let back = gateway.check_recovered(tokio::time::Instant::now()).await;
+    eprintln!(
+        "cluster: sessions registered again {} ms after the cluster served again",
+        back.as_millis()
+    );
+    drop(cluster);
 }
