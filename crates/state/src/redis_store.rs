@@ -181,6 +181,12 @@ impl RedisStore {
 
     /// The Redis Cluster that `seeds` (any of its nodes) belong to.
     pub async fn connect_cluster(seeds: &[String], prefix: &str) -> Result<Self> {
+        if prefix.contains('{') {
+            tracing::warn!(
+                prefix,
+                "a key prefix with a hash tag puts every key in one cluster slot"
+            );
+        }
         let seeds = seeds.to_vec();
         Self::start(prefix, |pushes| async move {
             let client = |pushes: Option<Arc<Pushes>>| {
@@ -458,8 +464,8 @@ fn millis(d: Duration) -> u64 {
 }
 
 /// Watches the connections: unsubscribes topics nobody here listens to any
-/// more, and after a drop waits until both connections answer again, then
-/// bumps the reconnect epoch.
+/// more, and after a drop waits until both connections answer again and
+/// every topic is subscribed again, then bumps the reconnect epoch.
 struct Supervisor {
     conn: Conn,
     pubsub: Conn,
@@ -500,7 +506,10 @@ impl Supervisor {
         let started = tokio::time::Instant::now();
         tracing::warn!("redis connection lost; reconnecting");
         let mut failed = 0u32;
-        while !self.healthy().await {
+        // The client library resubscribes by itself too, but on a cluster
+        // without waiting and without retrying a node that is not serving
+        // its slots yet; (S)SUBSCRIBE is idempotent, so make sure here.
+        while !(self.healthy().await && self.resubscribe_all().await) {
             failed += 1;
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
@@ -513,6 +522,26 @@ impl Supervisor {
             failed_pings = failed,
             "redis reconnected; subscriptions restored"
         );
+    }
+
+    /// Subscribes every topic with a local subscriber again; true when the
+    /// server confirmed them all.
+    async fn resubscribe_all(&self) -> bool {
+        let topics: Vec<String> = self
+            .pushes
+            .subscribers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        for topic in &topics {
+            if let Err(err) = subscribe_like(&self.pubsub, topic, true).await {
+                tracing::debug!(topic, error = %err, "resubscribe failed; retrying");
+                return false;
+            }
+        }
+        true
     }
 
     async fn unsubscribe_if_unused(&self, topic: &str) {
