@@ -26,7 +26,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the whole mesh on this machine (in-memory state unless REDIS_URL).
+    /// Run the whole mesh on this machine (in-memory state unless REDIS_URL or REDIS_CLUSTER_URLS).
     Up(Box<UpArgs>),
     /// The HTTP/WebSocket gateway.
     Gateway(Box<GatewayRole>),
@@ -127,7 +127,12 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
 async fn gateway(args: GatewayRole) -> anyhow::Result<()> {
     let _telemetry = relaymesh_telemetry::init(&args.telemetry, "relaymesh-gateway")?;
     let shutdown = shutdown_on_signal();
-    let state = SharedState::connect(args.state.redis_url.as_deref(), &args.state.redis_key_prefix).await?;
+    let state = SharedState::connect_settings(
+        args.state.redis_url.as_deref(),
+        args.state.redis_cluster_urls.as_deref(),
+        &args.state.redis_key_prefix,
+    )
+    .await?;
     let addr = relaymesh_config::join_host_port(&args.host, args.port);
     let listener = TcpListener::bind(&addr)
         .await
@@ -151,7 +156,12 @@ where
         let addr = addr.parse().with_context(|| format!("metrics address {addr}"))?;
         relaymesh_telemetry::metrics::spawn_endpoint(addr, shutdown.clone()).await?;
     }
-    let state = SharedState::connect(args.state.redis_url.as_deref(), &args.state.redis_key_prefix).await?;
+    let state = SharedState::connect_settings(
+        args.state.redis_url.as_deref(),
+        args.state.redis_cluster_urls.as_deref(),
+        &args.state.redis_key_prefix,
+    )
+    .await?;
     let addr = args.listen.grpc_addr();
     let listener = TcpListener::bind(&addr)
         .await

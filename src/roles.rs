@@ -74,6 +74,7 @@ impl MeshOptions {
         // Whatever the environment says: these are the test's own choices.
         options.grpc_base_port = None;
         options.redis_url = None;
+        options.redis_cluster_urls = None;
         Ok(options)
     }
 }
@@ -95,6 +96,7 @@ impl UpArgs {
             gateway_port: self.port,
             grpc_base_port: self.grpc_base_port,
             redis_url: self.state.redis_url,
+            redis_cluster_urls: self.state.redis_cluster_urls,
             redis_key_prefix: self.state.redis_key_prefix,
             gateway: self.gateway,
             auth: self.auth,

@@ -1,7 +1,8 @@
 #![allow(clippy::unwrap_used)] // a test that cannot set up should panic
 
 //! Integration tests: the mesh on real loopback sockets, port 0, on every
-//! shared-state backend under test (memory always, Redis when REDIS_URL).
+//! shared-state backend under test (memory always, Redis when REDIS_URL, a
+//! Redis Cluster when REDIS_CLUSTER_URLS).
 
 mod integration {
     pub mod harness;
@@ -9,12 +10,14 @@ mod integration {
     mod auth;
     mod cross_replica;
     mod device_farm;
+    mod faults;
     mod gateway_http;
     mod grpc_api;
     mod livechat_channels;
     mod livechat_media;
     mod livechat_session;
     mod python_client;
+    mod redis_restart;
     mod role_processes;
     mod ws_machinery;
 }

@@ -11,12 +11,13 @@ mod grpc_api;
 mod http;
 mod identity;
 mod protocols;
+mod reaper;
 mod upstream;
 pub mod ws;
 
 use std::sync::Arc;
 
-use relaymesh_state::{Delivery, GatewayId, SessionRegistry, SharedState};
+use relaymesh_state::{Delivery, GatewayId, GatewayLiveness, SessionRegistry, SharedState};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -64,8 +65,17 @@ pub async fn serve(
     let upstreams = Upstreams::connect(&config.upstreams)?;
     let gateway_id = config.gateway_id.clone().map_or_else(GatewayId::random, GatewayId::new);
     let registry = SessionRegistry::new(state.clone(), config.session_ttl());
-    let delivery = Delivery::new(state.clone(), registry);
+    let delivery = Delivery::new(state.clone(), registry.clone());
     let inbox = delivery.inbox(&gateway_id).await?;
+    // This replica's liveness, renewed until its sockets are drained; after a
+    // shared-state reconnect it also registers every live session again.
+    let liveness = GatewayLiveness::new(registry, gateway_id.clone());
+    liveness.heartbeat().await?;
+    let upkeep_stop = CancellationToken::new();
+    let upkeep = tokio::spawn(liveness.clone().run(upkeep_stop.clone()));
+    let reaper_stop = upkeep_stop.clone();
+    // Stops it on every way out of this function, errors included.
+    let upkeep_guard = upkeep_stop.drop_guard();
     let gw = Arc::new(Shared {
         slots: Arc::new(Semaphore::new(config.max_connections)),
         config,
@@ -84,6 +94,7 @@ pub async fn serve(
         "gateway listening"
     );
     let inbox_task = tokio::spawn(run_inbox(inbox, gw.clone()));
+    let reaper = tokio::spawn(reaper::run(gw.clone(), liveness, reaper_stop));
 
     let (grpc, grpc_health) = grpc_routes(gw.clone()).await?;
     let app = http::router(gw.clone()).merge(grpc);
@@ -115,6 +126,11 @@ pub async fn serve(
         tracing::warn!(open = gw.table.len(), "drain timeout: connections still open");
     }
     inbox_task.abort();
+    drop(upkeep_guard);
+    let _ = reaper.await;
+    if let Err(err) = upkeep.await {
+        tracing::warn!(error = %err, "liveness task failed");
+    }
     tracing::info!(gateway_id = %gw.gateway_id, "gateway stopped");
     Ok(())
 }

@@ -9,6 +9,7 @@ use clap::{Args, ValueEnum};
 /// Environment variable names of the public contract, one place to grep.
 pub mod env {
     pub const REDIS_URL: &str = "REDIS_URL";
+    pub const REDIS_CLUSTER_URLS: &str = "REDIS_CLUSTER_URLS";
     pub const REDIS_KEY_PREFIX: &str = "REDIS_KEY_PREFIX";
     pub const LOG_FORMAT: &str = "LOG_FORMAT";
     pub const OTEL_EXPORTER_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
@@ -29,6 +30,11 @@ pub struct StateArgs {
     /// in-memory state when unset (one process only).
     #[arg(long, env = env::REDIS_URL)]
     pub redis_url: Option<String>,
+
+    /// Redis Cluster seed nodes, comma-separated `redis://host:port` (any
+    /// of its masters); instead of REDIS_URL (both set is refused at start).
+    #[arg(long, env = env::REDIS_CLUSTER_URLS)]
+    pub redis_cluster_urls: Option<String>,
 
     /// Prefix of every Redis key and channel, so deployments can share a Redis.
     #[arg(long, env = env::REDIS_KEY_PREFIX, default_value = "relaymesh:")]
