@@ -24,7 +24,7 @@ use prost::Message;
 use crate::{ConnectionId, Result, SessionEntry, SharedState, StateError, hash_tag, liveness};
 
 /// Hash-tag buckets of session keys.
-pub const SESSION_BUCKETS: u32 = 64;
+pub const SESSION_BUCKETS: u32 = 16;
 
 /// How many registrations [`SessionRegistry::reassert`] has in flight.
 const REASSERT_CONCURRENCY: usize = 64;
