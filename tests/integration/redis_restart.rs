@@ -5,8 +5,9 @@
 
 use std::time::Duration;
 
+use relaymesh_proto::client::v1::ClientProtocol;
 use relaymesh_state::testing::RedisServer;
-use relaymesh_state::{Delivery, SessionRegistry, text_envelope};
+use relaymesh_state::{Delivery, SessionRegistry, event_envelope};
 
 use super::harness::{self, Backend};
 
@@ -24,7 +25,7 @@ async fn a_redis_restart_keeps_the_gateways_live_sockets_registered_and_reachabl
     let server = server.restarted().await;
     let restarted = tokio::time::Instant::now();
     let back = loop {
-        let sessions = registry.sessions_of("livechat", "alice").await.unwrap();
+        let sessions = registry.sessions_of(ClientProtocol::Livechat, "alice").await.unwrap();
         if sessions.iter().any(|s| s.connection_id == session) {
             break restarted.elapsed();
         }
@@ -49,13 +50,17 @@ async fn a_redis_restart_keeps_the_gateways_live_sockets_registered_and_reachabl
     })
     .await
     .expect("reconnected() bumped");
-    let event = serde_json::json!({"op": 101, "d": {"channel_id": "CH", "content": "after the restart"}});
+    let event = harness::message_event("CH", "after the restart".into());
     let sent = delivery
-        .send_to_user("livechat", "alice", &text_envelope(event.to_string(), false))
+        .send_to_user(ClientProtocol::Livechat, "alice", event_envelope(event, false))
         .await
         .unwrap();
     assert_eq!(sent, 1);
-    assert_eq!(alice.recv().await, event);
+    let got = alice.recv().await;
+    assert_eq!(
+        (got["op"].as_u64(), got["d"]["content"].as_str()),
+        (Some(101), Some("after the restart"))
+    );
     mesh.shutdown().await.unwrap();
     drop(server);
 }

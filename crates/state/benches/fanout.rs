@@ -57,7 +57,7 @@ async fn main() {
             let entry = SessionEntry {
                 connection_id: id.to_string(),
                 gateway_id: format!("gw-{}", i % 3),
-                protocol: "livechat".into(),
+                protocol: relaymesh_proto::client::v1::ClientProtocol::Livechat as i32,
                 user_id: format!("u{i}"),
                 connected_at_ms: 1,
             };

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use prost::Message;
+use relaymesh_proto::client::v1::ClientProtocol;
 
 use crate::{ConnectionId, Result, SessionEntry, SharedState, StateError, hash_tag, liveness};
 
@@ -50,8 +51,23 @@ pub(crate) fn session_key(conn: &str) -> String {
     hash_tag(&format!("s{}", bucket(conn)), &format!("sess:{conn}"))
 }
 
-fn user_key(protocol: &str, user: &str) -> String {
-    format!("user:{protocol}:{user}")
+/// The registry's short name of a protocol, as used in its keys.
+pub fn protocol_key(protocol: ClientProtocol) -> &'static str {
+    match protocol {
+        ClientProtocol::Node => "node",
+        ClientProtocol::Copilot => "copilot",
+        ClientProtocol::Livechat => "livechat",
+        ClientProtocol::Signal => "signal",
+        ClientProtocol::Unspecified => "unspecified",
+    }
+}
+
+fn user_key(protocol: ClientProtocol, user: &str) -> String {
+    format!("user:{}:{user}", protocol_key(protocol))
+}
+
+fn entry_protocol(entry: &SessionEntry) -> ClientProtocol {
+    ClientProtocol::try_from(entry.protocol).unwrap_or(ClientProtocol::Unspecified)
 }
 
 fn decode_entry(bytes: &[u8]) -> Result<SessionEntry> {
@@ -101,7 +117,7 @@ impl SessionRegistry {
             }
             self.state
                 .set_add(
-                    &user_key(&entry.protocol, &entry.user_id),
+                    &user_key(entry_protocol(entry), &entry.user_id),
                     &entry.connection_id,
                     Some(self.ttl),
                 )
@@ -128,7 +144,7 @@ impl SessionRegistry {
                 return Ok(());
             }
             self.state
-                .set_remove(&user_key(&entry.protocol, &entry.user_id), &entry.connection_id)
+                .set_remove(&user_key(entry_protocol(entry), &entry.user_id), &entry.connection_id)
                 .await
         };
         let gateway = async {
@@ -189,7 +205,7 @@ impl SessionRegistry {
 
     /// Every live connection of `user` on `protocol`, on any replica.
     /// Connections whose entry expired are pruned from the user's set.
-    pub async fn sessions_of(&self, protocol: &str, user: &str) -> Result<Vec<SessionEntry>> {
+    pub async fn sessions_of(&self, protocol: ClientProtocol, user: &str) -> Result<Vec<SessionEntry>> {
         let key = user_key(protocol, user);
         let conns: Vec<ConnectionId> = self
             .state
