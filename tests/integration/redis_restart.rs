@@ -56,7 +56,11 @@ async fn a_redis_restart_keeps_the_gateways_live_sockets_registered_and_reachabl
         .await
         .unwrap();
     assert_eq!(sent, 1);
-    assert_eq!(alice.recv().await["d"]["content"], "after the restart");
+    let got = alice.recv().await;
+    assert_eq!(
+        (got["op"].as_u64(), got["d"]["content"].as_str()),
+        (Some(101), Some("after the restart"))
+    );
     mesh.shutdown().await.unwrap();
     drop(server);
 }

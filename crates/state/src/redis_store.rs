@@ -126,7 +126,7 @@ impl Pushes {
 
     fn deliver(&self, data: &[Value]) {
         let [Value::BulkString(topic), Value::BulkString(payload)] = data else {
-            metrics::counter!("state_pubsub_malformed_total").increment(1);
+            metrics::counter!("relaymesh_state_pubsub_malformed_total").increment(1);
             return;
         };
         let Ok(topic) = std::str::from_utf8(topic) else {
@@ -290,7 +290,7 @@ impl RedisStore {
                 Ok(v) => return Ok(v),
                 Err(err) if repeat == Repeat::Safe && attempt < IDEMPOTENT_RETRIES && transient(&err) => {
                     attempt += 1;
-                    metrics::counter!("state_redis_retries_total").increment(1);
+                    metrics::counter!("relaymesh_state_redis_retries_total").increment(1);
                     tracing::debug!(error = %err, attempt, "redis command retried after a dropped connection");
                     tokio::time::sleep(Duration::from_millis(50) * attempt).await;
                 }
@@ -549,7 +549,7 @@ impl Supervisor {
         // A drop reported while we were reconnecting is this one.
         self.pushes.lost.store(false, Ordering::SeqCst);
         self.epoch.send_modify(|n| *n += 1);
-        metrics::counter!("state_redis_reconnects_total").increment(1);
+        metrics::counter!("relaymesh_state_redis_reconnects_total").increment(1);
         tracing::info!(
             after_ms = started.elapsed().as_millis(),
             failed_pings = failed,

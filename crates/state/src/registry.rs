@@ -25,7 +25,7 @@ use relaymesh_proto::client::v1::ClientProtocol;
 use crate::{ConnectionId, Result, SessionEntry, SharedState, StateError, hash_tag, liveness};
 
 /// Hash-tag buckets of session keys.
-pub const SESSION_BUCKETS: u32 = 64;
+pub const SESSION_BUCKETS: u32 = 16;
 
 /// How many registrations [`SessionRegistry::reassert`] has in flight.
 const REASSERT_CONCURRENCY: usize = 64;
