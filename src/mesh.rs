@@ -78,6 +78,9 @@ impl Mesh {
     pub async fn start(mut options: MeshOptions) -> anyhow::Result<Self> {
         // Media is served where everything else is.
         options.media_relay.media_udp_host.clone_from(&options.host);
+        // Everything stops together here, so the channels a relay serves
+        // cannot move elsewhere: no point waiting for them.
+        options.media_relay.media_drain_timeout_ms = 0;
         let state = SharedState::connect(options.redis_url.as_deref(), &options.redis_key_prefix)
             .await
             .context("connecting shared state")?;
@@ -109,6 +112,7 @@ impl Mesh {
             media_relay_url: url(3),
             match_url: url(4),
             scheduler_url: url(5),
+            resolve_interval_ms: options.gateway.upstreams.resolve_interval_ms,
             rpc_timeout_ms: options.gateway.upstreams.rpc_timeout_ms,
         };
 

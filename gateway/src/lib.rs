@@ -60,7 +60,11 @@ pub async fn serve(
 ) -> Result<(), GatewayError> {
     // Install the recorder before anything records, or early metrics are lost.
     relaymesh_telemetry::metrics::handle();
-    let upstreams = Upstreams::connect(&config.upstreams)?;
+    // Resolvers outlive the HTTP server: draining connections still call
+    // the services. They stop once the drain is over.
+    let resolve_stop = CancellationToken::new();
+    let mut resolvers = tokio::task::JoinSet::new();
+    let upstreams = Upstreams::connect(&config.upstreams, &mut resolvers, &resolve_stop)?;
     let gateway_id = config.gateway_id.clone().map_or_else(GatewayId::random, GatewayId::new);
     let registry = SessionRegistry::new(state.clone(), config.session_ttl());
     let delivery = Delivery::new(state.clone(), registry);
@@ -110,6 +114,8 @@ pub async fn serve(
         tracing::warn!(open = gw.table.len(), "drain timeout: connections still open");
     }
     inbox_task.abort();
+    resolve_stop.cancel();
+    resolvers.join_all().await;
     tracing::info!(gateway_id = %gw.gateway_id, "gateway stopped");
     Ok(())
 }

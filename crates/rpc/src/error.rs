@@ -41,6 +41,8 @@ pub enum RpcError {
         #[source]
         source: tonic::transport::Error,
     },
+    #[error("invalid upstream target {url:?}: expected scheme://host[:port][,…]")]
+    InvalidTarget { url: String },
     #[error("grpc transport: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("grpc reflection: {0}")]

@@ -4,7 +4,8 @@
 //!   timeout, a concurrency limit, a request span whose parent is the
 //!   caller's trace context, and per-method metrics; it drains on shutdown.
 //! - [`client`]: lazily connected channels that inject the current trace
-//!   context into every call.
+//!   context into every call; balanced ones spread calls over every replica
+//!   a name resolves to.
 //! - [`ServiceError`]: the one mapping from a service's error enum to a
 //!   `tonic::Status`.
 
@@ -13,7 +14,7 @@ mod error;
 mod metrics_layer;
 mod server;
 
-pub use client::{RpcChannel, TracedChannel, connect_lazy};
+pub use client::{BalanceOptions, DnsResolver, Resolve, RpcChannel, TracedChannel, connect_balanced, connect_lazy};
 pub use error::{REASON_KEY, RpcError, ServiceError, reason_of};
 pub use metrics_layer::RpcMetricsLayer;
 pub use server::{GrpcServer, ServeOptions};
