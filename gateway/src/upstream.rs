@@ -59,6 +59,7 @@ impl Upstreams {
         let opts = BalanceOptions {
             request_timeout: Duration::from_millis(args.rpc_timeout_ms),
             refresh: Duration::from_millis(args.resolve_interval_ms.max(100)),
+            ..BalanceOptions::default()
         };
         let mut ch = |url: &str| {
             let (channel, task) = connect_balanced(url, opts.clone(), DnsResolver, stop.clone())?;

@@ -26,6 +26,7 @@ use tower::timeout::Timeout;
 use relaymesh_config::join_host_port;
 
 use crate::RpcError;
+use crate::tls::ClientTls;
 
 /// Injects the current span's W3C trace context into every call.
 #[derive(Debug, Clone, Copy, Default)]
@@ -45,9 +46,11 @@ impl Interceptor for TracedChannel {
 /// resolved to nothing yet waits for one instead of failing).
 pub type RpcChannel = InterceptedService<Timeout<Channel>, TracedChannel>;
 
-/// The endpoint settings every channel shares.
-fn endpoint(url: &str, request_timeout: Duration) -> Result<Endpoint, RpcError> {
-    Ok(Endpoint::from_shared(url.to_owned())
+/// The endpoint settings every channel shares. An `https://` URL speaks
+/// TLS verified by `tls`, expecting a certificate for `host` (the name the
+/// caller was given, which `url` may have resolved to an address of).
+fn endpoint(url: &str, host: &str, request_timeout: Duration, tls: Option<&ClientTls>) -> Result<Endpoint, RpcError> {
+    let mut endpoint = Endpoint::from_shared(url.to_owned())
         .map_err(|source| RpcError::InvalidUrl {
             url: url.to_owned(),
             source,
@@ -56,16 +59,37 @@ fn endpoint(url: &str, request_timeout: Duration) -> Result<Endpoint, RpcError> 
         .timeout(request_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_while_idle(true))
+        .keep_alive_while_idle(true);
+    if url.starts_with("https://") {
+        let tls = tls.ok_or_else(|| RpcError::TlsNotConfigured { url: url.to_owned() })?;
+        endpoint = endpoint.tls_config(tls.for_host(host))?;
+    }
+    Ok(endpoint)
 }
 
 fn wrap(channel: Channel, request_timeout: Duration) -> RpcChannel {
     InterceptedService::new(Timeout::new(channel, request_timeout), TracedChannel)
 }
 
-/// A lazily connected, trace-propagating channel to `url` (`http://host:port`).
+/// A lazily connected, trace-propagating channel to `url` (`http://host:port`,
+/// or `https://` with the process's TLS settings, see [`crate::tls`]).
 pub fn connect_lazy(url: &str, request_timeout: Duration) -> Result<RpcChannel, RpcError> {
-    Ok(wrap(endpoint(url, request_timeout)?.connect_lazy(), request_timeout))
+    let host = url
+        .parse::<Uri>()
+        .ok()
+        .and_then(|u| u.host().map(str::to_owned))
+        .unwrap_or_default();
+    let tls = crate::tls::installed_client();
+    Ok(wrap(
+        endpoint(
+            url,
+            host.trim_start_matches('[').trim_end_matches(']'),
+            request_timeout,
+            tls.as_ref(),
+        )?
+        .connect_lazy(),
+        request_timeout,
+    ))
 }
 
 /// How a balanced channel finds and spreads over replicas.
@@ -76,6 +100,9 @@ pub struct BalanceOptions {
     /// How often the names are resolved again, so new replicas get calls
     /// and removed ones stop getting them.
     pub refresh: Duration,
+    /// Verification of `https://` services (default: what the process
+    /// installed, see [`crate::tls`]).
+    pub tls: Option<ClientTls>,
 }
 
 impl Default for BalanceOptions {
@@ -83,6 +110,7 @@ impl Default for BalanceOptions {
         Self {
             request_timeout: Duration::from_secs(5),
             refresh: Duration::from_secs(5),
+            tls: crate::tls::installed_client(),
         }
     }
 }
@@ -142,10 +170,8 @@ pub fn connect_balanced<R: Resolve>(
     let targets = parse_targets(urls)?;
     // Validate the endpoint settings once, so a bad URL fails at start.
     for t in &targets {
-        endpoint(
-            &format!("{}://{}", t.scheme, join_host_port(&t.host, t.port)),
-            opts.request_timeout,
-        )?;
+        let url = format!("{}://{}", t.scheme, join_host_port(&t.host, t.port));
+        endpoint(&url, &t.host, opts.request_timeout, opts.tls.as_ref())?;
     }
     let (channel, changes) = Channel::balance_channel::<SocketAddr>(64);
     let timeout = opts.request_timeout;
@@ -208,7 +234,7 @@ async fn keep_resolved<R: Resolve>(
             }
             let t = &targets[i];
             let url = format!("{}://{addr}", t.scheme);
-            let Ok(ep) = endpoint(&url, opts.request_timeout) else {
+            let Ok(ep) = endpoint(&url, &t.host, opts.request_timeout, opts.tls.as_ref()) else {
                 continue;
             };
             tracing::info!(addr = %addr, host = %t.host, "upstream replica added");

@@ -6,6 +6,7 @@
 //! - [`client`]: lazily connected channels that inject the current trace
 //!   context into every call; balanced ones spread calls over every replica
 //!   a name resolves to.
+//! - [`tls`]: optional TLS of the mesh's own gRPC.
 //! - [`ServiceError`]: the one mapping from a service's error enum to a
 //!   `tonic::Status`.
 
@@ -13,6 +14,7 @@ pub mod client;
 mod error;
 mod metrics_layer;
 mod server;
+pub mod tls;
 
 pub use client::{BalanceOptions, DnsResolver, Resolve, RpcChannel, TracedChannel, connect_balanced, connect_lazy};
 pub use error::{REASON_KEY, RpcError, ServiceError, reason_of};

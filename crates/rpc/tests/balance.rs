@@ -97,6 +97,7 @@ fn opts() -> BalanceOptions {
     BalanceOptions {
         request_timeout: Duration::from_secs(5),
         refresh: Duration::from_millis(50),
+        tls: None,
     }
 }
 

@@ -75,8 +75,10 @@ auth: [[JWT_SECRET, false], [NODE_SHARED_SECRET, false], [NODE_AGENT_SHARED_SECR
 scheduler: [[DATABASE_URL, false], [AWS_ACCESS_KEY_ID, true], [AWS_SECRET_ACCESS_KEY, true]]
 {{- end -}}
 
-{{/* env entries for a role's secret keys, each its own secretKeyRef. */}}
+{{/* env entries for a role's secret keys, each its own secretKeyRef, and
+the gRPC TLS files. */}}
 {{- define "relaymesh.secretEnv" -}}
+{{- include "relaymesh.tlsEnv" .root }}
 {{- $keys := include "relaymesh.secretKeys" .root | fromYaml -}}
 {{- $name := include "relaymesh.secretName" .root -}}
 {{- range $entry := concat (get $keys "common") (default list (get $keys .role)) }}
@@ -156,10 +158,12 @@ topologySpreadConstraints:
 {{- define "relaymesh.tmpVolumeMount" -}}
 - name: tmp
   mountPath: /tmp
+{{- include "relaymesh.tlsVolumeMount" . }}
 {{- end -}}
 {{- define "relaymesh.tmpVolume" -}}
 - name: tmp
   emptyDir: { sizeLimit: 64Mi }
+{{- include "relaymesh.tlsVolume" . }}
 {{- end -}}
 
 {{/* Extra env of a role, from its `env` map. */}}
@@ -170,12 +174,56 @@ topologySpreadConstraints:
 {{- end }}
 {{- end -}}
 
+{{/* gRPC URL scheme of the mesh. */}}
+{{- define "relaymesh.grpcScheme" -}}
+{{- ternary "https" "http" .Values.grpcTls.enabled -}}
+{{- end -}}
+
 {{/* gRPC URL of a service role as its callers reach it. */}}
 {{- define "relaymesh.url" -}}
+{{- $scheme := include "relaymesh.grpcScheme" .root -}}
 {{- if eq .role "media-relay" -}}
-http://{{ include "relaymesh.relayName" .root }}:{{ .root.Values.grpcPort }}
+{{ $scheme }}://{{ include "relaymesh.relayName" .root }}:{{ .root.Values.grpcPort }}
 {{- else -}}
-http://{{ include "relaymesh.componentName" (dict "root" .root "component" .role) }}:{{ .root.Values.grpcPort }}
+{{ $scheme }}://{{ include "relaymesh.componentName" (dict "root" .root "component" .role) }}:{{ .root.Values.grpcPort }}
+{{- end -}}
+{{- end -}}
+
+{{/* TLS env, mount and volume of every role (grpcTls.enabled). */}}
+{{- define "relaymesh.tlsEnv" -}}
+{{- if .Values.grpcTls.enabled }}
+- name: GRPC_TLS_CERT
+  value: /etc/relaymesh/grpc-tls/tls.crt
+- name: GRPC_TLS_KEY
+  value: /etc/relaymesh/grpc-tls/tls.key
+- name: GRPC_TLS_CA
+  value: /etc/relaymesh/grpc-tls/ca.crt
+- name: GRPC_TLS_SERVER_NAME
+  value: {{ .Values.grpcTls.serverName | quote }}
+{{- end }}
+{{- end -}}
+{{- define "relaymesh.tlsVolumeMount" -}}
+{{- if .Values.grpcTls.enabled }}
+- name: grpc-tls
+  mountPath: /etc/relaymesh/grpc-tls
+  readOnly: true
+{{- end }}
+{{- end -}}
+{{- define "relaymesh.tlsVolume" -}}
+{{- if .Values.grpcTls.enabled }}
+- name: grpc-tls
+  secret:
+    secretName: {{ required "grpcTls.enabled needs grpcTls.secretName" .Values.grpcTls.secretName }}
+{{- end }}
+{{- end -}}
+
+{{/* The probe of a gRPC role: gRPC health, or TCP when the server speaks
+TLS (the kubelet's gRPC probe is plaintext). */}}
+{{- define "relaymesh.grpcProbe" -}}
+{{- if .Values.grpcTls.enabled -}}
+tcpSocket: { port: grpc }
+{{- else -}}
+grpc: { port: {{ .Values.grpcPort }} }
 {{- end -}}
 {{- end -}}
 
