@@ -122,34 +122,44 @@ mod tests {
         state.set_add("media-relays", relay_id, None).await.unwrap();
     }
 
+    use relaymesh_state::testing::backends;
+
     #[tokio::test]
     async fn new_channels_skip_a_draining_relay() {
-        let state = SharedState::memory();
-        register(&state, "a", true).await;
-        register(&state, "b", false).await;
-        let dir = RelayDirectory::new(state);
-        for i in 0..20 {
-            let reg = dir.for_channel(&format!("room-{i}")).await.unwrap().unwrap();
-            assert_eq!(reg.relay_id, "b", "room-{i} went to a draining relay");
+        for state in backends("relays-skip-draining").await {
+            register(&state, "a", true).await;
+            register(&state, "b", false).await;
+            let dir = RelayDirectory::new(state.clone());
+            for i in 0..20 {
+                let reg = dir.for_channel(&format!("room-{i}")).await.unwrap().unwrap();
+                assert_eq!(
+                    reg.relay_id,
+                    "b",
+                    "{}: room-{i} went to a draining relay",
+                    state.backend_name()
+                );
+            }
         }
     }
 
     #[tokio::test]
     async fn a_channel_keeps_its_relay_while_that_relay_drains() {
-        let state = SharedState::memory();
-        register(&state, "a", false).await;
-        let dir = RelayDirectory::new(state.clone());
-        assert_eq!(dir.for_channel("room").await.unwrap().unwrap().relay_id, "a");
-        register(&state, "a", true).await;
-        register(&state, "b", false).await;
-        assert_eq!(dir.for_channel("room").await.unwrap().unwrap().relay_id, "a");
+        for state in backends("relays-keep-draining").await {
+            register(&state, "a", false).await;
+            let dir = RelayDirectory::new(state.clone());
+            assert_eq!(dir.for_channel("room").await.unwrap().unwrap().relay_id, "a");
+            register(&state, "a", true).await;
+            register(&state, "b", false).await;
+            assert_eq!(dir.for_channel("room").await.unwrap().unwrap().relay_id, "a");
+        }
     }
 
     #[tokio::test]
     async fn a_draining_relay_is_used_when_no_other_is_registered() {
-        let state = SharedState::memory();
-        register(&state, "a", true).await;
-        let dir = RelayDirectory::new(state);
-        assert_eq!(dir.for_channel("room").await.unwrap().unwrap().relay_id, "a");
+        for state in backends("relays-only-draining").await {
+            register(&state, "a", true).await;
+            let dir = RelayDirectory::new(state);
+            assert_eq!(dir.for_channel("room").await.unwrap().unwrap().relay_id, "a");
+        }
     }
 }

@@ -40,9 +40,14 @@ async fn assert_withdrawn(state: &SharedState) {
 
 #[tokio::test]
 async fn a_draining_relay_says_so_and_keeps_forwarding_until_its_channels_are_empty() {
+    for state in relaymesh_state::testing::backends("relay-drain").await {
+        drains_until_empty(state).await;
+    }
+}
+
+async fn drains_until_empty(state: SharedState) {
     let mut cfg = config(30_000);
     cfg.media_drain_timeout_ms = 600_000;
-    let state = SharedState::memory();
     let mut relay = Relay::start_with(cfg, state.clone()).await;
     let a = relay.join("room", 1, "alice").await;
     let b = relay.join("room", 2, "bob").await;
