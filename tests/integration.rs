@@ -13,6 +13,7 @@ mod integration {
     mod livechat_channels;
     mod livechat_media;
     mod livechat_session;
+    mod relay_process;
     mod role_processes;
     mod ws_machinery;
 }
