@@ -13,6 +13,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -21,6 +23,7 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::channel::Change;
 use tonic::transport::{Channel, Endpoint, Uri};
+use tower::BoxError;
 use tower::timeout::Timeout;
 
 use relaymesh_config::join_host_port;
@@ -43,8 +46,55 @@ impl Interceptor for TracedChannel {
 
 /// What every generated client is built over. The outer timeout bounds a
 /// call that finds no endpoint to go to (a balanced channel whose name
-/// resolved to nothing yet waits for one instead of failing).
-pub type RpcChannel = InterceptedService<Timeout<Channel>, TracedChannel>;
+/// resolved to nothing yet waits for one instead of failing); it answers
+/// UNAVAILABLE, as a refused connection does.
+pub type RpcChannel = InterceptedService<Bounded, TracedChannel>;
+
+/// A channel whose calls end by their deadline even when no replica is
+/// there to take them.
+#[derive(Debug, Clone)]
+pub struct Bounded {
+    inner: Timeout<Channel>,
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for Bounded {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = BoxError;
+    type Future = BoundedCall;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(unavailable_when_elapsed)
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        BoundedCall {
+            inner: self.inner.call(req),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    pub struct BoundedCall {
+        #[pin]
+        inner: <Timeout<Channel> as tower::Service<http::Request<tonic::body::Body>>>::Future,
+    }
+}
+
+impl Future for BoundedCall {
+    type Output = Result<http::Response<tonic::body::Body>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().inner.poll(cx).map_err(unavailable_when_elapsed)
+    }
+}
+
+fn unavailable_when_elapsed(err: BoxError) -> BoxError {
+    if err.is::<tower::timeout::error::Elapsed>() {
+        Box::new(tonic::Status::unavailable("no replica of the service answered in time"))
+    } else {
+        err
+    }
+}
 
 /// The endpoint settings every channel shares. An `https://` URL speaks
 /// TLS verified by `tls`, expecting a certificate for `host` (the name the
@@ -68,7 +118,10 @@ fn endpoint(url: &str, host: &str, request_timeout: Duration, tls: Option<&Clien
 }
 
 fn wrap(channel: Channel, request_timeout: Duration) -> RpcChannel {
-    InterceptedService::new(Timeout::new(channel, request_timeout), TracedChannel)
+    let bounded = Bounded {
+        inner: Timeout::new(channel, request_timeout),
+    };
+    InterceptedService::new(bounded, TracedChannel)
 }
 
 /// A lazily connected, trace-propagating channel to `url` (`http://host:port`,

@@ -182,3 +182,21 @@ async fn the_resolver_task_stops_with_its_token() {
         .expect("resolver task ended")
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_name_that_resolves_to_nothing_answers_unavailable_within_the_deadline() {
+    let stop = CancellationToken::new();
+    let names = TestResolver::default();
+    let opts = BalanceOptions {
+        request_timeout: Duration::from_millis(200),
+        ..opts()
+    };
+    let (channel, resolver) = connect_balanced("http://nobody-home:50051", opts, names, stop.clone()).unwrap();
+    let err = HealthClient::new(channel)
+        .check(HealthCheckRequest { service: String::new() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    stop.cancel();
+    resolver.await.unwrap();
+}
