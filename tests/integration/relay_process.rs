@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use prost::Message;
-use relaymesh_proto::media_relay::v1::media_relay_client::MediaRelayClient;
+use relaymesh_proto::media_relay::v1::media_relay_service_client::MediaRelayServiceClient;
 use relaymesh_proto::media_relay::v1::{AddPeerRequest, RelayRegistration, RemovePeerRequest};
 use relaymesh_state::SharedState;
 use relaymesh_state::testing::{redis_url, unique_prefix};
@@ -77,7 +77,7 @@ async fn a_relay_process_announces_its_mapped_address_and_drains_on_sigterm() {
     assert!(!reg.draining);
 
     let channel = relaymesh_rpc::connect_lazy(&reg.grpc_url, Duration::from_secs(5)).unwrap();
-    let mut relay = MediaRelayClient::new(channel);
+    let mut relay = MediaRelayServiceClient::new(channel);
     let told = relay
         .add_peer(AddPeerRequest {
             channel_id: "room".into(),

@@ -17,6 +17,6 @@ mod server;
 pub mod tls;
 
 pub use client::{BalanceOptions, DnsResolver, Resolve, RpcChannel, TracedChannel, connect_balanced, connect_lazy};
-pub use error::{REASON_KEY, RpcError, ServiceError, reason_of};
+pub use error::{RpcError, ServiceError, reason_of};
 pub use metrics_layer::RpcMetricsLayer;
 pub use server::{GrpcServer, ServeOptions};
