@@ -126,6 +126,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
 
 async fn gateway(args: GatewayRole) -> anyhow::Result<()> {
     let _telemetry = relaymesh_telemetry::init(&args.telemetry, "relaymesh-gateway")?;
+    relaymesh_rpc::tls::install(relaymesh_rpc::tls::load(&args.tls)?);
     let shutdown = shutdown_on_signal();
     let state = SharedState::connect_settings(
         args.state.redis_url.as_deref(),
@@ -150,6 +151,8 @@ where
     E: Into<anyhow::Error>,
 {
     let _telemetry = relaymesh_telemetry::init(&args.telemetry, role)?;
+    // Before any server or channel is built: they read it.
+    relaymesh_rpc::tls::install(relaymesh_rpc::tls::load(&args.tls)?);
     let shutdown = shutdown_on_signal();
     if args.listen.metrics_port != 0 {
         let addr = relaymesh_config::join_host_port(&args.listen.host, args.listen.metrics_port);

@@ -93,6 +93,9 @@ impl Mesh {
     pub async fn start(mut options: MeshOptions) -> anyhow::Result<Self> {
         // Media is served where everything else is.
         options.media_relay.media_udp_host.clone_from(&options.host);
+        // Everything stops together here, so the channels a relay serves
+        // cannot move elsewhere: no point waiting for them.
+        options.media_relay.media_drain_timeout_ms = 0;
         let state = options.connect_state().await.context("connecting shared state")?;
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
@@ -122,6 +125,7 @@ impl Mesh {
             media_relay_url: url(3),
             match_url: url(4),
             scheduler_url: url(5),
+            resolve_interval_ms: options.gateway.upstreams.resolve_interval_ms,
             rpc_timeout_ms: options.gateway.upstreams.rpc_timeout_ms,
         };
 

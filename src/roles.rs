@@ -4,7 +4,7 @@
 use clap::Args;
 use relaymesh_auth::AuthConfig;
 use relaymesh_channel::ChannelConfig;
-use relaymesh_config::{GrpcListenArgs, StateArgs, TelemetryArgs};
+use relaymesh_config::{GrpcListenArgs, GrpcTlsArgs, StateArgs, TelemetryArgs};
 use relaymesh_gateway::GatewayConfig;
 use relaymesh_match::MatchConfig;
 use relaymesh_media_relay::MediaRelayConfig;
@@ -123,6 +123,8 @@ pub struct GatewayRole {
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
     #[command(flatten)]
+    pub tls: GrpcTlsArgs,
+    #[command(flatten)]
     pub gateway: GatewayConfig,
 }
 
@@ -135,6 +137,8 @@ pub struct ServiceRole<C: Args> {
     pub state: StateArgs,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+    #[command(flatten)]
+    pub tls: GrpcTlsArgs,
     #[command(flatten)]
     pub config: C,
 }

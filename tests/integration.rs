@@ -18,6 +18,7 @@ mod integration {
     mod livechat_session;
     mod python_client;
     mod redis_restart;
+    mod relay_process;
     mod role_processes;
     mod ws_machinery;
 }

@@ -62,7 +62,11 @@ pub async fn serve(
 ) -> Result<(), GatewayError> {
     // Install the recorder before anything records, or early metrics are lost.
     relaymesh_telemetry::metrics::handle();
-    let upstreams = Upstreams::connect(&config.upstreams)?;
+    // Resolvers outlive the HTTP server: draining connections still call
+    // the services. They stop once the drain is over.
+    let resolve_stop = CancellationToken::new();
+    let mut resolvers = tokio::task::JoinSet::new();
+    let upstreams = Upstreams::connect(&config.upstreams, &mut resolvers, &resolve_stop)?;
     let gateway_id = config.gateway_id.clone().map_or_else(GatewayId::random, GatewayId::new);
     let registry = SessionRegistry::new(state.clone(), config.session_ttl());
     let delivery = Delivery::new(state.clone(), registry.clone());
@@ -126,6 +130,8 @@ pub async fn serve(
         tracing::warn!(open = gw.table.len(), "drain timeout: connections still open");
     }
     inbox_task.abort();
+    resolve_stop.cancel();
+    resolvers.join_all().await;
     drop(upkeep_guard);
     let _ = reaper.await;
     if let Err(err) = upkeep.await {
