@@ -5,7 +5,7 @@ use std::time::Duration;
 use relaymesh_proto::auth::v1::auth_client::AuthClient;
 use relaymesh_proto::channel::v1::channel_client::ChannelClient;
 use relaymesh_proto::r#match::v1::match_client::MatchClient;
-use relaymesh_proto::scheduler::v1::scheduler_client::SchedulerClient;
+use relaymesh_proto::scheduler::v1::scheduler_service_client::SchedulerServiceClient;
 use relaymesh_proto::signaling::v1::signaling_client::SignalingClient;
 use relaymesh_rpc::{RpcChannel, RpcError, connect_lazy};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
@@ -18,7 +18,7 @@ pub struct Upstreams {
     pub signaling: SignalingClient<RpcChannel>,
     pub channel: ChannelClient<RpcChannel>,
     pub r#match: MatchClient<RpcChannel>,
-    pub scheduler: SchedulerClient<RpcChannel>,
+    pub scheduler: SchedulerServiceClient<RpcChannel>,
     health: Vec<Upstream>,
 }
 
@@ -76,7 +76,7 @@ impl Upstreams {
             },
             Upstream {
                 role: "scheduler",
-                service: "relaymesh.scheduler.v1.Scheduler",
+                service: "relaymesh.scheduler.v1.SchedulerService",
                 client: HealthClient::new(scheduler.clone()),
             },
         ];
@@ -85,7 +85,7 @@ impl Upstreams {
             signaling: SignalingClient::new(signaling),
             channel: ChannelClient::new(channel),
             r#match: MatchClient::new(matcher),
-            scheduler: SchedulerClient::new(scheduler),
+            scheduler: SchedulerServiceClient::new(scheduler),
             health,
         })
     }

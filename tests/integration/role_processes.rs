@@ -81,7 +81,7 @@ async fn a_role_process_serves_health_and_metrics_and_drains_on_sigterm() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let service = "relaymesh.scheduler.v1.Scheduler".to_owned();
+    let service = "relaymesh.scheduler.v1.SchedulerService".to_owned();
     let status = health
         .check(HealthCheckRequest { service })
         .await

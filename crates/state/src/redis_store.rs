@@ -76,6 +76,21 @@ impl RedisStore {
         Ok(set.is_some())
     }
 
+    pub async fn renew_if(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool> {
+        // Compare and extend in one step: a lease that expired and was taken
+        // by another holder is never extended by the old one.
+        let script = redis::Script::new(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end",
+        );
+        let n: i64 = script
+            .key(self.key(key))
+            .arg(value)
+            .arg(millis(ttl))
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(n == 1)
+    }
+
     pub async fn delete(&self, key: &str) -> Result<bool> {
         let n: u64 = self.conn().del(self.key(key)).await?;
         Ok(n > 0)

@@ -6,6 +6,8 @@
 
 use std::collections::HashMap;
 
+use relaymesh_proto::scheduler::v1::TaskState;
+
 use crate::dispatch::NodeQueues;
 use crate::store::TaskRow;
 
@@ -14,6 +16,9 @@ pub struct NodeState {
     pub devices: Vec<String>,
     /// The gateway connection holding the node, when connected.
     pub connection: Option<String>,
+    /// Its last HEARTBEAT said READY (seed 000's pull-based push): no
+    /// command goes to a node that has only said HELLO, or that refused one.
+    pub ready: bool,
     pub last_heartbeat_ms: i64,
 }
 
@@ -45,6 +50,7 @@ impl Core {
             queues: NodeQueues::new(slots),
             devices: Vec::new(),
             connection: None,
+            ready: false,
             last_heartbeat_ms: now_ms,
         });
         node.queues.set_slots(slots);
@@ -55,7 +61,43 @@ impl Core {
             }
         }
         node.connection = connection;
+        node.ready = false;
         node.last_heartbeat_ms = now_ms;
+    }
+
+    /// Attaches a known node to `connection` when it is not attached to it
+    /// (a restarted scheduler meeting a node that stayed connected); true
+    /// when that changed anything.
+    pub fn attach(&mut self, node_id: &str, connection: &str, ready: bool, now_ms: i64) -> bool {
+        let Some(node) = self.nodes.get_mut(node_id) else {
+            return false;
+        };
+        node.last_heartbeat_ms = now_ms;
+        if node.connection.as_deref() == Some(connection) {
+            return false;
+        }
+        node.connection = Some(connection.to_owned());
+        node.ready = ready;
+        true
+    }
+
+    /// A task whose COMMAND the node refused goes back to the head of its
+    /// device's queue, and the node gets nothing more until it says READY.
+    pub fn requeue(&mut self, task_id: &str, node_id: &str) -> Option<OpenTask> {
+        let t = self.open.get_mut(task_id)?;
+        if t.row.node_id != node_id || t.deadline_ms.is_none() {
+            return None;
+        }
+        t.deadline_ms = None;
+        t.row.state = TaskState::Queued;
+        let t = t.clone();
+        let node = self.nodes.get_mut(node_id)?;
+        node.ready = false;
+        node.queues.finish(&t.row.device_serial);
+        node.queues
+            .requeue_front(&t.row.device_serial, t.row.task_id.clone())
+            .ok()?;
+        Some(t)
     }
 
     /// The node a device is attached to.
@@ -94,19 +136,20 @@ impl Core {
     }
 
     /// Starts every task the node can take now; returns them with their
-    /// new attempt count and deadline set. Nothing for a disconnected node.
+    /// new attempt count and deadline set. Nothing for a node that is not
+    /// connected and READY.
     pub fn dispatch(&mut self, node_id: &str, now_ms: i64, grace_ms: i64) -> Vec<OpenTask> {
         let Some(node) = self.nodes.get_mut(node_id) else {
             return Vec::new();
         };
-        if node.connection.is_none() {
+        if node.connection.is_none() || !node.ready {
             return Vec::new();
         }
         let mut out = Vec::new();
         for (_, task_id) in node.queues.drain_ready() {
             if let Some(t) = self.open.get_mut(&task_id) {
                 t.row.attempts += 1;
-                t.row.state = "DISPATCHED".into();
+                t.row.state = TaskState::Dispatched;
                 t.deadline_ms = Some(now_ms + t.row.timeout_ms + grace_ms);
                 out.push(t.clone());
             }

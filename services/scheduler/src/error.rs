@@ -24,6 +24,11 @@ pub enum SchedulerError {
     Store(String),
     #[error("artifact storage: {0}")]
     Artifact(String),
+    /// This instance is a standby: another scheduler holds the lease.
+    #[error("this scheduler is a standby; another one is active")]
+    Standby,
+    #[error("scheduler lease: {0}")]
+    Lease(String),
 }
 
 impl From<sqlx::Error> for SchedulerError {
@@ -40,7 +45,7 @@ impl ServiceError for SchedulerError {
             }
             Self::UnknownCommandType(_) | Self::UnknownDevice(_) | Self::Invalid(_) => Code::InvalidArgument,
             Self::WrongNode(_) => Code::PermissionDenied,
-            Self::Store(_) | Self::Artifact(_) => Code::Unavailable,
+            Self::Store(_) | Self::Artifact(_) | Self::Standby | Self::Lease(_) => Code::Unavailable,
         }
     }
 
@@ -56,6 +61,8 @@ impl ServiceError for SchedulerError {
             Self::WrongNode(_) => "wrong_node",
             Self::Store(_) => "store",
             Self::Artifact(_) => "artifact",
+            Self::Standby => "standby",
+            Self::Lease(_) => "lease",
         }
     }
 }
