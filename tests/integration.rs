@@ -9,6 +9,7 @@ mod integration {
     mod auth;
     mod cross_replica;
     mod device_farm;
+    mod farm_faults;
     mod gateway_http;
     mod livechat_channels;
     mod livechat_media;

@@ -1,5 +1,6 @@
 //! Clients of every service the gateway turns frames into calls on.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use relaymesh_proto::auth::v1::auth_client::AuthClient;
@@ -7,7 +8,8 @@ use relaymesh_proto::channel::v1::channel_client::ChannelClient;
 use relaymesh_proto::r#match::v1::match_client::MatchClient;
 use relaymesh_proto::scheduler::v1::scheduler_service_client::SchedulerServiceClient;
 use relaymesh_proto::signaling::v1::signaling_client::SignalingClient;
-use relaymesh_rpc::{RpcChannel, RpcError, connect_lazy};
+use relaymesh_rpc::{RpcChannel, RpcError, connect_active, connect_lazy};
+use tokio_util::task::AbortOnDropHandle;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
 use crate::config::UpstreamArgs;
@@ -20,7 +22,12 @@ pub struct Upstreams {
     pub r#match: MatchClient<RpcChannel>,
     pub scheduler: SchedulerServiceClient<RpcChannel>,
     health: Vec<Upstream>,
+    /// Follows the active scheduler when SCHEDULER_URL lists several.
+    _scheduler_follower: Option<Arc<AbortOnDropHandle<()>>>,
 }
+
+/// The scheduler's gRPC service name, as its health check reports it.
+const SCHEDULER_SERVICE: &str = "relaymesh.scheduler.v1.SchedulerService";
 
 #[derive(Clone)]
 struct Upstream {
@@ -40,14 +47,28 @@ impl Upstreams {
     pub fn connect(args: &UpstreamArgs) -> Result<Self, RpcError> {
         let timeout = Duration::from_millis(args.rpc_timeout_ms);
         let ch = |url: &str| connect_lazy(url, timeout);
-        let (auth, signaling, channel, media, matcher, scheduler) = (
+        let (auth, signaling, channel, media, matcher) = (
             ch(&args.auth_url)?,
             ch(&args.signaling_url)?,
             ch(&args.channel_url)?,
             ch(&args.media_relay_url)?,
             ch(&args.match_url)?,
-            ch(&args.scheduler_url)?,
         );
+        // Several scheduler URLs: one active, the others standby; calls go
+        // to the one whose health says SERVING.
+        let urls: Vec<&str> = args
+            .scheduler_url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect();
+        let (scheduler, follower) = match urls.as_slice() {
+            [] | [_] => (ch(&args.scheduler_url)?, None),
+            several => {
+                let (channel, follower) = connect_active(several, SCHEDULER_SERVICE, timeout)?;
+                (channel, Some(Arc::new(follower)))
+            }
+        };
         let health = vec![
             Upstream {
                 role: "auth",
@@ -76,7 +97,7 @@ impl Upstreams {
             },
             Upstream {
                 role: "scheduler",
-                service: "relaymesh.scheduler.v1.SchedulerService",
+                service: SCHEDULER_SERVICE,
                 client: HealthClient::new(scheduler.clone()),
             },
         ];
@@ -87,6 +108,7 @@ impl Upstreams {
             r#match: MatchClient::new(matcher),
             scheduler: SchedulerServiceClient::new(scheduler),
             health,
+            _scheduler_follower: follower,
         })
     }
 

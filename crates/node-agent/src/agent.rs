@@ -498,6 +498,13 @@ impl<D: DeviceDriver> Agent<D> {
         };
         let c = &command;
         let id = Some(&c.command_id);
+        // Finished but not yet ACKed (perhaps before this process started):
+        // the hub evidently missed the result, so send it, never run again.
+        if let Some(result) = self.outbox.get(&c.command_id).cloned() {
+            debug!(run_id = %c.run_id, node_id = %self.node_id, device_serial = %c.device_serial,
+                command_id = %c.command_id, "command already done; result sent again");
+            return self.send_result(ws, &result).await;
+        }
         if self.drain.is_some() {
             info!(run_id = %c.run_id, node_id = %self.node_id, device_serial = %c.device_serial,
                 command_id = %c.command_id, "command refused: shutting down");

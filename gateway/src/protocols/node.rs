@@ -220,6 +220,7 @@ impl NodeProtocol {
                 connection_id: cx.id.to_string(),
                 device_serials: self.hello.devices.iter().map(|d| d.as_str().to_owned()).collect(),
                 slots: self.hello.slots,
+                running: p.running.iter().map(|c| c.as_str().to_owned()).collect(),
             })
             .await;
         let ack = Ack {

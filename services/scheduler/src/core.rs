@@ -28,6 +28,9 @@ pub struct OpenTask {
     pub row: TaskRow,
     /// Unix ms past which a dispatched task is timed out; None while queued.
     pub deadline_ms: Option<i64>,
+    /// Unix ms its COMMAND last went out (0: not known to have gone out,
+    /// as for a task found in flight after a restart).
+    pub sent_ms: i64,
 }
 
 #[derive(Default)]
@@ -116,8 +119,14 @@ impl Core {
         if node.queues.enqueue(&row.device_serial, row.task_id.clone()).is_err() {
             return false;
         }
-        self.open
-            .insert(row.task_id.clone(), OpenTask { row, deadline_ms: None });
+        self.open.insert(
+            row.task_id.clone(),
+            OpenTask {
+                row,
+                deadline_ms: None,
+                sent_ms: 0,
+            },
+        );
         true
     }
 
@@ -131,7 +140,14 @@ impl Core {
             return false;
         }
         let deadline_ms = row.deadline_ms;
-        self.open.insert(row.task_id.clone(), OpenTask { row, deadline_ms });
+        self.open.insert(
+            row.task_id.clone(),
+            OpenTask {
+                row,
+                deadline_ms,
+                sent_ms: 0,
+            },
+        );
         true
     }
 
@@ -151,6 +167,28 @@ impl Core {
                 t.row.attempts += 1;
                 t.row.state = TaskState::Dispatched;
                 t.deadline_ms = Some(now_ms + t.row.timeout_ms + grace_ms);
+                t.sent_ms = now_ms;
+                out.push(t.clone());
+            }
+        }
+        out
+    }
+
+    /// In-flight tasks of `node_id` that the node does not report running
+    /// and whose COMMAND went out at least `after_ms` ago (or is not known
+    /// to have gone out): the COMMAND may have been lost, e.g. by a
+    /// scheduler killed between recording a dispatch and answering the hub.
+    /// Sending it again is safe: a node runs a command id at most once, and
+    /// answers a COMMAND it already finished with its RESULT.
+    pub fn unconfirmed(&mut self, node_id: &str, running: &[String], now_ms: i64, after_ms: i64) -> Vec<OpenTask> {
+        let mut out = Vec::new();
+        for t in self.open.values_mut() {
+            if t.row.node_id == node_id
+                && t.deadline_ms.is_some()
+                && now_ms - t.sent_ms >= after_ms
+                && !running.contains(&t.row.task_id)
+            {
+                t.sent_ms = now_ms;
                 out.push(t.clone());
             }
         }

@@ -36,6 +36,10 @@ use crate::store::{NodeRow, RunRow, Store, TaskRow, WorkflowRow};
 /// The gateway registers node sockets under this protocol name.
 const NODE_PROTOCOL: &str = "node";
 
+/// An in-flight command its node does not report running is sent again
+/// after this long (see `Core::unconfirmed`).
+const RESEND_UNCONFIRMED_MS: i64 = 5_000;
+
 /// The active scheduler: store, queues, delivery of nudges.
 #[derive(Clone)]
 pub struct Scheduler {
@@ -562,11 +566,21 @@ impl Scheduler {
         if attached {
             tracing::info!(node_id = %r.node_id, connection_id = %r.connection_id, "node attached by its heartbeat");
         }
+        let again = self
+            .core()
+            .unconfirmed(&r.node_id, &r.running, now, RESEND_UNCONFIRMED_MS);
+        let mut commands: Vec<Command> = again
+            .iter()
+            .map(|t| {
+                tracing::warn!(run_id = %t.row.run_id, node_id = %t.row.node_id, device_serial = %t.row.device_serial,
+                    command_id = %t.row.task_id, "in-flight command not reported by its node; sent again");
+                command(t)
+            })
+            .collect();
         if ready {
-            self.dispatch(&r.node_id).await
-        } else {
-            Ok(Vec::new())
+            commands.extend(self.dispatch(&r.node_id).await?);
         }
+        Ok(commands)
     }
 
     fn node_disconnected(&self, r: &NodeDisconnectedRequest) {
