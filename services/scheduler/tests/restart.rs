@@ -148,7 +148,7 @@ async fn queued_and_running_tasks_survive_a_scheduler_restart() {
             .into_iter()
             .map(|c| c.command_id)
             .collect();
-        assert_eq!(again, [running.command_id.clone()], "{db}");
+        assert_eq!(again, std::slice::from_ref(&running.command_id), "{db}");
         let report = |id: &str| ReportResultRequest {
             node_id: "node-1".into(),
             command_id: id.to_owned(),
