@@ -11,9 +11,11 @@ mod integration {
     mod device_farm;
     mod farm_faults;
     mod gateway_http;
+    mod grpc_api;
     mod livechat_channels;
     mod livechat_media;
     mod livechat_session;
+    mod python_client;
     mod role_processes;
     mod ws_machinery;
 }

@@ -10,8 +10,13 @@
 //! scheduler's typed contract. Commands go out only after the node's
 //! `HEARTBEAT status=READY` (the scheduler enforces it for every path).
 
+use axum::extract::ws::Utf8Bytes;
+use relaymesh_proto::auth::v1::ErrorReason as AuthReason;
 use relaymesh_proto::auth::v1::{SignNodeFrameRequest, VerifyNodeFrameRequest};
+use relaymesh_proto::client::v1::{ClientProtocol, CloseCode};
+use relaymesh_proto::delivery::v1::NudgeReason;
 use relaymesh_proto::json::{struct_to_json, value_from_json};
+use relaymesh_proto::scheduler::v1::ErrorReason as SchedulerReason;
 use relaymesh_proto::scheduler::v1::{
     self as pb, NodeDisconnectedRequest, NodeHeartbeatRequest, PullCommandsRequest, RegisterNodeRequest,
     RejectCommandRequest, RejectReason, ReportResultRequest,
@@ -24,7 +29,8 @@ use relaymesh_wire::node::{
 use serde::Serialize;
 use tonic::{Code, Status};
 
-use crate::ws::{Ctx, Protocol, close};
+use super::{Ctx, Protocol};
+use crate::ws::WsCodec;
 
 #[derive(Debug, Default)]
 pub struct NodeProtocol {
@@ -36,11 +42,18 @@ pub struct NodeProtocol {
 
 /// The hub's ERROR code for a refused frame, from the service's reason.
 fn refusal_code(status: &Status) -> ErrorCode {
-    match relaymesh_rpc::reason_of(status) {
-        Some("invalid_signature") => ErrorCode::InvalidSignature,
-        Some("replayed" | "stale_timestamp") => ErrorCode::Replayed,
-        Some("invalid_frame" | "invalid" | "unknown_command_type") => ErrorCode::InvalidFrame,
-        Some("unknown_node") => ErrorCode::NotRegistered,
+    if let Some(reason) = relaymesh_rpc::reason_of::<AuthReason>(status) {
+        return match reason {
+            AuthReason::InvalidSignature => ErrorCode::InvalidSignature,
+            AuthReason::Replayed | AuthReason::StaleTimestamp => ErrorCode::Replayed,
+            AuthReason::InvalidFrame => ErrorCode::InvalidFrame,
+            _ if status.code() == Code::Unavailable => ErrorCode::Unavailable,
+            _ => ErrorCode::Internal,
+        };
+    }
+    match relaymesh_rpc::reason_of::<SchedulerReason>(status) {
+        Some(SchedulerReason::InvalidArgument | SchedulerReason::UnknownCommandType) => ErrorCode::InvalidFrame,
+        Some(SchedulerReason::UnknownNode) => ErrorCode::NotRegistered,
         _ if status.code() == Code::Unavailable => ErrorCode::Unavailable,
         _ => ErrorCode::Internal,
     }
@@ -72,15 +85,15 @@ fn reject_reason(code: ErrorCode) -> RejectReason {
 impl NodeProtocol {
     /// Signs `text` with the node key (through the auth service). Unsigned
     /// when it cannot be signed; the node will refuse it, which is the point.
-    async fn signed(cx: &Ctx, text: String) -> String {
+    async fn signed(cx: &Ctx<String>, text: String) -> String {
         let mut auth = cx.gw.upstreams.auth.clone();
         match auth
             .sign_node_frame(SignNodeFrameRequest {
-                frame_json: text.clone(),
+                frame: text.clone().into_bytes(),
             })
             .await
         {
-            Ok(r) => r.into_inner().frame_json,
+            Ok(r) => String::from_utf8(r.into_inner().frame).unwrap_or(text),
             Err(status) => {
                 tracing::warn!(error = %status.message(), "could not sign hub frame");
                 text
@@ -92,7 +105,7 @@ impl NodeProtocol {
         self.node_id.as_ref().map_or("hub", NodeId::as_str)
     }
 
-    async fn send<P: Serialize>(&self, cx: &mut Ctx, kind: FrameType, payload: P) {
+    async fn send<P: Serialize>(&self, cx: &mut Ctx<String>, kind: FrameType, payload: P) {
         let text = OutFrame::new(kind, self.node(), payload).to_text();
         let signed = Self::signed(cx, text).await;
         cx.send(signed);
@@ -100,7 +113,7 @@ impl NodeProtocol {
 
     async fn error(
         &self,
-        cx: &mut Ctx,
+        cx: &mut Ctx<String>,
         code: ErrorCode,
         message: &str,
         ref_id: Option<&str>,
@@ -117,7 +130,7 @@ impl NodeProtocol {
         cx.send(signed);
     }
 
-    async fn send_commands(&self, cx: &mut Ctx, commands: Vec<pb::Command>) {
+    async fn send_commands(&self, cx: &mut Ctx<String>, commands: Vec<pb::Command>) {
         for c in commands {
             let payload = command_payload(c);
             tracing::info!(run_id = %payload.run_id, node_id = %self.node(), device_serial = %payload.device_serial,
@@ -126,7 +139,7 @@ impl NodeProtocol {
         }
     }
 
-    async fn hello(&mut self, cx: &mut Ctx, env: &Envelope, node_id: String) {
+    async fn hello(&mut self, cx: &mut Ctx<String>, env: &Envelope, node_id: String) {
         let p: Hello = match payload("HELLO", env) {
             Ok(p) => p,
             Err(err) => {
@@ -188,7 +201,7 @@ impl NodeProtocol {
         }
     }
 
-    async fn pull(&self, cx: &mut Ctx) {
+    async fn pull(&self, cx: &mut Ctx<String>) {
         let Some(node_id) = self.node_id.clone() else { return };
         let mut scheduler = cx.gw.upstreams.scheduler.clone();
         match scheduler
@@ -202,7 +215,7 @@ impl NodeProtocol {
         }
     }
 
-    async fn heartbeat(&self, cx: &mut Ctx, env: &Envelope, node_id: String) {
+    async fn heartbeat(&self, cx: &mut Ctx<String>, env: &Envelope, node_id: String) {
         let ref_id = env.message_id.clone().unwrap_or_default();
         let p: Heartbeat = match payload("HEARTBEAT", env) {
             Ok(p) => p,
@@ -237,7 +250,7 @@ impl NodeProtocol {
         }
     }
 
-    async fn result(&self, cx: &mut Ctx, env: &Envelope, node_id: String) {
+    async fn result(&self, cx: &mut Ctx<String>, env: &Envelope, node_id: String) {
         let ref_id = env.message_id.clone().unwrap_or_default();
         let p: CommandResult = match payload("RESULT", env) {
             Ok(p) => p,
@@ -294,7 +307,7 @@ impl NodeProtocol {
 
     /// An ERROR from the node. One naming a command is a refused COMMAND:
     /// the scheduler re-queues it at once instead of waiting for its deadline.
-    async fn node_error(&self, cx: &mut Ctx, env: &Envelope, node_id: String) {
+    async fn node_error(&self, cx: &mut Ctx<String>, env: &Envelope, node_id: String) {
         let err: ErrorFrame = payload("ERROR", env).unwrap_or_default();
         let Some(command_id) = err.command_id else {
             tracing::warn!(node_id = %node_id, code = %err.code, error = %err.message,
@@ -325,20 +338,24 @@ fn payload<T: serde::de::DeserializeOwned>(kind: &str, env: &Envelope) -> Result
 }
 
 impl Protocol for NodeProtocol {
-    const NAME: &'static str = "node";
+    const NAME: ClientProtocol = ClientProtocol::Node;
+    /// The frame as received: the HMAC covers its exact bytes.
+    type Request = String;
+    type Event = String;
 
-    async fn on_open(&mut self, _cx: &mut Ctx) {}
+    async fn on_open(&mut self, _cx: &mut Ctx<String>) {}
 
-    async fn on_text(&mut self, cx: &mut Ctx, text: &str) {
+    async fn on_request(&mut self, cx: &mut Ctx<String>, text: String) {
+        let text = text.as_str();
         let env = match Envelope::parse(text) {
             Ok(env) => env,
-            Err(err) => return cx.send(self.frame_error(&err)),
+            Err(err) => return cx.send(wire::frame_error(&err)),
         };
         let ref_id = env.message_id.clone();
         let mut auth = cx.gw.upstreams.auth.clone();
         let verified = match auth
             .verify_node_frame(VerifyNodeFrameRequest {
-                frame_json: text.to_owned(),
+                frame: text.as_bytes().to_vec(),
             })
             .await
         {
@@ -352,7 +369,7 @@ impl Protocol for NodeProtocol {
                 );
                 self.error(cx, c, status.message(), ref_id.as_deref(), None).await;
                 if self.node_id.is_none() && status.code() == Code::Unauthenticated {
-                    cx.close(close::AUTH_FAILED, "node authentication failed");
+                    cx.close(CloseCode::AuthFailed, "node authentication failed");
                 }
                 return;
             }
@@ -400,11 +417,11 @@ impl Protocol for NodeProtocol {
         }
     }
 
-    async fn on_nudge(&mut self, cx: &mut Ctx, _reason: &str) {
+    async fn on_nudge(&mut self, cx: &mut Ctx<String>, _reason: NudgeReason) {
         self.pull(cx).await;
     }
 
-    async fn on_close(&mut self, cx: &mut Ctx) {
+    async fn on_close(&mut self, cx: &mut Ctx<String>) {
         if let Some(node_id) = self.node_id.take() {
             let mut scheduler = cx.gw.upstreams.scheduler.clone();
             let req = NodeDisconnectedRequest {
@@ -416,8 +433,20 @@ impl Protocol for NodeProtocol {
             }
         }
     }
+}
 
-    fn frame_error(&self, err: &FrameError) -> String {
+impl WsCodec for NodeProtocol {
+    /// Node frames are checked by the auth service before they are read, so
+    /// the transport passes the text through unparsed.
+    fn parse(&self, text: &str) -> Result<String, String> {
+        Ok(text.to_owned())
+    }
+
+    fn render(event: &String) -> Option<Utf8Bytes> {
+        Some(Utf8Bytes::from(event.as_str()))
+    }
+
+    fn refused(&self, err: &FrameError) -> String {
         wire::frame_error(err)
     }
 }

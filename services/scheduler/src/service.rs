@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use object_store::path::Path;
+use relaymesh_proto::client::v1::ClientProtocol;
+use relaymesh_proto::delivery::v1::NudgeReason;
 use relaymesh_proto::json::{struct_from_json, struct_to_json, value_from_json, value_to_json};
 use relaymesh_proto::scheduler::v1::scheduler_service_server::SchedulerService;
 use relaymesh_proto::scheduler::v1::{
@@ -33,8 +35,8 @@ use crate::error::{Result, SchedulerError};
 use crate::recipe::{Recipe, command_type_name};
 use crate::store::{NodeRow, RunRow, Store, TaskRow, WorkflowRow};
 
-/// The gateway registers node sockets under this protocol name.
-const NODE_PROTOCOL: &str = "node";
+/// The gateway registers node sockets under this protocol.
+const NODE_PROTOCOL: ClientProtocol = ClientProtocol::Node;
 
 /// An in-flight command its node does not report running is sent again
 /// after this long (see `Core::unconfirmed`).
@@ -181,7 +183,7 @@ impl Scheduler {
         if let Err(err) = self
             .inner
             .delivery
-            .send_to_user(NODE_PROTOCOL, node_id, &nudge_envelope("commands"))
+            .send_to_user(NODE_PROTOCOL, node_id, nudge_envelope(NudgeReason::CommandsAvailable))
             .await
         {
             tracing::warn!(node_id, error = %err, "nudge failed");
