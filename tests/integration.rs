@@ -11,6 +11,7 @@ mod integration {
     mod cross_replica;
     mod device_farm;
     mod faults;
+    mod farm_faults;
     mod gateway_http;
     mod grpc_api;
     mod livechat_channels;
