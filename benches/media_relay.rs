@@ -95,6 +95,9 @@ fn relaymesh(cores: &str, args: &[&str]) -> Command {
         .env("JWT_SECRET", SECRET)
         .env("MAX_CHANNEL_MEMBERS", "128")
         .env("HEARTBEAT_INTERVAL_MS", "600000")
+        // Listeners only listen here; a real client's RTCP would keep
+        // them from being evicted as silent during a long sweep.
+        .env("MEDIA_PEER_IDLE_TIMEOUT_MS", "3600000")
         .stdin(Stdio::null());
     cmd
 }
@@ -766,7 +769,7 @@ fn main() {
         println!("|---|---|---|---|---|");
         for (r, _) in &rows {
             println!(
-                "| {} | {:.0} | {:.2}x | {:.0} us | {:.2}x |",
+                "| {} | {:.0} | {:.2}x | {:.0} µs | {:.2}x |",
                 r.name,
                 r.capacity,
                 r.capacity / base_cap,
