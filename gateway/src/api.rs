@@ -70,7 +70,11 @@ impl From<Status> for ApiError {
             Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        let code = relaymesh_rpc::reason_of(&s).unwrap_or("error").to_owned();
+        // The scheduler's ErrorReason, in snake case: `workflow_not_found`.
+        let code = relaymesh_rpc::reason_of::<relaymesh_proto::scheduler::v1::ErrorReason>(&s).map_or_else(
+            || "error".to_owned(),
+            |r| r.as_str_name().trim_start_matches("ERROR_REASON_").to_ascii_lowercase(),
+        );
         Self {
             status,
             code,

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::Shared;
 use crate::identity::{self, AuthFailure, Identity};
 use crate::protocols::{CopilotProtocol, LivechatProtocol, NodeProtocol, SignalProtocol};
-use crate::ws::{self, ConnHandle, Protocol};
+use crate::ws::{self, ConnHandle, Transport, WsCodec};
 
 pub fn router(gw: Arc<Shared>) -> Router {
     Router::new()
@@ -124,10 +124,10 @@ fn upgrade<A, P>(
 ) -> Response
 where
     A: Send + 'static,
-    P: Protocol,
+    P: WsCodec,
 {
     let Ok(permit) = gw.slots.clone().try_acquire_owned() else {
-        metrics::counter!("gateway_connections_refused_total", "reason" => "capacity").increment(1);
+        metrics::counter!("relaymesh_gateway_connections_refused_total", "reason" => "capacity").increment(1);
         return (StatusCode::SERVICE_UNAVAILABLE, "connection limit reached").into_response();
     };
     if gw.shutdown.is_cancelled() {
@@ -152,9 +152,9 @@ where
             let who = match auth {
                 Ok(who) => who,
                 Err(fail) => {
-                    metrics::counter!("gateway_connections_refused_total", "reason" => "auth").increment(1);
+                    metrics::counter!("relaymesh_gateway_connections_refused_total", "reason" => "auth").increment(1);
                     let frame = CloseFrame {
-                        code: fail.close_code(),
+                        code: fail.close_code() as u16,
                         reason: fail.to_string().into(),
                     };
                     if socket.send(Message::Close(Some(frame))).await.is_ok() {
@@ -167,7 +167,8 @@ where
             let id = ConnectionId::random();
             let (tx, rx) = mpsc::channel(gw.config.outbound_queue.max(1));
             let evict = CancellationToken::new();
-            gw.table.insert(id.clone(), ConnHandle::new(tx, evict.clone()));
+            gw.table
+                .insert(id.clone(), ConnHandle::new(tx, evict.clone(), Transport::WebSocket));
             ws::run(socket, proto, gw, id, rx, evict).await;
         })
 }

@@ -1,6 +1,7 @@
 //! User identity from a JWT, verified by the auth service.
 
-use relaymesh_proto::auth::v1::VerifyTokenRequest;
+use relaymesh_proto::auth::v1::{ErrorReason, VerifyTokenRequest};
+use relaymesh_proto::client::v1::CloseCode;
 use tonic::Code;
 
 use crate::Shared;
@@ -27,11 +28,11 @@ pub enum AuthFailure {
 impl AuthFailure {
     /// The contract's close code: 1008 no credentials, 4001 expired or
     /// invalid, 1011 when we could not check.
-    pub fn close_code(&self) -> u16 {
+    pub fn close_code(&self) -> CloseCode {
         match self {
-            Self::Missing => crate::ws::close::POLICY,
-            Self::Expired | Self::Invalid => crate::ws::close::AUTH_FAILED,
-            Self::Unavailable => crate::ws::close::INTERNAL,
+            Self::Missing => CloseCode::PolicyViolation,
+            Self::Expired | Self::Invalid => CloseCode::AuthFailed,
+            Self::Unavailable => CloseCode::InternalError,
         }
     }
 }
@@ -53,7 +54,7 @@ pub async fn verify(gw: &Shared, token: Option<&str>) -> Result<Identity, AuthFa
             })
         }
         Err(status) if status.code() == Code::Unauthenticated => {
-            if relaymesh_rpc::reason_of(&status) == Some("token_expired") {
+            if relaymesh_rpc::reason_of::<ErrorReason>(&status) == Some(ErrorReason::TokenExpired) {
                 Err(AuthFailure::Expired)
             } else {
                 Err(AuthFailure::Invalid)

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use relaymesh_proto::auth::v1::auth_client::AuthClient;
-use relaymesh_proto::channel::v1::channel_client::ChannelClient;
+use relaymesh_proto::auth::v1::auth_service_client::AuthServiceClient;
+use relaymesh_proto::channel::v1::channel_service_client::ChannelServiceClient;
 use relaymesh_proto::r#match::v1::match_client::MatchClient;
 use relaymesh_proto::scheduler::v1::scheduler_client::SchedulerClient;
 use relaymesh_proto::signaling::v1::signaling_client::SignalingClient;
@@ -14,9 +14,9 @@ use crate::config::UpstreamArgs;
 
 #[derive(Clone)]
 pub struct Upstreams {
-    pub auth: AuthClient<RpcChannel>,
+    pub auth: AuthServiceClient<RpcChannel>,
     pub signaling: SignalingClient<RpcChannel>,
-    pub channel: ChannelClient<RpcChannel>,
+    pub channel: ChannelServiceClient<RpcChannel>,
     pub r#match: MatchClient<RpcChannel>,
     pub scheduler: SchedulerClient<RpcChannel>,
     health: Vec<Upstream>,
@@ -51,7 +51,7 @@ impl Upstreams {
         let health = vec![
             Upstream {
                 role: "auth",
-                service: "relaymesh.auth.v1.Auth",
+                service: "relaymesh.auth.v1.AuthService",
                 client: HealthClient::new(auth.clone()),
             },
             Upstream {
@@ -61,12 +61,12 @@ impl Upstreams {
             },
             Upstream {
                 role: "channel",
-                service: "relaymesh.channel.v1.Channel",
+                service: "relaymesh.channel.v1.ChannelService",
                 client: HealthClient::new(channel.clone()),
             },
             Upstream {
                 role: "media-relay",
-                service: "relaymesh.media_relay.v1.MediaRelay",
+                service: "relaymesh.media_relay.v1.MediaRelayService",
                 client: HealthClient::new(media),
             },
             Upstream {
@@ -81,9 +81,9 @@ impl Upstreams {
             },
         ];
         Ok(Self {
-            auth: AuthClient::new(auth),
+            auth: AuthServiceClient::new(auth),
             signaling: SignalingClient::new(signaling),
-            channel: ChannelClient::new(channel),
+            channel: ChannelServiceClient::new(channel),
             r#match: MatchClient::new(matcher),
             scheduler: SchedulerClient::new(scheduler),
             health,

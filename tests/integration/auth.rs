@@ -1,21 +1,24 @@
 //! The auth service over real gRPC.
 
-use relaymesh_proto::auth::v1::auth_client::AuthClient;
-use relaymesh_proto::auth::v1::{VerifyNodeSecretRequest, VerifyTokenRequest};
+use relaymesh_proto::auth::v1::auth_service_client::AuthServiceClient;
+use relaymesh_proto::auth::v1::{ErrorReason, VerifyNodeSecretRequest, VerifyTokenRequest};
 use tonic::Code;
 
 use super::harness::{self, Backend, token, token_with_secret};
 
-async fn client(mesh: &relaymesh::Mesh) -> AuthClient<tonic::transport::Channel> {
+async fn client(mesh: &relaymesh::Mesh) -> AuthServiceClient<tonic::transport::Channel> {
     let addr = mesh.services.iter().find(|(r, _)| *r == "auth").unwrap().1;
-    AuthClient::connect(format!("http://{addr}")).await.unwrap()
+    AuthServiceClient::connect(format!("http://{addr}")).await.unwrap()
 }
 
-async fn verify(c: &mut AuthClient<tonic::transport::Channel>, t: String) -> Result<String, (Code, String)> {
+async fn verify(
+    c: &mut AuthServiceClient<tonic::transport::Channel>,
+    t: String,
+) -> Result<String, (Code, Option<ErrorReason>)> {
     c.verify_token(VerifyTokenRequest { token: t })
         .await
         .map(|r| r.into_inner().user_id)
-        .map_err(|s| (s.code(), relaymesh_rpc::reason_of(&s).unwrap_or_default().to_owned()))
+        .map_err(|s| (s.code(), relaymesh_rpc::reason_of::<ErrorReason>(&s)))
 }
 
 #[tokio::test]
@@ -30,14 +33,20 @@ async fn valid_tokens_yield_their_subject() {
 async fn expired_forged_and_garbage_tokens_are_unauthenticated_with_a_reason() {
     let mesh = harness::start(&Backend::Memory, &[]).await;
     let mut c = client(&mesh).await;
-    let unauth = |reason: &str| Err((Code::Unauthenticated, reason.to_owned()));
-    assert_eq!(verify(&mut c, token("u", -600)).await, unauth("token_expired"));
+    let unauth = |reason: ErrorReason| Err((Code::Unauthenticated, Some(reason)));
+    assert_eq!(
+        verify(&mut c, token("u", -600)).await,
+        unauth(ErrorReason::TokenExpired)
+    );
     assert_eq!(
         verify(&mut c, token_with_secret("u", 60, "other")).await,
-        unauth("token_invalid")
+        unauth(ErrorReason::TokenInvalid)
     );
-    assert_eq!(verify(&mut c, "not-a-jwt".into()).await, unauth("token_invalid"));
-    assert_eq!(verify(&mut c, String::new()).await, unauth("token_invalid"));
+    assert_eq!(
+        verify(&mut c, "not-a-jwt".into()).await,
+        unauth(ErrorReason::TokenInvalid)
+    );
+    assert_eq!(verify(&mut c, String::new()).await, unauth(ErrorReason::TokenInvalid));
     mesh.shutdown().await.unwrap();
 }
 

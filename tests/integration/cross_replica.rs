@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use relaymesh_state::{Delivery, SessionRegistry, SharedState, text_envelope};
+use relaymesh_proto::client::v1::ClientProtocol;
+use relaymesh_state::{Delivery, SessionRegistry, SharedState, event_envelope};
 
 use super::harness::{self, Backend, Client, token};
 
@@ -67,13 +68,18 @@ async fn an_event_published_anywhere_reaches_the_user_on_its_replica() {
         };
         let registry = SessionRegistry::new(producer_state.clone(), Duration::from_secs(60));
         let delivery = Delivery::new(producer_state, registry);
-        let event = serde_json::json!({"op": 101, "d": {"channel_id": "CH", "content": "hi alice"}});
+        let event = harness::message_event("CH", "hi alice".into());
         let sent = delivery
-            .send_to_user("livechat", "alice", &text_envelope(event.to_string(), false))
+            .send_to_user(ClientProtocol::Livechat, "alice", event_envelope(event, false))
             .await
             .unwrap();
         assert_eq!(sent, 1, "{backend:?}");
-        assert_eq!(alice.recv().await, event, "{backend:?}");
+        let got = alice.recv().await;
+        assert_eq!(
+            (got["op"].as_u64(), got["d"]["content"].as_str()),
+            (Some(101), Some("hi alice")),
+            "{backend:?}"
+        );
         assert!(
             bob.try_recv(Duration::from_millis(200)).await.is_none(),
             "{backend:?}: bob got nothing"
@@ -93,10 +99,22 @@ async fn a_closed_socket_leaves_the_registry() {
         let mesh = harness::start(&backend, &[]).await;
         let (c, _) = harness::livechat_ready(mesh.gateway_addr, "dave").await;
         let registry = SessionRegistry::new(mesh.state.clone(), Duration::from_secs(60));
-        assert_eq!(registry.sessions_of("livechat", "dave").await.unwrap().len(), 1);
+        assert_eq!(
+            registry
+                .sessions_of(ClientProtocol::Livechat, "dave")
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
         drop(c); // abrupt: no close frame
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while !registry.sessions_of("livechat", "dave").await.unwrap().is_empty() {
+        while !registry
+            .sessions_of(ClientProtocol::Livechat, "dave")
+            .await
+            .unwrap()
+            .is_empty()
+        {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "{backend:?}: session not cleaned up"

@@ -76,13 +76,13 @@ async fn metrics_are_prometheus_text_with_gateway_and_grpc_series() {
     let _c = harness::livechat_ready(mesh.gateway_addr, "metered").await;
     let (status, body) = http_get(mesh.gateway_addr, "/metrics").await;
     assert_eq!(status, 200);
-    assert!(body.contains("# TYPE gateway_connections gauge"), "{body}");
+    assert!(body.contains("# TYPE relaymesh_gateway_connections gauge"), "{body}");
     assert!(
-        body.contains("gateway_frames_in_total{protocol=\"livechat\"}"),
+        body.contains("relaymesh_gateway_frames_in_total{protocol=\"livechat\"}"),
         "{body}"
     );
     assert!(
-        body.contains("grpc_server_requests_total{method=\"/relaymesh.auth.v1.Auth/VerifyToken\"}"),
+        body.contains("grpc_server_requests_total{method=\"/relaymesh.auth.v1.AuthService/VerifyToken\"}"),
         "{body}"
     );
     mesh.shutdown().await.unwrap();

@@ -178,6 +178,20 @@ pub async fn livechat_ready(addr: SocketAddr, user: &str) -> (Client, Value) {
     (c, ready)
 }
 
+/// A LiveChat MESSAGE_EVENT, as a service would deliver it.
+pub fn message_event(channel_id: &str, content: String) -> relaymesh_proto::client::v1::LivechatResponse {
+    use relaymesh_proto::client::v1::{LivechatResponse, MessageEvent, livechat_response::Event};
+    LivechatResponse {
+        event: Some(Event::MessageEvent(MessageEvent {
+            channel_id: channel_id.to_owned(),
+            message_id: "m".into(),
+            user_id: "producer".into(),
+            content,
+            timestamp: 1,
+        })),
+    }
+}
+
 /// A identified livechat client that matches answers to requests by nonce
 /// and keeps the events that arrive in between.
 pub struct Chat {

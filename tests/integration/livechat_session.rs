@@ -21,7 +21,10 @@ async fn identify_yields_ready_with_a_session_and_registers_it() {
         let session = ready["d"]["session_id"].as_str().unwrap();
         assert!(!session.is_empty());
         let registry = relaymesh_state::SessionRegistry::new(mesh.state.clone(), std::time::Duration::from_secs(60));
-        let sessions = registry.sessions_of("livechat", "alice").await.unwrap();
+        let sessions = registry
+            .sessions_of(relaymesh_proto::client::v1::ClientProtocol::Livechat, "alice")
+            .await
+            .unwrap();
         assert_eq!(sessions.len(), 1, "{backend:?}");
         assert_eq!(sessions[0].connection_id, session);
         mesh.shutdown().await.unwrap();

@@ -228,18 +228,18 @@ async fn a_slow_reader_is_disconnected_and_the_others_are_unharmed() {
     )
     .await;
     let addr = mesh.gateway_addr;
-    let mut slow = Client::connect(addr, &format!("/ws/copilot?token={}", token("slow", 600))).await;
-    let conn = slow.recv().await["connectionId"].as_str().unwrap().to_owned();
+    let (mut slow, ready) = harness::livechat_ready(addr, "slow").await;
+    let conn = ready["d"]["session_id"].as_str().unwrap().to_owned();
     let mut fine = Client::connect(addr, &format!("/ws/copilot?token={}", token("fine", 600))).await;
     assert_eq!(fine.recv().await["type"], "connected");
 
     let registry = relaymesh_state::SessionRegistry::new(mesh.state.clone(), Duration::from_secs(60));
     let delivery = relaymesh_state::Delivery::new(mesh.state.clone(), registry);
-    let frame = json!({"type": "response", "data": "y".repeat(32 * 1024)}).to_string();
+    let event = harness::message_event("CH", "y".repeat(32 * 1024));
     let conn = relaymesh_state::ConnectionId::new(conn);
     const SENT: usize = 2000;
     for _ in 0..SENT {
-        let env = relaymesh_state::text_envelope(frame.clone(), false);
+        let env = relaymesh_state::event_envelope(event.clone(), false);
         delivery.send_to_connection(&conn, env).await.unwrap();
     }
     // The slow client has read nothing; give the server time to give up.

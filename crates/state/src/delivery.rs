@@ -1,13 +1,18 @@
-//! Delivery of frames and closes to a connection held by any gateway replica.
+//! Delivery of events and closes to connections held by any gateway replica.
 //!
 //! A producer (a service, or a gateway acting for another connection) looks
-//! the connection up in the registry and publishes an [`Envelope`] on the
-//! topic of the replica holding it; that replica's [`GatewayInbox`] hands it
-//! to the socket. Delivery is at most once: state that must not be lost
-//! (device commands) is kept by its service and re-sent, not by this path.
+//! the recipients up in the registry, groups them by the replica holding
+//! them, and publishes one [`Envelope`] per replica on that replica's topic;
+//! the replica's [`GatewayInbox`] hands it to its sockets. Delivery is at
+//! most once: state that must not be lost (device commands) is kept by its
+//! service and re-sent, not by this path.
+
+use std::collections::HashMap;
 
 use bytes::Bytes;
 use prost::Message;
+use relaymesh_proto::client::v1::{ClientProtocol, CloseCode};
+use relaymesh_proto::delivery::v1::NudgeReason;
 
 use crate::{
     Body, ConnectionId, Envelope, GatewayId, Result, SessionEntry, SessionRegistry, SharedState, Subscription,
@@ -32,31 +37,59 @@ impl Delivery {
         &self.registry
     }
 
-    /// Sends `envelope` to the replica holding `entry`'s connection.
-    pub async fn send_to_session(&self, entry: &SessionEntry, mut envelope: Envelope) -> Result<()> {
-        envelope.connection_id.clone_from(&entry.connection_id);
+    /// Publishes `envelope`, already addressed, to replica `gateway`.
+    async fn publish(&self, gateway: &str, envelope: &Envelope) -> Result<()> {
         self.state
-            .publish(&inbox_topic(&entry.gateway_id), Bytes::from(envelope.encode_to_vec()))
+            .publish(&inbox_topic(gateway), Bytes::from(envelope.encode_to_vec()))
             .await
+    }
+
+    /// Sends `envelope` to the connection of `entry`.
+    pub async fn send_to_session(&self, entry: &SessionEntry, mut envelope: Envelope) -> Result<()> {
+        envelope.connection_ids = vec![entry.connection_id.clone()];
+        self.publish(&entry.gateway_id, &envelope).await
     }
 
     /// Sends `envelope` to one connection; false when no replica holds it.
     pub async fn send_to_connection(&self, conn: &ConnectionId, envelope: Envelope) -> Result<bool> {
-        let Some(entry) = self.registry.lookup(conn).await? else {
-            return Ok(false);
-        };
-        self.send_to_session(&entry, envelope).await?;
-        Ok(true)
+        let gone = self.send_to_connections(std::slice::from_ref(conn), envelope).await?;
+        Ok(gone.is_empty())
+    }
+
+    /// Sends `envelope` to every connection in `conns`: one registry read for
+    /// all of them and one publish per replica that holds any (not one per
+    /// connection). Returns the connections no replica holds any more.
+    pub async fn send_to_connections(
+        &self,
+        conns: &[ConnectionId],
+        mut envelope: Envelope,
+    ) -> Result<Vec<ConnectionId>> {
+        let entries = self.registry.lookup_many(conns).await?;
+        let mut by_gateway: HashMap<String, Vec<String>> = HashMap::new();
+        let mut gone = Vec::new();
+        for (conn, entry) in conns.iter().zip(entries) {
+            match entry {
+                Some(e) => by_gateway.entry(e.gateway_id).or_default().push(e.connection_id),
+                None => gone.push(conn.clone()),
+            }
+        }
+        for (gateway, ids) in by_gateway {
+            envelope.connection_ids = ids;
+            self.publish(&gateway, &envelope).await?;
+        }
+        Ok(gone)
     }
 
     /// Sends `envelope` to every connection of `user` on `protocol`; returns
     /// how many connections it was sent to.
-    pub async fn send_to_user(&self, protocol: &str, user: &str, envelope: &Envelope) -> Result<usize> {
+    pub async fn send_to_user(&self, protocol: ClientProtocol, user: &str, envelope: Envelope) -> Result<usize> {
         let sessions = self.registry.sessions_of(protocol, user).await?;
-        for entry in &sessions {
-            self.send_to_session(entry, envelope.clone()).await?;
-        }
-        Ok(sessions.len())
+        let conns: Vec<ConnectionId> = sessions
+            .iter()
+            .map(|s| ConnectionId::new(s.connection_id.clone()))
+            .collect();
+        let gone = self.send_to_connections(&conns, envelope).await?;
+        Ok(conns.len() - gone.len())
     }
 
     /// The inbox of gateway replica `gateway`: live when this returns.
@@ -67,20 +100,20 @@ impl Delivery {
     }
 }
 
-/// An envelope carrying one text frame.
-pub fn text_envelope(text: impl Into<String>, droppable: bool) -> Envelope {
+/// An envelope carrying one event of a client protocol.
+pub fn event_envelope(event: impl Into<Body>, droppable: bool) -> Envelope {
     Envelope {
-        body: Some(Body::Text(text.into())),
+        body: Some(event.into()),
         droppable,
         ..Envelope::default()
     }
 }
 
 /// An envelope asking the holding gateway to close the connection.
-pub fn close_envelope(code: u16, reason: impl Into<String>) -> Envelope {
+pub fn close_envelope(code: CloseCode, reason: impl Into<String>) -> Envelope {
     Envelope {
         body: Some(Body::Close(crate::Close {
-            code: u32::from(code),
+            code: code as i32,
             reason: reason.into(),
         })),
         ..Envelope::default()
@@ -89,9 +122,9 @@ pub fn close_envelope(code: u16, reason: impl Into<String>) -> Envelope {
 
 /// An envelope telling the connection's protocol adapter to pull what a
 /// service has for it.
-pub fn nudge_envelope(reason: impl Into<String>) -> Envelope {
+pub fn nudge_envelope(reason: NudgeReason) -> Envelope {
     Envelope {
-        body: Some(Body::Nudge(crate::Nudge { reason: reason.into() })),
+        body: Some(Body::Nudge(crate::Nudge { reason: reason as i32 })),
         droppable: true,
         ..Envelope::default()
     }
@@ -110,7 +143,7 @@ impl GatewayInbox {
             let bytes = self.sub.recv().await?;
             match Envelope::decode(bytes) {
                 Ok(env) => return Some(env),
-                Err(_) => metrics::counter!("delivery_envelopes_corrupt_total").increment(1),
+                Err(_) => metrics::counter!("relaymesh_delivery_envelopes_corrupt_total").increment(1),
             }
         }
     }

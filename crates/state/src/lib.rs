@@ -25,11 +25,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-pub use delivery::{Delivery, GatewayInbox, close_envelope, nudge_envelope, text_envelope};
+pub use delivery::{Delivery, GatewayInbox, close_envelope, event_envelope, nudge_envelope};
 pub use ids::{ConnectionId, GatewayId};
 pub use memory::MemoryStore;
 pub use redis_store::RedisStore;
-pub use registry::SessionRegistry;
+pub use registry::{SessionRegistry, protocol_key};
 pub use relaymesh_proto::delivery::v1::{Close, Envelope, Nudge, SessionEntry, envelope::Body};
 
 #[derive(Debug, thiserror::Error)]

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use prost::Message;
 
+use relaymesh_proto::client::v1::ClientProtocol;
+
 use crate::{ConnectionId, Result, SessionEntry, SharedState, StateError};
 
 #[derive(Clone, Debug)]
@@ -19,8 +21,23 @@ fn session_key(conn: &str) -> String {
     format!("sess:{conn}")
 }
 
-fn user_key(protocol: &str, user: &str) -> String {
-    format!("user:{protocol}:{user}")
+/// The registry's short name of a protocol, as used in its keys.
+pub fn protocol_key(protocol: ClientProtocol) -> &'static str {
+    match protocol {
+        ClientProtocol::Node => "node",
+        ClientProtocol::Copilot => "copilot",
+        ClientProtocol::Livechat => "livechat",
+        ClientProtocol::Signal => "signal",
+        ClientProtocol::Unspecified => "unspecified",
+    }
+}
+
+fn user_key(protocol: ClientProtocol, user: &str) -> String {
+    format!("user:{}:{user}", protocol_key(protocol))
+}
+
+fn entry_protocol(entry: &SessionEntry) -> ClientProtocol {
+    ClientProtocol::try_from(entry.protocol).unwrap_or(ClientProtocol::Unspecified)
 }
 
 impl SessionRegistry {
@@ -41,7 +58,7 @@ impl SessionRegistry {
         if !entry.user_id.is_empty() {
             self.state
                 .set_add(
-                    &user_key(&entry.protocol, &entry.user_id),
+                    &user_key(entry_protocol(entry), &entry.user_id),
                     &entry.connection_id,
                     Some(self.ttl),
                 )
@@ -54,7 +71,7 @@ impl SessionRegistry {
         self.state.delete(&session_key(&entry.connection_id)).await?;
         if !entry.user_id.is_empty() {
             self.state
-                .set_remove(&user_key(&entry.protocol, &entry.user_id), &entry.connection_id)
+                .set_remove(&user_key(entry_protocol(entry), &entry.user_id), &entry.connection_id)
                 .await?;
         }
         Ok(())
@@ -69,9 +86,18 @@ impl SessionRegistry {
         }
     }
 
+    /// The entries of `conns`, in order (None where no replica holds one).
+    pub async fn lookup_many(&self, conns: &[ConnectionId]) -> Result<Vec<Option<SessionEntry>>> {
+        let mut out = Vec::with_capacity(conns.len());
+        for conn in conns {
+            out.push(self.lookup(conn).await?);
+        }
+        Ok(out)
+    }
+
     /// Every live connection of `user` on `protocol`, on any replica.
     /// Connections whose entry expired are pruned from the user's set.
-    pub async fn sessions_of(&self, protocol: &str, user: &str) -> Result<Vec<SessionEntry>> {
+    pub async fn sessions_of(&self, protocol: ClientProtocol, user: &str) -> Result<Vec<SessionEntry>> {
         let key = user_key(protocol, user);
         let mut out = Vec::new();
         for conn in self.state.set_members(&key).await? {

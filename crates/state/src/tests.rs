@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use relaymesh_proto::client::v1::{ClientProtocol, CloseCode};
+
 use crate::testing::backends;
 use crate::*;
 
@@ -120,14 +122,18 @@ async fn delivery_routes_to_the_gateway_holding_the_connection() {
         let entry = SessionEntry {
             connection_id: "c1".into(),
             gateway_id: "b".into(),
-            protocol: "copilot".into(),
+            protocol: ClientProtocol::Copilot as i32,
             user_id: "alice".into(),
             connected_at_ms: 1,
         };
         registry.register(&entry).await.unwrap();
 
         let sent = delivery
-            .send_to_user("copilot", "alice", &text_envelope("{\"hi\":1}", false))
+            .send_to_user(
+                ClientProtocol::Copilot,
+                "alice",
+                close_envelope(CloseCode::Replaced, "bye"),
+            )
             .await
             .unwrap();
         assert_eq!(sent, 1, "{s:?}");
@@ -135,8 +141,8 @@ async fn delivery_routes_to_the_gateway_holding_the_connection() {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(env.connection_id, "c1");
-        assert_eq!(env.body, Some(Body::Text("{\"hi\":1}".into())));
+        assert_eq!(env.connection_ids, vec!["c1".to_owned()]);
+        assert!(matches!(env.body, Some(Body::Close(ref c)) if c.code == CloseCode::Replaced as i32));
         assert!(
             tokio::time::timeout(Duration::from_millis(100), inbox_a.recv())
                 .await
@@ -146,11 +152,20 @@ async fn delivery_routes_to_the_gateway_holding_the_connection() {
 
         registry.unregister(&entry).await.unwrap();
         let unknown = delivery
-            .send_to_connection(&ConnectionId::new("c1"), close_envelope(4004, "replaced"))
+            .send_to_connection(
+                &ConnectionId::new("c1"),
+                close_envelope(CloseCode::Replaced, "replaced"),
+            )
             .await
             .unwrap();
         assert!(!unknown, "{s:?}: an unregistered connection is not routed");
-        assert!(registry.sessions_of("copilot", "alice").await.unwrap().is_empty());
+        assert!(
+            registry
+                .sessions_of(ClientProtocol::Copilot, "alice")
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 }
 
@@ -161,13 +176,68 @@ async fn expired_sessions_are_pruned_from_the_user_index() {
         let entry = SessionEntry {
             connection_id: "gone".into(),
             gateway_id: "dead-replica".into(),
-            protocol: "signal".into(),
+            protocol: ClientProtocol::Signal as i32,
             user_id: "bob".into(),
             connected_at_ms: 1,
         };
         registry.register(&entry).await.unwrap();
-        assert_eq!(registry.sessions_of("signal", "bob").await.unwrap().len(), 1);
+        assert_eq!(
+            registry.sessions_of(ClientProtocol::Signal, "bob").await.unwrap().len(),
+            1
+        );
         tokio::time::sleep(Duration::from_millis(120)).await;
-        assert!(registry.sessions_of("signal", "bob").await.unwrap().is_empty(), "{s:?}");
+        assert!(
+            registry
+                .sessions_of(ClientProtocol::Signal, "bob")
+                .await
+                .unwrap()
+                .is_empty(),
+            "{s:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn one_publish_per_gateway_reaches_every_connection_it_holds() {
+    for s in backends("fanout").await {
+        let registry = SessionRegistry::new(s.clone(), Duration::from_secs(60));
+        let delivery = Delivery::new(s.clone(), registry.clone());
+        let mut inbox_a = delivery.inbox(&GatewayId::new("a")).await.unwrap();
+        let mut inbox_b = delivery.inbox(&GatewayId::new("b")).await.unwrap();
+        let mut conns = Vec::new();
+        for i in 0..10 {
+            let gateway = if i % 2 == 0 { "a" } else { "b" };
+            registry
+                .register(&SessionEntry {
+                    connection_id: format!("c{i}"),
+                    gateway_id: gateway.into(),
+                    protocol: ClientProtocol::Livechat as i32,
+                    user_id: format!("u{i}"),
+                    connected_at_ms: 1,
+                })
+                .await
+                .unwrap();
+            conns.push(ConnectionId::new(format!("c{i}")));
+        }
+        conns.push(ConnectionId::new("never-registered"));
+        let gone = delivery
+            .send_to_connections(&conns, close_envelope(CloseCode::GoingAway, "x"))
+            .await
+            .unwrap();
+        assert_eq!(gone, vec![ConnectionId::new("never-registered")], "{s:?}");
+        for (inbox, parity) in [(&mut inbox_a, 0), (&mut inbox_b, 1)] {
+            let env = tokio::time::timeout(Duration::from_secs(5), inbox.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            let want: Vec<String> = (0..10).filter(|i| i % 2 == parity).map(|i| format!("c{i}")).collect();
+            assert_eq!(env.connection_ids, want, "{s:?}");
+            assert!(
+                tokio::time::timeout(Duration::from_millis(100), inbox.recv())
+                    .await
+                    .is_err(),
+                "{s:?}: one envelope per replica"
+            );
+        }
     }
 }

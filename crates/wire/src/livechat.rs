@@ -1,8 +1,15 @@
-//! LiveChat / push-to-talk frames (seed 003): Discord-style `{op, d}`.
+//! LiveChat / push-to-talk frames (seed 003) as JSON: Discord-style
+//! `{op, d}`. The one place that turns client JSON into the typed
+//! `relaymesh.client.v1.LivechatRequest` ([`parse`]) and a typed
+//! `LivechatResponse` into JSON ([`render`]).
 //!
 //! Opcode numbers and error codes are the seed's; the floor-control opcodes
-//! (30-32 client, 102 server) are ours, in a range the seed leaves free.
+//! (30-31 client, 102 server) are ours, in a range the seed leaves free.
 
+use relaymesh_proto::client::v1::{
+    self as proto, Ack, ChannelEventType, FloorEventType, FloorHolder, FloorPolicy, LivechatErrorCode, LivechatRequest,
+    LivechatResponse, RequestOp, ack, livechat_request::Request, livechat_response::Event,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -30,39 +37,6 @@ pub mod op {
     pub const ERROR: u16 = 201;
 }
 
-/// Error codes of the seed's table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u16)]
-pub enum ErrorCode {
-    NotIdentified = 1000,
-    InvalidToken = 1001,
-    InvalidOp = 1003,
-    InvalidJson = 1004,
-    ChannelNotFound = 2000,
-    ChannelFull = 2001,
-    NotAllowed = 2002,
-    AlreadyJoined = 2003,
-    NotJoined = 2004,
-    /// Ours: the floor is held by another member (exclusive policy).
-    FloorBusy = 2005,
-    /// Ours: floor operations in a channel without floor control.
-    NoFloorControl = 2006,
-    /// Ours: another live member of the relay holds this SSRC.
-    SsrcInUse = 2007,
-    /// Ours: CHANNEL_CREATE of an id that exists.
-    ChannelExists = 2008,
-    EmptyMessage = 3000,
-    MessageTooLong = 3001,
-    NotMember = 3002,
-    Internal = 9000,
-}
-
-impl ErrorCode {
-    pub fn code(self) -> u16 {
-        self as u16
-    }
-}
-
 #[derive(Debug, Deserialize)]
 struct RawFrame<'a> {
     op: i64,
@@ -70,310 +44,478 @@ struct RawFrame<'a> {
     d: Option<&'a RawValue>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-pub struct Identify {
-    pub user_id: String,
-    pub token: String,
-    /// Echoed in the answer, when present (client request matching).
-    #[serde(default)]
-    pub nonce: Option<String>,
-}
-
 /// Every request frame may carry a `nonce` that its ACK or ERROR echoes.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-pub struct ChannelRef {
-    pub channel_id: String,
+#[derive(Debug, Deserialize)]
+struct Nonce {
     #[serde(default)]
-    pub nonce: Option<String>,
+    nonce: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-pub struct ChannelCreate {
-    pub channel_id: String,
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub capacity: Option<u32>,
-    /// Floor policy: "none" (default, as the seed), "exclusive" or "queue".
-    #[serde(default)]
-    pub floor: Option<String>,
-    /// Longest a floor holder may talk, when lower than the server's limit.
-    #[serde(default)]
-    pub max_talk_ms: Option<u64>,
-    #[serde(default)]
-    pub nonce: Option<String>,
+#[derive(Debug, Deserialize)]
+struct IdentifyD {
+    user_id: String,
+    token: String,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-pub struct ChannelJoin {
-    pub channel_id: String,
-    pub ssrc: u32,
+#[derive(Debug, Deserialize)]
+struct ChannelRefD {
+    channel_id: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChannelCreateD {
+    channel_id: String,
     #[serde(default)]
-    pub nonce: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-pub struct ChannelUpdate {
-    pub channel_id: String,
-    pub name: String,
+    name: Option<String>,
     #[serde(default)]
-    pub nonce: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-pub struct MessageCreate {
-    pub channel_id: String,
-    pub content: String,
+    capacity: Option<u32>,
+    /// "none" (default, as the seed), "exclusive" or "queue".
     #[serde(default)]
-    pub nonce: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
-pub struct Heartbeat {
+    floor: Option<FloorPolicyName>,
     #[serde(default)]
-    pub nonce: Option<String>,
+    max_talk_ms: Option<u64>,
 }
 
-/// A client -> server frame.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ClientFrame {
-    Heartbeat(Heartbeat),
-    Identify(Identify),
-    ChannelCreate(ChannelCreate),
-    ChannelJoin(ChannelJoin),
-    ChannelLeave(ChannelRef),
-    ChannelUpdate(ChannelUpdate),
-    ChannelDelete(ChannelRef),
-    MessageCreate(MessageCreate),
-    FloorRequest(ChannelRef),
-    FloorRelease(ChannelRef),
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum FloorPolicyName {
+    None,
+    Exclusive,
+    Queue,
 }
 
-impl ClientFrame {
-    pub fn parse(text: &str) -> Result<Self, FrameError> {
-        let raw = raw_object(text)?;
-        let frame: RawFrame<'_> = serde_json::from_str(raw.get()).map_err(|e| FrameError::InvalidPayload {
-            kind: "frame".into(),
-            why: e.to_string(),
-        })?;
-        let d = frame.d;
-        let Ok(code) = u16::try_from(frame.op) else {
-            return Err(FrameError::UnknownType(frame.op.to_string()));
-        };
-        Ok(match code {
-            op::HEARTBEAT => Self::Heartbeat(match d {
-                // Discord clients send `d: <sequence>`; accept any payload.
-                Some(v) if v.get().starts_with('{') => payload("HEARTBEAT", Some(v))?,
-                _ => Heartbeat::default(),
-            }),
-            op::IDENTIFY => Self::Identify(payload("IDENTIFY", d)?),
-            op::CHANNEL_CREATE => Self::ChannelCreate(payload("CHANNEL_CREATE", d)?),
-            op::CHANNEL_JOIN => Self::ChannelJoin(payload("CHANNEL_JOIN", d)?),
-            op::CHANNEL_LEAVE => Self::ChannelLeave(payload("CHANNEL_LEAVE", d)?),
-            op::CHANNEL_UPDATE => Self::ChannelUpdate(payload("CHANNEL_UPDATE", d)?),
-            op::CHANNEL_DELETE => Self::ChannelDelete(payload("CHANNEL_DELETE", d)?),
-            op::MESSAGE_CREATE => Self::MessageCreate(payload("MESSAGE_CREATE", d)?),
-            op::FLOOR_REQUEST => Self::FloorRequest(payload("FLOOR_REQUEST", d)?),
-            op::FLOOR_RELEASE => Self::FloorRelease(payload("FLOOR_RELEASE", d)?),
-            other => return Err(FrameError::UnknownType(other.to_string())),
-        })
+#[derive(Debug, Deserialize)]
+struct ChannelJoinD {
+    channel_id: String,
+    ssrc: u32,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChannelUpdateD {
+    channel_id: String,
+    name: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct MessageCreateD {
+    channel_id: String,
+    content: String,
+}
+
+fn channel_ref(kind: &str, d: Option<&RawValue>) -> Result<proto::ChannelRef, FrameError> {
+    let f: ChannelRefD = payload(kind, d)?;
+    Ok(proto::ChannelRef {
+        channel_id: f.channel_id,
+    })
+}
+
+/// Parses one client frame. A refusal is the ERROR event to send back, with
+/// the seed's code and the frame's `nonce` when it was JSON enough to carry one.
+pub fn parse(text: &str) -> Result<LivechatRequest, LivechatResponse> {
+    parse_request(text).map_err(|err| frame_error_for(&err, Some(text)))
+}
+
+fn parse_request(text: &str) -> Result<LivechatRequest, FrameError> {
+    let raw = raw_object(text)?;
+    let frame: RawFrame<'_> = serde_json::from_str(raw.get()).map_err(|e| FrameError::InvalidPayload {
+        kind: "frame".into(),
+        why: e.to_string(),
+    })?;
+    let d = frame.d;
+    let Ok(code) = u16::try_from(frame.op) else {
+        return Err(FrameError::UnknownType(frame.op.to_string()));
+    };
+    let is_object = d.is_some_and(|v| v.get().starts_with('{'));
+    let request = match code {
+        // Discord clients send `d: <sequence>`; accept any payload.
+        op::HEARTBEAT => Request::Heartbeat(proto::Heartbeat {}),
+        op::IDENTIFY => {
+            let f: IdentifyD = payload("IDENTIFY", d)?;
+            Request::Identify(proto::Identify {
+                user_id: f.user_id,
+                token: f.token,
+            })
+        }
+        op::CHANNEL_CREATE => {
+            let f: ChannelCreateD = payload("CHANNEL_CREATE", d)?;
+            let floor = match f.floor {
+                None => FloorPolicy::Unspecified,
+                Some(FloorPolicyName::None) => FloorPolicy::None,
+                Some(FloorPolicyName::Exclusive) => FloorPolicy::Exclusive,
+                Some(FloorPolicyName::Queue) => FloorPolicy::Queue,
+            };
+            Request::ChannelCreate(proto::ChannelCreate {
+                channel_id: f.channel_id,
+                name: f.name.unwrap_or_default(),
+                capacity: f.capacity,
+                floor: floor as i32,
+                max_talk_ms: f.max_talk_ms,
+            })
+        }
+        op::CHANNEL_JOIN => {
+            let f: ChannelJoinD = payload("CHANNEL_JOIN", d)?;
+            Request::ChannelJoin(proto::ChannelJoin {
+                channel_id: f.channel_id,
+                ssrc: f.ssrc,
+            })
+        }
+        op::CHANNEL_LEAVE => Request::ChannelLeave(channel_ref("CHANNEL_LEAVE", d)?),
+        op::CHANNEL_UPDATE => {
+            let f: ChannelUpdateD = payload("CHANNEL_UPDATE", d)?;
+            Request::ChannelUpdate(proto::ChannelUpdate {
+                channel_id: f.channel_id,
+                name: f.name,
+            })
+        }
+        op::CHANNEL_DELETE => Request::ChannelDelete(channel_ref("CHANNEL_DELETE", d)?),
+        op::MESSAGE_CREATE => {
+            let f: MessageCreateD = payload("MESSAGE_CREATE", d)?;
+            Request::MessageCreate(proto::MessageCreate {
+                channel_id: f.channel_id,
+                content: f.content,
+            })
+        }
+        op::FLOOR_REQUEST => Request::FloorRequest(channel_ref("FLOOR_REQUEST", d)?),
+        op::FLOOR_RELEASE => Request::FloorRelease(channel_ref("FLOOR_RELEASE", d)?),
+        other => return Err(FrameError::UnknownType(other.to_string())),
+    };
+    let nonce = if is_object {
+        payload::<Nonce>("frame", d).ok().and_then(|n| n.nonce)
+    } else {
+        None
+    };
+    Ok(LivechatRequest {
+        nonce,
+        request: Some(request),
+    })
+}
+
+/// The opcode of a request, for the ACK that answers it.
+pub fn request_op(req: &Request) -> RequestOp {
+    match req {
+        Request::Heartbeat(_) => RequestOp::Heartbeat,
+        Request::Identify(_) => RequestOp::Identify,
+        Request::ChannelCreate(_) => RequestOp::ChannelCreate,
+        Request::ChannelJoin(_) => RequestOp::ChannelJoin,
+        Request::ChannelLeave(_) => RequestOp::ChannelLeave,
+        Request::ChannelUpdate(_) => RequestOp::ChannelUpdate,
+        Request::ChannelDelete(_) => RequestOp::ChannelDelete,
+        Request::MessageCreate(_) => RequestOp::MessageCreate,
+        Request::FloorRequest(_) => RequestOp::FloorRequest,
+        Request::FloorRelease(_) => RequestOp::FloorRelease,
     }
+}
 
-    /// The client's `nonce`, echoed in the answer.
-    pub fn nonce(&self) -> Option<&str> {
-        match self {
-            Self::Heartbeat(h) => h.nonce.as_deref(),
-            Self::Identify(f) => f.nonce.as_deref(),
-            Self::ChannelCreate(f) => f.nonce.as_deref(),
-            Self::ChannelJoin(f) => f.nonce.as_deref(),
-            Self::ChannelUpdate(f) => f.nonce.as_deref(),
-            Self::MessageCreate(f) => f.nonce.as_deref(),
-            Self::ChannelLeave(f) | Self::ChannelDelete(f) | Self::FloorRequest(f) | Self::FloorRelease(f) => {
-                f.nonce.as_deref()
+// ---- rendering: the one ServerFrame type of this protocol ----
+
+/// A server -> client frame: `{"op": <op>, "d": <d>}`.
+#[derive(Serialize)]
+struct ServerFrame<'a> {
+    op: u16,
+    d: D<'a>,
+}
+
+/// The `d` of every server frame, one variant per shape.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum D<'a> {
+    Hello {
+        heartbeat_interval: u64,
+    },
+    NonceOnly {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        nonce: Option<&'a str>,
+    },
+    Ready {
+        session_id: &'a str,
+        user_id: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        nonce: Option<&'a str>,
+    },
+    ChannelEvent {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        channel_id: &'a str,
+        user_id: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        session_id: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ssrc: Option<u32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        name: Option<&'a str>,
+    },
+    MessageEvent {
+        channel_id: &'a str,
+        message_id: &'a str,
+        user_id: &'a str,
+        content: &'a str,
+        timestamp: i64,
+    },
+    FloorEvent {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        channel_id: &'a str,
+        /// The holder after the change; null when the floor is free.
+        holder_id: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        holder_ssrc: Option<u32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        expires_at: Option<i64>,
+    },
+    Ack {
+        request_op: u16,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        nonce: Option<&'a str>,
+        #[serde(flatten)]
+        body: AckBody<'a>,
+    },
+    Error {
+        code: u16,
+        reason: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        nonce: Option<&'a str>,
+    },
+}
+
+/// What an ACK carries after `request_op` and `nonce`.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum AckBody<'a> {
+    Empty {},
+    Channel {
+        channel: ChannelView<'a>,
+    },
+    Joined {
+        channel_id: &'a str,
+        active_members: Vec<MemberView<'a>>,
+        media_addr: &'a str,
+    },
+    ChannelId {
+        channel_id: &'a str,
+    },
+    MessageSent {
+        channel_id: &'a str,
+        message_id: &'a str,
+    },
+    Floor {
+        channel_id: &'a str,
+        holder_id: Option<&'a str>,
+        holder_ssrc: Option<u32>,
+        queue_position: u32,
+        expires_at: Option<i64>,
+    },
+}
+
+#[derive(Serialize)]
+struct ChannelView<'a> {
+    channel_id: &'a str,
+    name: &'a str,
+    creator_id: &'a str,
+    capacity: u32,
+    floor: &'static str,
+    members: &'a [String],
+}
+
+#[derive(Serialize)]
+struct MemberView<'a> {
+    user_id: &'a str,
+    session_id: &'a str,
+    ssrc: u32,
+}
+
+fn floor_policy_name(p: i32) -> &'static str {
+    match FloorPolicy::try_from(p).unwrap_or_default() {
+        FloorPolicy::Exclusive => "exclusive",
+        FloorPolicy::Queue => "queue",
+        FloorPolicy::None | FloorPolicy::Unspecified => "none",
+    }
+}
+
+fn channel_event_name(t: i32) -> &'static str {
+    match ChannelEventType::try_from(t).unwrap_or_default() {
+        ChannelEventType::Join => "join",
+        ChannelEventType::Leave => "leave",
+        ChannelEventType::Update => "update",
+        ChannelEventType::Delete => "delete",
+        ChannelEventType::Unspecified => "unspecified",
+    }
+}
+
+fn floor_event_name(t: i32) -> &'static str {
+    match FloorEventType::try_from(t).unwrap_or_default() {
+        FloorEventType::Granted => "granted",
+        FloorEventType::Released => "released",
+        FloorEventType::Revoked => "revoked",
+        FloorEventType::Left => "left",
+        FloorEventType::Unspecified => "unspecified",
+    }
+}
+
+fn ack_body(result: Option<&ack::Result>) -> AckBody<'_> {
+    match result {
+        None => AckBody::Empty {},
+        Some(ack::Result::Channel(c)) => AckBody::Channel {
+            channel: ChannelView {
+                channel_id: &c.channel_id,
+                name: &c.name,
+                creator_id: &c.creator_id,
+                capacity: c.capacity,
+                floor: floor_policy_name(c.floor),
+                members: &c.members,
+            },
+        },
+        Some(ack::Result::Joined(j)) => AckBody::Joined {
+            channel_id: &j.channel_id,
+            active_members: j
+                .active_members
+                .iter()
+                .map(|m| MemberView {
+                    user_id: &m.user_id,
+                    session_id: &m.session_id,
+                    ssrc: m.ssrc,
+                })
+                .collect(),
+            media_addr: &j.media_addr,
+        },
+        Some(ack::Result::ChannelRef(r)) => AckBody::ChannelId {
+            channel_id: &r.channel_id,
+        },
+        Some(ack::Result::MessageSent(m)) => AckBody::MessageSent {
+            channel_id: &m.channel_id,
+            message_id: &m.message_id,
+        },
+        Some(ack::Result::Floor(f)) => {
+            let h: Option<&FloorHolder> = f.holder.as_ref();
+            AckBody::Floor {
+                channel_id: &f.channel_id,
+                holder_id: h.map(|h| h.user_id.as_str()),
+                holder_ssrc: h.map(|h| h.ssrc),
+                queue_position: f.queue_position,
+                expires_at: h.map(|h| h.expires_at),
             }
         }
     }
 }
 
-/// A server -> client frame: `{"op": <op>, "d": <d>}`.
-#[derive(Debug, Serialize)]
-pub struct ServerFrame<T: Serialize> {
-    pub op: u16,
-    pub d: T,
+/// Renders one server event as its JSON frame; None for what has no JSON
+/// frame (a close, which the WebSocket layer sends as a close frame).
+pub fn render(event: &LivechatResponse) -> Option<String> {
+    let (op, d) = match event.event.as_ref()? {
+        Event::Hello(h) => (
+            op::HELLO,
+            D::Hello {
+                heartbeat_interval: h.heartbeat_interval,
+            },
+        ),
+        Event::HeartbeatAck(a) => (
+            op::HEARTBEAT_ACK,
+            D::NonceOnly {
+                nonce: a.nonce.as_deref(),
+            },
+        ),
+        Event::Ready(r) => (
+            op::READY,
+            D::Ready {
+                session_id: &r.session_id,
+                user_id: &r.user_id,
+                nonce: r.nonce.as_deref(),
+            },
+        ),
+        Event::ChannelEvent(e) => (
+            op::CHANNEL_EVENT,
+            D::ChannelEvent {
+                kind: channel_event_name(e.r#type),
+                channel_id: &e.channel_id,
+                user_id: &e.user_id,
+                session_id: e.session_id.as_deref(),
+                ssrc: e.ssrc,
+                name: e.name.as_deref(),
+            },
+        ),
+        Event::MessageEvent(m) => (
+            op::MESSAGE_EVENT,
+            D::MessageEvent {
+                channel_id: &m.channel_id,
+                message_id: &m.message_id,
+                user_id: &m.user_id,
+                content: &m.content,
+                timestamp: m.timestamp,
+            },
+        ),
+        Event::FloorEvent(f) => {
+            let h = f.holder.as_ref();
+            (
+                op::FLOOR_EVENT,
+                D::FloorEvent {
+                    kind: floor_event_name(f.r#type),
+                    channel_id: &f.channel_id,
+                    holder_id: h.map(|h| h.user_id.as_str()),
+                    holder_ssrc: h.map(|h| h.ssrc),
+                    expires_at: h.map(|h| h.expires_at),
+                },
+            )
+        }
+        Event::Ack(a) => (
+            op::ACK,
+            D::Ack {
+                request_op: u16::try_from(a.request_op).unwrap_or(0),
+                nonce: a.nonce.as_deref(),
+                body: ack_body(a.result.as_ref()),
+            },
+        ),
+        Event::Error(e) => (
+            op::ERROR,
+            D::Error {
+                code: u16::try_from(e.code).unwrap_or(9000),
+                reason: &e.reason,
+                nonce: e.nonce.as_deref(),
+            },
+        ),
+        Event::Closing(_) => return None,
+    };
+    // Serializing our own structs cannot fail.
+    serde_json::to_string(&ServerFrame { op, d }).ok()
 }
 
-impl<T: Serialize> ServerFrame<T> {
-    pub fn to_text(&self) -> String {
-        // Serializing our own structs cannot fail.
-        serde_json::to_string(self).unwrap_or_default()
-    }
+// ---- constructors the gateway uses ----
+
+/// An event of this protocol.
+pub fn event(e: Event) -> LivechatResponse {
+    LivechatResponse { event: Some(e) }
 }
 
-#[derive(Debug, Serialize)]
-pub struct Hello {
-    pub heartbeat_interval: u64,
+/// ERROR with `code`, echoing `nonce`.
+pub fn error(code: LivechatErrorCode, reason: impl Into<String>, nonce: Option<&str>) -> LivechatResponse {
+    event(Event::Error(proto::LivechatError {
+        code: code as i32,
+        reason: reason.into(),
+        nonce: nonce.map(str::to_owned),
+    }))
 }
 
-#[derive(Debug, Serialize)]
-pub struct Ready<'a> {
-    pub session_id: &'a str,
-    pub user_id: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub nonce: Option<&'a str>,
+/// ACK of `request_op` with `result`, echoing `nonce`.
+pub fn ack(request_op: RequestOp, nonce: Option<String>, result: Option<ack::Result>) -> LivechatResponse {
+    event(Event::Ack(Ack {
+        request_op: request_op as i32,
+        nonce,
+        result,
+    }))
 }
 
-#[derive(Debug, Serialize)]
-pub struct ErrorBody<'a> {
-    pub code: u16,
-    pub reason: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub nonce: Option<&'a str>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct NonceOnly<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub nonce: Option<&'a str>,
-}
-
-/// `{"op":200,"d":{"request_op":…,"nonce":…, …body}}`: the answer to one
-/// request, naming the op it answers.
-pub fn ack<B: Serialize>(request_op: u16, nonce: Option<&str>, body: B) -> String {
-    #[derive(Serialize)]
-    struct Ack<'a, B: Serialize> {
-        request_op: u16,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        nonce: Option<&'a str>,
-        #[serde(flatten)]
-        body: B,
-    }
-    ServerFrame {
-        op: op::ACK,
-        d: Ack {
-            request_op,
-            nonce,
-            body,
-        },
-    }
-    .to_text()
-}
-
-/// One member as events and acknowledgements show it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct MemberView {
-    pub user_id: String,
-    pub session_id: String,
-    pub ssrc: u32,
-}
-
-/// CHANNEL_EVENT `kind`: "join", "leave", "update" or "delete".
-#[derive(Debug, Serialize)]
-pub struct ChannelEvent<'a> {
-    #[serde(rename = "type")]
-    pub kind: &'a str,
-    pub channel_id: &'a str,
-    pub user_id: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub session_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ssrc: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<&'a str>,
-}
-
-pub fn channel_event(e: &ChannelEvent<'_>) -> String {
-    ServerFrame {
-        op: op::CHANNEL_EVENT,
-        d: e,
-    }
-    .to_text()
-}
-
-#[derive(Debug, Serialize)]
-pub struct MessageEvent<'a> {
-    pub channel_id: &'a str,
-    pub message_id: &'a str,
-    pub user_id: &'a str,
-    pub content: &'a str,
-    pub timestamp: i64,
-}
-
-pub fn message_event(e: &MessageEvent<'_>) -> String {
-    ServerFrame {
-        op: op::MESSAGE_EVENT,
-        d: e,
-    }
-    .to_text()
-}
-
-/// FLOOR_EVENT (ours, op 102): who holds the floor now. `kind` is "granted",
-/// "released", "revoked" (max talk time) or "left" (the holder left).
-#[derive(Debug, Serialize)]
-pub struct FloorEvent<'a> {
-    #[serde(rename = "type")]
-    pub kind: &'a str,
-    pub channel_id: &'a str,
-    /// The holder after the change; None when the floor is free.
-    pub holder_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub holder_ssrc: Option<u32>,
-    /// Unix ms when the grant ends unless released earlier.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub expires_at: Option<i64>,
-}
-
-pub fn floor_event(e: &FloorEvent<'_>) -> String {
-    ServerFrame {
-        op: op::FLOOR_EVENT,
-        d: e,
-    }
-    .to_text()
-}
-
-pub fn hello(heartbeat_interval_ms: u64) -> String {
-    ServerFrame {
-        op: op::HELLO,
-        d: Hello {
-            heartbeat_interval: heartbeat_interval_ms,
-        },
-    }
-    .to_text()
-}
-
-pub fn heartbeat_ack(nonce: Option<&str>) -> String {
-    ServerFrame {
-        op: op::HEARTBEAT_ACK,
-        d: NonceOnly { nonce },
-    }
-    .to_text()
-}
-
-pub fn error(code: ErrorCode, reason: &str, nonce: Option<&str>) -> String {
-    ServerFrame {
-        op: op::ERROR,
-        d: ErrorBody {
-            code: code.code(),
-            reason,
-            nonce,
-        },
-    }
-    .to_text()
-}
-
-/// The seed's code for a frame refused before business logic.
-pub fn frame_error(err: &FrameError) -> String {
+/// The seed's ERROR for a frame refused before business logic.
+pub fn frame_error(err: &FrameError) -> LivechatResponse {
     frame_error_for(err, None)
 }
 
 /// As [`frame_error`], echoing the refused request's `nonce` when the frame
 /// was JSON enough to carry one, so the client can match the answer.
-pub fn frame_error_for(err: &FrameError, text: Option<&str>) -> String {
+pub fn frame_error_for(err: &FrameError, text: Option<&str>) -> LivechatResponse {
     let code = match err {
-        FrameError::UnknownType(_) => ErrorCode::InvalidOp,
-        _ => ErrorCode::InvalidJson,
+        FrameError::UnknownType(_) => LivechatErrorCode::InvalidOp,
+        _ => LivechatErrorCode::InvalidPayload,
     };
     let nonce = text.and_then(nonce_of);
-    error(code, &err.to_string(), nonce.as_deref())
+    error(code, err.to_string(), nonce.as_deref())
 }
 
 /// The `d.nonce` of a frame whose other fields may be wrong.
@@ -398,63 +540,85 @@ pub fn nonce_of(text: &str) -> Option<String> {
 mod tests {
     use super::*;
 
+    fn json(e: &LivechatResponse) -> serde_json::Value {
+        serde_json::from_str(&render(e).unwrap()).unwrap()
+    }
+
     #[test]
     fn parses_the_seed_example() {
-        let f = ClientFrame::parse(r#"{ "op": 11, "d": { "channel_id": "CH_001", "ssrc": 12345 } }"#).unwrap();
+        let f = parse(r#"{ "op": 11, "d": { "channel_id": "CH_001", "ssrc": 12345 } }"#).unwrap();
         assert_eq!(
             f,
-            ClientFrame::ChannelJoin(ChannelJoin {
-                channel_id: "CH_001".into(),
-                ssrc: 12345,
-                nonce: None
-            })
+            LivechatRequest {
+                nonce: None,
+                request: Some(Request::ChannelJoin(proto::ChannelJoin {
+                    channel_id: "CH_001".into(),
+                    ssrc: 12345
+                }))
+            }
         );
     }
 
     #[test]
     fn unknown_op_and_bad_types_are_told_apart() {
-        assert_eq!(
-            ClientFrame::parse(r#"{"op":99,"d":{}}"#).unwrap_err(),
-            FrameError::UnknownType("99".into())
-        );
-        assert!(matches!(
-            ClientFrame::parse(r#"{"op":11,"d":{"channel_id":"a","ssrc":"x"}}"#),
-            Err(FrameError::InvalidPayload { .. })
-        ));
-        assert!(matches!(
-            ClientFrame::parse(r#"{"d":{}}"#),
-            Err(FrameError::InvalidPayload { .. })
-        ));
+        let code = |text: &str| match parse(text).unwrap_err().event {
+            Some(Event::Error(e)) => e.code,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(code(r#"{"op":99,"d":{}}"#), 1003);
+        assert_eq!(code(r#"{"op":11,"d":{"channel_id":"a","ssrc":"x"}}"#), 1004);
+        assert_eq!(code(r#"{"d":{}}"#), 1004);
+        assert_eq!(code(r#"{"op":10,"d":{"channel_id":"a","floor":"chaos"}}"#), 1004);
     }
 
     #[test]
     fn error_frames_use_seed_codes() {
-        let v: serde_json::Value = serde_json::from_str(&frame_error(&FrameError::UnknownType("7".into()))).unwrap();
-        assert_eq!(v["op"], 201);
-        assert_eq!(v["d"]["code"], 1003);
-        let v: serde_json::Value = serde_json::from_str(&frame_error(&FrameError::NotObject)).unwrap();
+        let v = json(&frame_error(&FrameError::UnknownType("7".into())));
+        assert_eq!((v["op"].as_u64(), v["d"]["code"].as_u64()), (Some(201), Some(1003)));
+        let v = json(&frame_error(&FrameError::NotObject));
         assert_eq!(v["d"]["code"], 1004);
     }
 
     #[test]
     fn ack_names_the_request_and_flattens_its_body() {
-        #[derive(Serialize)]
-        struct B {
-            message_id: &'static str,
-        }
-        let v: serde_json::Value =
-            serde_json::from_str(&ack(op::MESSAGE_CREATE, Some("n"), B { message_id: "m1" })).unwrap();
+        let sent = ack::Result::MessageSent(proto::MessageSent {
+            channel_id: "c".into(),
+            message_id: "m1".into(),
+        });
+        let v = json(&ack(RequestOp::MessageCreate, Some("n".into()), Some(sent)));
         assert_eq!(
             v,
-            serde_json::json!({"op":200,"d":{"request_op":20,"nonce":"n","message_id":"m1"}})
+            serde_json::json!({"op":200,"d":{"request_op":20,"nonce":"n","channel_id":"c","message_id":"m1"}})
+        );
+    }
+
+    #[test]
+    fn floor_acks_and_events_show_a_free_floor_as_null() {
+        let free = ack::Result::Floor(proto::FloorState {
+            channel_id: "c".into(),
+            holder: None,
+            queue_position: 0,
+        });
+        let v = json(&ack(RequestOp::FloorRelease, None, Some(free)));
+        assert_eq!(
+            v,
+            serde_json::json!({"op":200,"d":{"request_op":31,"channel_id":"c","holder_id":null,"holder_ssrc":null,"queue_position":0,"expires_at":null}})
+        );
+        let e = event(Event::FloorEvent(proto::FloorEvent {
+            r#type: FloorEventType::Released as i32,
+            channel_id: "c".into(),
+            holder: None,
+        }));
+        assert_eq!(
+            json(&e),
+            serde_json::json!({"op":102,"d":{"type":"released","channel_id":"c","holder_id":null}})
         );
     }
 
     #[test]
     fn refusals_of_json_frames_echo_their_nonce() {
         let text = r#"{"op":11,"d":{"channel_id":"c","ssrc":"one","nonce":"n9"}}"#;
-        let err = ClientFrame::parse(text).unwrap_err();
-        let v: serde_json::Value = serde_json::from_str(&frame_error_for(&err, Some(text))).unwrap();
+        let v = json(&parse(text).unwrap_err());
         assert_eq!(
             (v["d"]["code"].as_u64(), v["d"]["nonce"].as_str()),
             (Some(1004), Some("n9"))
@@ -465,13 +629,16 @@ mod tests {
 
     #[test]
     fn nonce_is_echoed() {
-        let f = ClientFrame::parse(r#"{"op":1,"d":{"nonce":"n1"}}"#).unwrap();
-        assert_eq!(f.nonce(), Some("n1"));
-        let v: serde_json::Value = serde_json::from_str(&heartbeat_ack(f.nonce())).unwrap();
-        assert_eq!(v["d"]["nonce"], "n1");
-        assert!(
-            ClientFrame::parse(r#"{"op":1,"d":17}"#).is_ok(),
-            "discord-style sequence heartbeat"
-        );
+        let f = parse(r#"{"op":1,"d":{"nonce":"n1"}}"#).unwrap();
+        assert_eq!(f.nonce.as_deref(), Some("n1"));
+        let ack = event(Event::HeartbeatAck(proto::HeartbeatAck { nonce: f.nonce }));
+        assert_eq!(json(&ack)["d"]["nonce"], "n1");
+        assert!(parse(r#"{"op":1,"d":17}"#).is_ok(), "discord-style sequence heartbeat");
+    }
+
+    #[test]
+    fn closes_have_no_json_frame() {
+        let closing = event(Event::Closing(proto::Closing::default()));
+        assert_eq!(render(&closing), None);
     }
 }

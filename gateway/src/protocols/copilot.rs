@@ -1,13 +1,15 @@
 //! `/ws/copilot`: seed 001's JSON frames, JWT-authenticated at connect.
 
-use axum::extract::ws::Message;
+use axum::extract::ws::{Message, Utf8Bytes};
+use relaymesh_proto::client::v1::{ClientProtocol, CloseCode};
 use relaymesh_proto::signaling::v1::{QueryRequest, ResolveCallbackRequest};
 use relaymesh_wire::FrameError;
 use relaymesh_wire::copilot::{self as wire, ClientFrame, code};
 use tonic::{Code, Status};
 
+use super::{Ctx, Protocol};
 use crate::identity::Identity;
-use crate::ws::{Ctx, Protocol, close};
+use crate::ws::WsCodec;
 
 pub struct CopilotProtocol {
     who: Identity,
@@ -35,17 +37,15 @@ fn status_frame(status: &Status, request_id: Option<&str>) -> String {
 }
 
 impl Protocol for CopilotProtocol {
-    const NAME: &'static str = "copilot";
+    const NAME: ClientProtocol = ClientProtocol::Copilot;
+    type Request = ClientFrame;
+    type Event = String;
 
-    fn ping(&self) -> Option<Message> {
-        Some(Message::Text(wire::ping().into()))
-    }
-
-    async fn on_open(&mut self, cx: &mut Ctx) {
+    async fn on_open(&mut self, cx: &mut Ctx<String>) {
         let single = cx.gw.config.single_session_per_user;
         if let Err(err) = cx.register(Self::NAME, &self.who.user_id, single).await {
             tracing::warn!(error = %err, "session registry unavailable");
-            cx.close(close::INTERNAL, "session registry unavailable");
+            cx.close(CloseCode::InternalError, "session registry unavailable");
             return;
         }
         let id = cx.id.to_string();
@@ -56,11 +56,7 @@ impl Protocol for CopilotProtocol {
         ));
     }
 
-    async fn on_text(&mut self, cx: &mut Ctx, text: &str) {
-        let frame = match ClientFrame::parse(text) {
-            Ok(frame) => frame,
-            Err(err) => return cx.send(self.frame_error(&err)),
-        };
+    async fn on_request(&mut self, cx: &mut Ctx<String>, frame: ClientFrame) {
         let mut signaling = cx.gw.upstreams.signaling.clone();
         match frame {
             ClientFrame::Ping => cx.send(wire::pong()),
@@ -88,8 +84,22 @@ impl Protocol for CopilotProtocol {
             }
         }
     }
+}
 
-    fn frame_error(&self, err: &FrameError) -> String {
+impl WsCodec for CopilotProtocol {
+    fn parse(&self, text: &str) -> Result<ClientFrame, String> {
+        ClientFrame::parse(text).map_err(|err| wire::frame_error(&err))
+    }
+
+    fn render(event: &String) -> Option<Utf8Bytes> {
+        Some(Utf8Bytes::from(event.as_str()))
+    }
+
+    fn refused(&self, err: &FrameError) -> String {
         wire::frame_error(err)
+    }
+
+    fn ping(&self) -> Option<Message> {
+        Some(Message::Text(wire::ping().into()))
     }
 }

@@ -1,318 +1,280 @@
-//! `/ws/livechat`: seed 003's `{op, d}` protocol.
+//! LiveChat (seed 003): typed requests to the channel service, typed events
+//! back. Its JSON form is `relaymesh_wire::livechat`.
 
+use axum::extract::ws::Utf8Bytes;
 use relaymesh_proto::channel::v1::{
-    ChannelInfo, CreateChannelRequest, DeleteChannelRequest, DropSessionRequest, FloorRequest, FloorResponse,
-    JoinChannelRequest, LeaveChannelRequest, SendMessageRequest, UpdateChannelRequest,
+    Caller, CreateChannelRequest, DeleteChannelRequest, DropSessionRequest, ErrorReason, JoinChannelRequest,
+    LeaveChannelRequest, ReleaseFloorRequest, RequestFloorRequest, SendMessageRequest, UpdateChannelRequest,
+};
+use relaymesh_proto::client::v1::{
+    self as client, ChannelRef, ClientProtocol, CloseCode, Joined, LivechatErrorCode, LivechatRequest,
+    LivechatResponse, MessageSent, ack, livechat_request::Request, livechat_response::Event,
 };
 use relaymesh_wire::FrameError;
-use relaymesh_wire::livechat::{self as wire, ClientFrame, ErrorCode, Identify, MemberView, op};
-use serde::Serialize;
+use relaymesh_wire::livechat as wire;
 use tonic::Status;
 
-use crate::identity::{self, AuthFailure};
-use crate::ws::{Ctx, Protocol, close};
+use super::{Ctx, Protocol};
+use crate::identity::{self, AuthFailure, Identity};
+use crate::ws::WsCodec;
 
 #[derive(Debug, Default)]
 pub struct LivechatProtocol {
     user_id: Option<String>,
 }
 
-/// The seed's error code for a service's refusal, by the reason it carries.
-pub fn error_code(status: &Status) -> ErrorCode {
-    match relaymesh_rpc::reason_of(status) {
-        Some("channel_not_found") => ErrorCode::ChannelNotFound,
-        Some("channel_full") => ErrorCode::ChannelFull,
-        Some("not_allowed") => ErrorCode::NotAllowed,
-        Some("already_joined") => ErrorCode::AlreadyJoined,
-        Some("not_joined") => ErrorCode::NotJoined,
-        Some("empty_message") => ErrorCode::EmptyMessage,
-        Some("message_too_long") => ErrorCode::MessageTooLong,
-        Some("not_member") => ErrorCode::NotMember,
-        Some("floor_busy") => ErrorCode::FloorBusy,
-        Some("no_floor_control") => ErrorCode::NoFloorControl,
-        Some("ssrc_in_use") => ErrorCode::SsrcInUse,
-        Some("channel_exists") => ErrorCode::ChannelExists,
-        Some("invalid") => ErrorCode::InvalidJson,
-        _ => ErrorCode::Internal,
-    }
-}
-
-#[derive(Serialize)]
-struct ChannelView {
-    channel_id: String,
-    name: String,
-    creator_id: String,
-    capacity: u32,
-    floor: String,
-    members: Vec<String>,
-}
-
-impl From<ChannelInfo> for ChannelView {
-    fn from(c: ChannelInfo) -> Self {
+impl LivechatProtocol {
+    /// A session identified before it opened (a gRPC stream with a bearer
+    /// token): READY follows HELLO without an IDENTIFY.
+    pub fn identified(who: Identity) -> Self {
         Self {
-            channel_id: c.channel_id,
-            name: c.name,
-            creator_id: c.creator_id,
-            capacity: c.capacity,
-            floor: c.floor_policy,
-            members: c.members,
+            user_id: Some(who.user_id),
         }
     }
 }
 
-#[derive(Serialize)]
-struct ChannelAck {
-    channel: ChannelView,
-}
-
-#[derive(Serialize)]
-struct JoinAck {
-    channel_id: String,
-    active_members: Vec<MemberView>,
-    /// Where to send RTP (host:port); empty when no relay is running.
-    media_addr: String,
-}
-
-#[derive(Serialize)]
-struct ChannelIdAck {
-    channel_id: String,
-}
-
-#[derive(Serialize)]
-struct MessageAck {
-    channel_id: String,
-    message_id: String,
-}
-
-#[derive(Serialize)]
-struct FloorAck {
-    channel_id: String,
-    holder_id: Option<String>,
-    holder_ssrc: Option<u32>,
-    queue_position: u32,
-    expires_at: Option<i64>,
-}
-
-impl FloorAck {
-    fn new(channel_id: String, r: FloorResponse) -> Self {
-        let held = !r.holder_id.is_empty();
-        Self {
-            channel_id,
-            holder_id: held.then_some(r.holder_id),
-            holder_ssrc: held.then_some(r.holder_ssrc),
-            queue_position: r.queue_position,
-            expires_at: held.then_some(r.expires_at_ms),
-        }
+/// The seed's error code for a channel service refusal: one table.
+pub fn error_code(status: &Status) -> LivechatErrorCode {
+    use LivechatErrorCode as C;
+    match relaymesh_rpc::reason_of::<ErrorReason>(status) {
+        Some(ErrorReason::ChannelNotFound) => C::ChannelNotFound,
+        Some(ErrorReason::ChannelFull) => C::ChannelFull,
+        Some(ErrorReason::NotAllowed) => C::NotAllowed,
+        Some(ErrorReason::AlreadyJoined) => C::AlreadyJoined,
+        Some(ErrorReason::NotJoined) => C::NotJoined,
+        Some(ErrorReason::EmptyMessage) => C::EmptyMessage,
+        Some(ErrorReason::MessageTooLong) => C::MessageTooLong,
+        Some(ErrorReason::NotMember) => C::NotMember,
+        Some(ErrorReason::FloorBusy) => C::FloorBusy,
+        Some(ErrorReason::NoFloorControl) => C::NoFloorControl,
+        Some(ErrorReason::SsrcInUse) => C::SsrcInUse,
+        Some(ErrorReason::ChannelExists) => C::ChannelExists,
+        Some(ErrorReason::InvalidArgument) => C::InvalidPayload,
+        Some(ErrorReason::RateLimited) => C::RateLimited,
+        Some(ErrorReason::Unavailable | ErrorReason::Unspecified) | None => C::Internal,
     }
 }
 
-/// ACK with `body`, or the seed's ERROR for the service's refusal.
-fn answer<B: Serialize>(request_op: u16, nonce: Option<&str>, r: Result<B, Status>) -> String {
+/// ACK with `result`, or the seed's ERROR for the service's refusal.
+fn answer(request_op: client::RequestOp, nonce: Option<String>, r: Result<ack::Result, Status>) -> LivechatResponse {
     match r {
-        Ok(body) => wire::ack(request_op, nonce, body),
-        Err(status) => wire::error(error_code(&status), status.message(), nonce),
+        Ok(result) => wire::ack(request_op, nonce, Some(result)),
+        Err(status) => wire::error(error_code(&status), status.message(), nonce.as_deref()),
     }
 }
 
 impl LivechatProtocol {
-    /// Turns one channel, chat or floor frame into its RPC and answer.
-    async fn channel_op(&self, cx: &Ctx, user_id: &str, frame: ClientFrame) -> String {
+    /// Turns one channel, chat or floor request into its RPC and answer.
+    async fn channel_op(
+        &self,
+        cx: &Ctx<LivechatResponse>,
+        user_id: &str,
+        nonce: Option<String>,
+        req: Request,
+    ) -> LivechatResponse {
         let mut channel = cx.gw.upstreams.channel.clone();
-        let session_id = cx.id.to_string();
-        let user_id = user_id.to_owned();
-        let nonce = frame.nonce().map(str::to_owned);
-        let nonce = nonce.as_deref();
-        match frame {
-            ClientFrame::ChannelCreate(f) => {
+        let caller = Some(Caller {
+            session_id: cx.id.to_string(),
+            user_id: user_id.to_owned(),
+        });
+        let op = wire::request_op(&req);
+        let result = match req {
+            Request::ChannelCreate(f) => {
                 let req = CreateChannelRequest {
-                    session_id,
-                    user_id,
+                    caller,
                     channel_id: f.channel_id,
-                    name: f.name.unwrap_or_default(),
+                    name: f.name,
                     capacity: f.capacity.unwrap_or(0),
-                    floor_policy: f.floor.unwrap_or_default(),
+                    floor_policy: f.floor,
                     max_talk_ms: f.max_talk_ms.unwrap_or(0),
                 };
-                let r = channel.create_channel(req).await.map(|r| ChannelAck {
-                    channel: r.into_inner().into(),
-                });
-                answer(op::CHANNEL_CREATE, nonce, r)
+                let r = channel.create_channel(req).await;
+                r.map(|r| ack::Result::Channel(r.into_inner().channel.unwrap_or_default()))
             }
-            ClientFrame::ChannelJoin(f) => {
+            Request::ChannelJoin(f) => {
                 let channel_id = f.channel_id.clone();
                 let req = JoinChannelRequest {
-                    session_id,
-                    user_id,
+                    caller,
                     channel_id: f.channel_id,
                     ssrc: f.ssrc,
                 };
-                let r = channel.join_channel(req).await.map(|r| {
+                channel.join_channel(req).await.map(|r| {
                     let r = r.into_inner();
-                    JoinAck {
+                    ack::Result::Joined(Joined {
                         channel_id,
-                        active_members: r
-                            .active_members
-                            .into_iter()
-                            .map(|m| MemberView {
-                                user_id: m.user_id,
-                                session_id: m.session_id,
-                                ssrc: m.ssrc,
-                            })
-                            .collect(),
+                        active_members: r.active_members,
                         media_addr: r.media_addr,
-                    }
-                });
-                answer(op::CHANNEL_JOIN, nonce, r)
+                    })
+                })
             }
-            ClientFrame::ChannelLeave(f) => {
+            Request::ChannelLeave(f) => {
                 let req = LeaveChannelRequest {
-                    session_id,
-                    user_id,
+                    caller,
                     channel_id: f.channel_id.clone(),
                 };
-                let r = channel.leave_channel(req).await.map(|_| ChannelIdAck {
-                    channel_id: f.channel_id,
-                });
-                answer(op::CHANNEL_LEAVE, nonce, r)
+                let r = channel.leave_channel(req).await;
+                r.map(|_| {
+                    ack::Result::ChannelRef(ChannelRef {
+                        channel_id: f.channel_id,
+                    })
+                })
             }
-            ClientFrame::ChannelUpdate(f) => {
+            Request::ChannelUpdate(f) => {
                 let req = UpdateChannelRequest {
-                    session_id,
-                    user_id,
+                    caller,
                     channel_id: f.channel_id,
                     name: f.name,
                 };
-                let r = channel.update_channel(req).await.map(|r| ChannelAck {
-                    channel: r.into_inner().into(),
-                });
-                answer(op::CHANNEL_UPDATE, nonce, r)
+                let r = channel.update_channel(req).await;
+                r.map(|r| ack::Result::Channel(r.into_inner().channel.unwrap_or_default()))
             }
-            ClientFrame::ChannelDelete(f) => {
+            Request::ChannelDelete(f) => {
                 let req = DeleteChannelRequest {
-                    session_id,
-                    user_id,
+                    caller,
                     channel_id: f.channel_id.clone(),
                 };
-                let r = channel.delete_channel(req).await.map(|_| ChannelIdAck {
-                    channel_id: f.channel_id,
-                });
-                answer(op::CHANNEL_DELETE, nonce, r)
+                let r = channel.delete_channel(req).await;
+                r.map(|_| {
+                    ack::Result::ChannelRef(ChannelRef {
+                        channel_id: f.channel_id,
+                    })
+                })
             }
-            ClientFrame::MessageCreate(f) => {
+            Request::MessageCreate(f) => {
                 let req = SendMessageRequest {
-                    session_id,
-                    user_id,
+                    caller,
                     channel_id: f.channel_id.clone(),
                     content: f.content,
                 };
-                let r = channel.send_message(req).await.map(|r| MessageAck {
+                channel.send_message(req).await.map(|r| {
+                    ack::Result::MessageSent(MessageSent {
+                        channel_id: f.channel_id,
+                        message_id: r.into_inner().message_id,
+                    })
+                })
+            }
+            Request::FloorRequest(f) => {
+                let req = RequestFloorRequest {
+                    caller,
                     channel_id: f.channel_id,
-                    message_id: r.into_inner().message_id,
-                });
-                answer(op::MESSAGE_CREATE, nonce, r)
-            }
-            ClientFrame::FloorRequest(f) => {
-                let req = FloorRequest {
-                    session_id,
-                    user_id,
-                    channel_id: f.channel_id.clone(),
                 };
-                let r = channel
-                    .request_floor(req)
-                    .await
-                    .map(|r| FloorAck::new(f.channel_id, r.into_inner()));
-                answer(op::FLOOR_REQUEST, nonce, r)
+                let r = channel.request_floor(req).await;
+                r.map(|r| ack::Result::Floor(r.into_inner().floor.unwrap_or_default()))
             }
-            ClientFrame::FloorRelease(f) => {
-                let req = FloorRequest {
-                    session_id,
-                    user_id,
-                    channel_id: f.channel_id.clone(),
+            Request::FloorRelease(f) => {
+                let req = ReleaseFloorRequest {
+                    caller,
+                    channel_id: f.channel_id,
                 };
-                let r = channel
-                    .release_floor(req)
-                    .await
-                    .map(|r| FloorAck::new(f.channel_id, r.into_inner()));
-                answer(op::FLOOR_RELEASE, nonce, r)
+                let r = channel.release_floor(req).await;
+                r.map(|r| ack::Result::Floor(r.into_inner().floor.unwrap_or_default()))
             }
-            ClientFrame::Heartbeat(_) | ClientFrame::Identify(_) => {
-                wire::error(ErrorCode::InvalidOp, "not a channel operation", nonce)
+            Request::Heartbeat(_) | Request::Identify(_) => {
+                return wire::error(
+                    LivechatErrorCode::InvalidOp,
+                    "not a channel operation",
+                    nonce.as_deref(),
+                );
             }
-        }
+        };
+        answer(op, nonce, result)
     }
 
-    async fn identify(&mut self, cx: &mut Ctx, f: Identify) {
-        let nonce = f.nonce.as_deref();
+    async fn identify(&mut self, cx: &mut Ctx<LivechatResponse>, nonce: Option<String>, f: client::Identify) {
+        let nonce = nonce.as_deref();
         if self.user_id.is_some() {
-            cx.send(wire::error(ErrorCode::InvalidOp, "already identified", nonce));
+            cx.send(wire::error(LivechatErrorCode::InvalidOp, "already identified", nonce));
             return;
         }
         let who = match identity::verify(&cx.gw, Some(&f.token)).await {
             Ok(who) if who.user_id == f.user_id => who,
             Ok(_) => {
                 cx.send(wire::error(
-                    ErrorCode::InvalidToken,
+                    LivechatErrorCode::InvalidToken,
                     "token is not for this user_id",
                     nonce,
                 ));
-                cx.close(close::AUTH_FAILED, "invalid token");
+                cx.close(CloseCode::AuthFailed, "invalid token");
                 return;
             }
             Err(AuthFailure::Unavailable) => {
-                cx.send(wire::error(ErrorCode::Internal, "auth unavailable, retry", nonce));
+                cx.send(wire::error(
+                    LivechatErrorCode::Internal,
+                    "auth unavailable, retry",
+                    nonce,
+                ));
                 return;
             }
             Err(fail) => {
-                cx.send(wire::error(ErrorCode::InvalidToken, &fail.to_string(), nonce));
-                cx.close(close::AUTH_FAILED, fail.to_string());
+                cx.send(wire::error(LivechatErrorCode::InvalidToken, fail.to_string(), nonce));
+                cx.close(CloseCode::AuthFailed, fail.to_string());
                 return;
             }
         };
-        let single = cx.gw.config.single_session_per_user;
-        if let Err(err) = cx.register(Self::NAME, &who.user_id, single).await {
-            tracing::warn!(error = %err, "session registry unavailable");
-            cx.send(wire::error(ErrorCode::Internal, "session registry unavailable", nonce));
-            return;
+        if self.ready(cx, &who.user_id, nonce).await {
+            self.user_id = Some(who.user_id);
         }
-        let session_id = cx.id.to_string();
-        cx.send(
-            wire::ServerFrame {
-                op: wire::op::READY,
-                d: wire::Ready {
-                    session_id: &session_id,
-                    user_id: &who.user_id,
-                    nonce,
-                },
-            }
-            .to_text(),
-        );
-        self.user_id = Some(who.user_id);
+    }
+
+    /// Registers the session and sends READY; false (with an ERROR) when the
+    /// registry cannot be reached.
+    async fn ready(&self, cx: &mut Ctx<LivechatResponse>, user_id: &str, nonce: Option<&str>) -> bool {
+        let single = cx.gw.config.single_session_per_user;
+        if let Err(err) = cx.register(Self::NAME, user_id, single).await {
+            tracing::warn!(error = %err, "session registry unavailable");
+            cx.send(wire::error(
+                LivechatErrorCode::Internal,
+                "session registry unavailable",
+                nonce,
+            ));
+            return false;
+        }
+        cx.send(wire::event(Event::Ready(client::Ready {
+            session_id: cx.id.to_string(),
+            user_id: user_id.to_owned(),
+            nonce: nonce.map(str::to_owned),
+        })));
+        true
     }
 }
 
 impl Protocol for LivechatProtocol {
-    const NAME: &'static str = "livechat";
+    const NAME: ClientProtocol = ClientProtocol::Livechat;
+    type Request = LivechatRequest;
+    type Event = LivechatResponse;
 
-    async fn on_open(&mut self, cx: &mut Ctx) {
-        cx.send(wire::hello(cx.gw.config.heartbeat_interval_ms));
+    async fn on_open(&mut self, cx: &mut Ctx<LivechatResponse>) {
+        cx.send(wire::event(Event::Hello(client::Hello {
+            heartbeat_interval: cx.gw.config.heartbeat_interval_ms,
+        })));
+        // Identified before it opened (gRPC bearer metadata): READY at once.
+        if let Some(user_id) = self.user_id.clone()
+            && !self.ready(cx, &user_id, None).await
+        {
+            cx.close(CloseCode::InternalError, "session registry unavailable");
+        }
     }
 
-    async fn on_text(&mut self, cx: &mut Ctx, text: &str) {
-        let frame = match ClientFrame::parse(text) {
-            Ok(frame) => frame,
-            Err(err) => return cx.send(wire::frame_error_for(&err, Some(text))),
+    async fn on_request(&mut self, cx: &mut Ctx<LivechatResponse>, req: LivechatRequest) {
+        let nonce = req.nonce;
+        let Some(request) = req.request else {
+            return cx.send(wire::error(
+                LivechatErrorCode::InvalidOp,
+                "empty request",
+                nonce.as_deref(),
+            ));
         };
-        match frame {
-            ClientFrame::Heartbeat(h) => cx.send(wire::heartbeat_ack(h.nonce.as_deref())),
-            ClientFrame::Identify(f) => self.identify(cx, f).await,
-            other if self.user_id.is_none() => cx.send(wire::error(
-                ErrorCode::NotIdentified,
+        match request {
+            Request::Heartbeat(_) => cx.send(wire::event(Event::HeartbeatAck(client::HeartbeatAck { nonce }))),
+            Request::Identify(f) => self.identify(cx, nonce, f).await,
+            _ if self.user_id.is_none() => cx.send(wire::error(
+                LivechatErrorCode::NotIdentified,
                 "send IDENTIFY first",
-                other.nonce(),
+                nonce.as_deref(),
             )),
             other => {
                 let user_id = self.user_id.clone().unwrap_or_default();
-                let answer = self.channel_op(cx, &user_id, other).await;
+                let answer = self.channel_op(cx, &user_id, nonce, other).await;
                 cx.send(answer);
             }
         }
@@ -320,7 +282,7 @@ impl Protocol for LivechatProtocol {
 
     /// A closed or zombie session leaves every channel it joined; the other
     /// members get the leave events.
-    async fn on_close(&mut self, cx: &mut Ctx) {
+    async fn on_close(&mut self, cx: &mut Ctx<LivechatResponse>) {
         if self.user_id.is_some() {
             let mut channel = cx.gw.upstreams.channel.clone();
             if let Err(status) = channel
@@ -333,8 +295,18 @@ impl Protocol for LivechatProtocol {
             }
         }
     }
+}
 
-    fn frame_error(&self, err: &FrameError) -> String {
+impl WsCodec for LivechatProtocol {
+    fn parse(&self, text: &str) -> Result<LivechatRequest, LivechatResponse> {
+        wire::parse(text)
+    }
+
+    fn render(event: &LivechatResponse) -> Option<Utf8Bytes> {
+        wire::render(event).map(Utf8Bytes::from)
+    }
+
+    fn refused(&self, err: &FrameError) -> LivechatResponse {
         wire::frame_error(err)
     }
 }

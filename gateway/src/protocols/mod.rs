@@ -1,13 +1,170 @@
-//! One adapter per protocol: parse the frame (`relaymesh-wire`), call the
-//! service, answer in the protocol's own frames. Each module holds its
-//! protocol's one mapping from a service `Status` to its error frame.
+//! One adapter per protocol, independent of the transport that carries it.
+//!
+//! An adapter turns typed requests into service calls and queues typed
+//! events ([`Protocol`]); it never touches a socket. The JSON WebSocket
+//! (`crate::ws`) and the gRPC client API (`crate::grpc_api`) drive the same
+//! adapters. Each module holds its protocol's one mapping from a service's
+//! refusal to its error event.
 
 mod copilot;
 mod livechat;
 mod node;
 mod signal;
 
+use std::future::Future;
+use std::sync::Arc;
+
 pub use copilot::CopilotProtocol;
 pub use livechat::LivechatProtocol;
 pub use node::NodeProtocol;
+use relaymesh_proto::client::v1::{ClientProtocol, CloseCode};
+use relaymesh_proto::delivery::v1::NudgeReason;
+use relaymesh_state::{ConnectionId, SessionEntry, close_envelope, protocol_key};
 pub use signal::SignalProtocol;
+
+use crate::Shared;
+
+/// One protocol's behaviour on a connection.
+pub trait Protocol: Send + 'static {
+    /// Which protocol: the registry's protocol of its sessions.
+    const NAME: ClientProtocol;
+
+    /// A client request, parsed by the transport.
+    type Request: Send + 'static;
+
+    /// A server event, rendered by the transport.
+    type Event: Send + Sync + 'static;
+
+    /// Sends the first events (HELLO, connected…).
+    fn on_open(&mut self, cx: &mut Ctx<Self::Event>) -> impl Future<Output = ()> + Send;
+
+    /// Handles one request.
+    fn on_request(&mut self, cx: &mut Ctx<Self::Event>, req: Self::Request) -> impl Future<Output = ()> + Send;
+
+    /// A service nudged this connection (see `relaymesh.delivery.v1.Nudge`).
+    fn on_nudge(&mut self, _cx: &mut Ctx<Self::Event>, _reason: NudgeReason) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
+    /// Cleans up after the connection closed, for any reason.
+    fn on_close(&mut self, _cx: &mut Ctx<Self::Event>) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// The registry's name of a protocol, for logs and metric labels.
+pub fn protocol_name(p: ClientProtocol) -> &'static str {
+    protocol_key(p)
+}
+
+/// What a protocol handler may do with its connection.
+pub struct Ctx<E> {
+    pub id: ConnectionId,
+    pub gw: Arc<Shared>,
+    out: Vec<E>,
+    close: Option<(CloseCode, String)>,
+    session: Option<SessionEntry>,
+}
+
+impl<E> Ctx<E> {
+    pub fn new(id: ConnectionId, gw: Arc<Shared>) -> Self {
+        Self {
+            id,
+            gw,
+            out: Vec::new(),
+            close: None,
+            session: None,
+        }
+    }
+
+    /// Queues an event, written when the handler returns.
+    pub fn send(&mut self, event: impl Into<E>) {
+        self.out.push(event.into());
+    }
+
+    /// Closes the connection after the queued events are written.
+    pub fn close(&mut self, code: CloseCode, reason: impl Into<String>) {
+        self.close.get_or_insert((code, reason.into()));
+    }
+
+    /// The events queued since the last call.
+    pub fn take_out(&mut self) -> std::vec::Drain<'_, E> {
+        self.out.drain(..)
+    }
+
+    /// The close asked for, if any (taken: asked once).
+    pub fn take_close(&mut self) -> Option<(CloseCode, String)> {
+        self.close.take()
+    }
+
+    pub fn closing(&self) -> bool {
+        self.close.is_some()
+    }
+
+    pub fn session(&self) -> Option<&SessionEntry> {
+        self.session.as_ref()
+    }
+
+    /// The session, for cleanup after the connection ended.
+    pub fn take_session(&mut self) -> Option<SessionEntry> {
+        self.session.take()
+    }
+
+    /// Registers this connection as `user` so events for the user reach it
+    /// on this replica. With single-session policy (`single`), closes every
+    /// older session of the user, on any replica, with 4004.
+    pub async fn register(
+        &mut self,
+        protocol: ClientProtocol,
+        user: &str,
+        single: bool,
+    ) -> Result<(), relaymesh_state::StateError> {
+        let entry = SessionEntry {
+            connection_id: self.id.to_string(),
+            gateway_id: self.gw.gateway_id.to_string(),
+            protocol: protocol as i32,
+            user_id: user.to_owned(),
+            connected_at_ms: now_ms(),
+        };
+        let registry = self.gw.delivery.registry();
+        registry.register(&entry).await?;
+        self.session = Some(entry.clone());
+        if single {
+            for old in registry.sessions_of(protocol, user).await? {
+                if old.connection_id != entry.connection_id && old.connected_at_ms <= entry.connected_at_ms {
+                    tracing::info!(connection_id = %old.connection_id, user_id = user, "replacing older session");
+                    self.gw
+                        .delivery
+                        .send_to_session(&old, close_envelope(CloseCode::Replaced, "replaced by a newer session"))
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-registers the session (heartbeat), so its TTL does not lapse.
+    pub async fn refresh_session(&self) {
+        if let Some(entry) = &self.session
+            && let Err(err) = self.gw.delivery.registry().register(entry).await
+        {
+            tracing::warn!(connection_id = %self.id, error = %err, "session refresh failed");
+        }
+    }
+
+    /// Removes the session from the registry (the connection ended).
+    pub async fn unregister(&mut self) {
+        if let Some(entry) = self.session.take()
+            && let Err(err) = self.gw.delivery.registry().unregister(&entry).await
+        {
+            tracing::warn!(connection_id = %self.id, error = %err, "session registry cleanup failed");
+        }
+    }
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

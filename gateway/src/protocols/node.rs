@@ -15,7 +15,14 @@ use relaymesh_wire::{FrameError, JsonText};
 use serde::{Deserialize, Serialize};
 use tonic::{Code, Status};
 
-use crate::ws::{Ctx, Protocol, close};
+use axum::extract::ws::Utf8Bytes;
+use relaymesh_proto::auth::v1::ErrorReason as AuthReason;
+use relaymesh_proto::client::v1::{ClientProtocol, CloseCode};
+use relaymesh_proto::delivery::v1::NudgeReason;
+use relaymesh_proto::scheduler::v1::ErrorReason as SchedulerReason;
+
+use super::{Ctx, Protocol};
+use crate::ws::WsCodec;
 
 #[derive(Debug, Default)]
 pub struct NodeProtocol {
@@ -71,11 +78,18 @@ struct CommandPayload<'a> {
 
 /// The hub's ERROR code for a refused frame, from the service's reason.
 fn refusal_code(status: &Status) -> &'static str {
-    match relaymesh_rpc::reason_of(status) {
-        Some("invalid_signature") => code::INVALID_SIGNATURE,
-        Some("replayed" | "stale_timestamp") => code::REPLAYED,
-        Some("invalid_frame" | "invalid" | "unknown_command_type") => code::INVALID_FRAME,
-        Some("unknown_node") => code::NOT_REGISTERED,
+    if let Some(reason) = relaymesh_rpc::reason_of::<AuthReason>(status) {
+        return match reason {
+            AuthReason::InvalidSignature => code::INVALID_SIGNATURE,
+            AuthReason::Replayed | AuthReason::StaleTimestamp => code::REPLAYED,
+            AuthReason::InvalidFrame => code::INVALID_FRAME,
+            _ if status.code() == Code::Unavailable => code::UNAVAILABLE,
+            _ => code::INTERNAL,
+        };
+    }
+    match relaymesh_rpc::reason_of::<SchedulerReason>(status) {
+        Some(SchedulerReason::InvalidArgument | SchedulerReason::UnknownCommandType) => code::INVALID_FRAME,
+        Some(SchedulerReason::UnknownNode) => code::NOT_REGISTERED,
         _ if status.code() == Code::Unavailable => code::UNAVAILABLE,
         _ => code::INTERNAL,
     }
@@ -84,15 +98,15 @@ fn refusal_code(status: &Status) -> &'static str {
 impl NodeProtocol {
     /// Signs `text` with the node key (through the auth service). Unsigned
     /// when it cannot be signed; the node will refuse it, which is the point.
-    async fn signed(cx: &Ctx, text: String) -> String {
+    async fn signed(cx: &Ctx<String>, text: String) -> String {
         let mut auth = cx.gw.upstreams.auth.clone();
         match auth
             .sign_node_frame(SignNodeFrameRequest {
-                frame_json: text.clone(),
+                frame: text.clone().into_bytes(),
             })
             .await
         {
-            Ok(r) => r.into_inner().frame_json,
+            Ok(r) => String::from_utf8(r.into_inner().frame).unwrap_or(text),
             Err(status) => {
                 tracing::warn!(error = %status.message(), "could not sign hub frame");
                 text
@@ -100,21 +114,21 @@ impl NodeProtocol {
         }
     }
 
-    async fn send<P: Serialize>(&self, cx: &mut Ctx, kind: FrameType, payload: P) {
+    async fn send<P: Serialize>(&self, cx: &mut Ctx<String>, kind: FrameType, payload: P) {
         let node = self.node_id.as_deref().unwrap_or("hub");
         let text = OutFrame::new(kind, node, payload).to_text();
         let signed = Self::signed(cx, text).await;
         cx.send(signed);
     }
 
-    async fn error(&self, cx: &mut Ctx, code: &str, message: &str, ref_id: Option<&str>) {
+    async fn error(&self, cx: &mut Ctx<String>, code: &str, message: &str, ref_id: Option<&str>) {
         metrics::counter!("gateway_node_frames_refused_total", "code" => code.to_owned()).increment(1);
         let node = self.node_id.as_deref().unwrap_or("hub");
         let signed = Self::signed(cx, wire::error(node, code, message, ref_id)).await;
         cx.send(signed);
     }
 
-    async fn send_commands(&self, cx: &mut Ctx, commands: Vec<Command>) {
+    async fn send_commands(&self, cx: &mut Ctx<String>, commands: Vec<Command>) {
         let Some(node_id) = self.node_id.clone() else { return };
         for c in commands {
             let params = serde_json::value::RawValue::from_string(c.params_json.clone())
@@ -133,7 +147,7 @@ impl NodeProtocol {
         }
     }
 
-    async fn hello(&mut self, cx: &mut Ctx, env: &Envelope, node_id: String) {
+    async fn hello(&mut self, cx: &mut Ctx<String>, env: &Envelope, node_id: String) {
         let p: HelloPayload = match payload("HELLO", env) {
             Ok(p) => p,
             Err(err) => {
@@ -179,7 +193,7 @@ impl NodeProtocol {
         }
     }
 
-    async fn pull(&self, cx: &mut Ctx) {
+    async fn pull(&self, cx: &mut Ctx<String>) {
         let Some(node_id) = self.node_id.clone() else { return };
         let mut scheduler = cx.gw.upstreams.scheduler.clone();
         match scheduler.pull_commands(PullCommandsRequest { node_id }).await {
@@ -188,7 +202,7 @@ impl NodeProtocol {
         }
     }
 
-    async fn heartbeat(&self, cx: &mut Ctx, env: &Envelope, node_id: String) {
+    async fn heartbeat(&self, cx: &mut Ctx<String>, env: &Envelope, node_id: String) {
         let p: HeartbeatPayload = payload("HEARTBEAT", env).unwrap_or(HeartbeatPayload { status: String::new() });
         let mut scheduler = cx.gw.upstreams.scheduler.clone();
         let reply = scheduler
@@ -216,7 +230,7 @@ impl NodeProtocol {
         }
     }
 
-    async fn result(&self, cx: &mut Ctx, env: &Envelope, node_id: String) {
+    async fn result(&self, cx: &mut Ctx<String>, env: &Envelope, node_id: String) {
         let ref_id = env.message_id.clone().unwrap_or_default();
         let p: ResultPayload = match payload("RESULT", env) {
             Ok(p) => p,
@@ -271,20 +285,24 @@ fn payload<T: serde::de::DeserializeOwned>(kind: &str, env: &Envelope) -> Result
 }
 
 impl Protocol for NodeProtocol {
-    const NAME: &'static str = "node";
+    const NAME: ClientProtocol = ClientProtocol::Node;
+    /// The frame as received: the HMAC covers its exact bytes.
+    type Request = String;
+    type Event = String;
 
-    async fn on_open(&mut self, _cx: &mut Ctx) {}
+    async fn on_open(&mut self, _cx: &mut Ctx<String>) {}
 
-    async fn on_text(&mut self, cx: &mut Ctx, text: &str) {
+    async fn on_request(&mut self, cx: &mut Ctx<String>, text: String) {
+        let text = text.as_str();
         let env = match Envelope::parse(text) {
             Ok(env) => env,
-            Err(err) => return cx.send(self.frame_error(&err)),
+            Err(err) => return cx.send(wire::frame_error(&err)),
         };
         let ref_id = env.message_id.clone();
         let mut auth = cx.gw.upstreams.auth.clone();
         let verified = match auth
             .verify_node_frame(VerifyNodeFrameRequest {
-                frame_json: text.to_owned(),
+                frame: text.as_bytes().to_vec(),
             })
             .await
         {
@@ -298,7 +316,7 @@ impl Protocol for NodeProtocol {
                 );
                 self.error(cx, c, status.message(), ref_id.as_deref()).await;
                 if self.node_id.is_none() && status.code() == Code::Unauthenticated {
-                    cx.close(close::AUTH_FAILED, "node authentication failed");
+                    cx.close(CloseCode::AuthFailed, "node authentication failed");
                 }
                 return;
             }
@@ -340,11 +358,11 @@ impl Protocol for NodeProtocol {
         }
     }
 
-    async fn on_nudge(&mut self, cx: &mut Ctx, _reason: &str) {
+    async fn on_nudge(&mut self, cx: &mut Ctx<String>, _reason: NudgeReason) {
         self.pull(cx).await;
     }
 
-    async fn on_close(&mut self, cx: &mut Ctx) {
+    async fn on_close(&mut self, cx: &mut Ctx<String>) {
         if let Some(node_id) = self.node_id.take() {
             let mut scheduler = cx.gw.upstreams.scheduler.clone();
             let req = NodeDisconnectedRequest {
@@ -356,8 +374,20 @@ impl Protocol for NodeProtocol {
             }
         }
     }
+}
 
-    fn frame_error(&self, err: &FrameError) -> String {
+impl WsCodec for NodeProtocol {
+    /// Node frames are checked by the auth service before they are read, so
+    /// the transport passes the text through unparsed.
+    fn parse(&self, text: &str) -> Result<String, String> {
+        Ok(text.to_owned())
+    }
+
+    fn render(event: &String) -> Option<Utf8Bytes> {
+        Some(Utf8Bytes::from(event.as_str()))
+    }
+
+    fn refused(&self, err: &FrameError) -> String {
         wire::frame_error(err)
     }
 }

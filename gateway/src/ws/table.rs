@@ -2,9 +2,11 @@
 //! applies when something is queued for one of them.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::Utf8Bytes;
+use relaymesh_proto::client::v1::CloseCode;
+use relaymesh_proto::delivery::v1::{ForwardedRequest, NudgeReason};
 use relaymesh_state::{Body, ConnectionId, Envelope};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -12,22 +14,37 @@ use tokio_util::sync::CancellationToken;
 /// What the connection task is asked to do by someone else.
 #[derive(Debug)]
 pub enum Outbound {
+    /// A frame already rendered for a WebSocket.
     Text(Utf8Bytes),
-    Close(u16, String),
+    /// A typed event, for a gRPC stream.
+    Event(Arc<Body>),
+    Close(CloseCode, String),
     /// A service has something for this connection's protocol adapter.
-    Nudge(String),
+    Nudge(NudgeReason),
+    /// A request for this connection that reached another replica.
+    Forwarded(ForwardedRequest),
+}
+
+/// How a connection is carried: what form its events take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// JSON text frames: events are rendered once per delivery.
+    WebSocket,
+    /// gRPC stream: events stay typed.
+    Grpc,
 }
 
 pub struct ConnHandle {
     tx: mpsc::Sender<Outbound>,
     /// Cancelled when the connection's queue overflows with a frame that
-    /// must not be dropped: the task then closes with `CLOSE_SLOW_CONSUMER`.
+    /// must not be dropped: the task then closes with 1013.
     evict: CancellationToken,
+    transport: Transport,
 }
 
 impl ConnHandle {
-    pub fn new(tx: mpsc::Sender<Outbound>, evict: CancellationToken) -> Self {
-        Self { tx, evict }
+    pub fn new(tx: mpsc::Sender<Outbound>, evict: CancellationToken, transport: Transport) -> Self {
+        Self { tx, evict, transport }
     }
 }
 
@@ -42,9 +59,31 @@ pub enum Offered {
     Unknown,
 }
 
+impl Offered {
+    fn label(&self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Dropped => "dropped",
+            Self::Evicted => "evicted",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct ConnectionTable {
     map: Mutex<HashMap<ConnectionId, ConnHandle>>,
+}
+
+/// The WebSocket text of a delivered event: each protocol's one renderer.
+fn render_body(body: &Body) -> Option<Utf8Bytes> {
+    match body {
+        Body::Livechat(e) => relaymesh_wire::livechat::render(e).map(Utf8Bytes::from),
+        // Rendered by the copilot and signal codecs once those protocols
+        // deliver typed events.
+        Body::Copilot(_) | Body::Signal(_) => None,
+        Body::Close(_) | Body::Nudge(_) | Body::Forwarded(_) => None,
+    }
 }
 
 impl ConnectionTable {
@@ -64,6 +103,11 @@ impl ConnectionTable {
         self.len() == 0
     }
 
+    /// Whether this replica holds `id` over `transport`.
+    pub fn holds(&self, id: &ConnectionId, transport: Transport) -> bool {
+        self.lock().get(id).is_some_and(|h| h.transport == transport)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ConnectionId, ConnHandle>> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -78,34 +122,80 @@ impl ConnectionTable {
         let Some(handle) = map.get(id) else {
             return Offered::Unknown;
         };
-        match handle.tx.try_send(out) {
-            Ok(()) => Offered::Queued,
-            Err(mpsc::error::TrySendError::Closed(_)) => Offered::Unknown,
-            Err(mpsc::error::TrySendError::Full(_)) if droppable => {
-                metrics::counter!("gateway_frames_dropped_total").increment(1);
-                Offered::Dropped
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                metrics::counter!("gateway_slow_consumer_evictions_total").increment(1);
-                handle.evict.cancel();
-                Offered::Evicted
-            }
-        }
+        offer_to(handle, out, droppable)
     }
 
-    /// Hands a delivery envelope to its connection.
-    pub fn deliver(&self, env: Envelope) -> Offered {
-        let id = ConnectionId::new(env.connection_id);
-        match env.body {
-            Some(Body::Text(text)) => self.offer(&id, Outbound::Text(text.into()), env.droppable),
-            Some(Body::Close(c)) => {
-                let code = u16::try_from(c.code).unwrap_or(1008);
-                self.offer(&id, Outbound::Close(code, c.reason), false)
+    /// Hands a delivery envelope to its connections. An event is rendered
+    /// at most once, however many WebSocket connections here receive it.
+    pub fn deliver(&self, env: Envelope) {
+        let Some(body) = env.body else { return };
+        let ids: Vec<ConnectionId> = env.connection_ids.into_iter().map(ConnectionId::new).collect();
+        let map = self.lock();
+        let record = |o: Offered| {
+            metrics::counter!("relaymesh_gateway_deliveries_total", "outcome" => o.label()).increment(1);
+        };
+        match body {
+            Body::Close(c) => {
+                let code = CloseCode::try_from(c.code).unwrap_or(CloseCode::PolicyViolation);
+                for id in &ids {
+                    record(map.get(id).map_or(Offered::Unknown, |h| {
+                        offer_to(h, Outbound::Close(code, c.reason.clone()), false)
+                    }));
+                }
             }
             // A nudge is a hint ("pull now"): if the queue is full, the
             // adapter is busy and will pull anyway, so it may be dropped.
-            Some(Body::Nudge(n)) => self.offer(&id, Outbound::Nudge(n.reason), true),
-            None => Offered::Unknown,
+            Body::Nudge(n) => {
+                let reason = NudgeReason::try_from(n.reason).unwrap_or(NudgeReason::Unspecified);
+                for id in &ids {
+                    record(
+                        map.get(id)
+                            .map_or(Offered::Unknown, |h| offer_to(h, Outbound::Nudge(reason), true)),
+                    );
+                }
+            }
+            Body::Forwarded(f) => {
+                for id in &ids {
+                    record(
+                        map.get(id)
+                            .map_or(Offered::Unknown, |h| offer_to(h, Outbound::Forwarded(f.clone()), false)),
+                    );
+                }
+            }
+            event => {
+                let event = Arc::new(event);
+                let mut text: Option<Option<Utf8Bytes>> = None;
+                for id in &ids {
+                    let Some(h) = map.get(id) else {
+                        record(Offered::Unknown);
+                        continue;
+                    };
+                    let out = match h.transport {
+                        Transport::Grpc => Outbound::Event(event.clone()),
+                        Transport::WebSocket => match text.get_or_insert_with(|| render_body(&event)) {
+                            Some(t) => Outbound::Text(t.clone()),
+                            None => continue,
+                        },
+                    };
+                    record(offer_to(h, out, env.droppable));
+                }
+            }
+        }
+    }
+}
+
+fn offer_to(handle: &ConnHandle, out: Outbound, droppable: bool) -> Offered {
+    match handle.tx.try_send(out) {
+        Ok(()) => Offered::Queued,
+        Err(mpsc::error::TrySendError::Closed(_)) => Offered::Unknown,
+        Err(mpsc::error::TrySendError::Full(_)) if droppable => {
+            metrics::counter!("relaymesh_gateway_frames_dropped_total").increment(1);
+            Offered::Dropped
+        }
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            metrics::counter!("relaymesh_gateway_slow_consumer_evictions_total").increment(1);
+            handle.evict.cancel();
+            Offered::Evicted
         }
     }
 }
@@ -126,7 +216,7 @@ mod tests {
         let (tx, rx) = mpsc::channel(cap);
         let evict = CancellationToken::new();
         let id = ConnectionId::new("c");
-        table.insert(id.clone(), ConnHandle::new(tx, evict.clone()));
+        table.insert(id.clone(), ConnHandle::new(tx, evict.clone(), Transport::WebSocket));
         (table, id, rx, evict)
     }
 

@@ -1,6 +1,7 @@
 //! The auth service's errors and their one mapping to gRPC codes and
 //! reasons.
 
+use relaymesh_proto::auth::v1::ErrorReason;
 use relaymesh_rpc::ServiceError;
 use tonic::Code;
 
@@ -32,6 +33,8 @@ pub enum AuthError {
 }
 
 impl ServiceError for AuthError {
+    type Reason = ErrorReason;
+
     fn code(&self) -> Code {
         match self {
             Self::Expired
@@ -47,18 +50,18 @@ impl ServiceError for AuthError {
         }
     }
 
-    fn reason(&self) -> &'static str {
+    fn reason(&self) -> ErrorReason {
         match self {
-            Self::Expired => "token_expired",
-            Self::Invalid(_) | Self::NoKey(_) => "token_invalid",
-            Self::Config(_) => "misconfigured",
-            Self::InvalidFrame(_) => "invalid_frame",
-            Self::InvalidSignature(_) => "invalid_signature",
-            Self::Replayed { .. } => "replayed",
-            Self::StaleTimestamp(_) => "stale_timestamp",
-            Self::NoNodeKey => "no_key",
-            Self::State(_) => "unavailable",
-            Self::Serve(_) => "internal",
+            Self::Expired => ErrorReason::TokenExpired,
+            Self::Invalid(_) | Self::NoKey(_) => ErrorReason::TokenInvalid,
+            Self::Config(_) => ErrorReason::Misconfigured,
+            Self::InvalidFrame(_) => ErrorReason::InvalidFrame,
+            Self::InvalidSignature(_) => ErrorReason::InvalidSignature,
+            Self::Replayed { .. } => ErrorReason::Replayed,
+            Self::StaleTimestamp(_) => ErrorReason::StaleTimestamp,
+            Self::NoNodeKey => ErrorReason::NoNodeKey,
+            Self::State(_) => ErrorReason::Unavailable,
+            Self::Serve(_) => ErrorReason::Internal,
         }
     }
 }

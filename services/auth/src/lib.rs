@@ -11,7 +11,7 @@ mod node_frames;
 mod service;
 mod verifier;
 
-use relaymesh_proto::auth::v1::auth_server::AuthServer;
+use relaymesh_proto::auth::v1::auth_service_server::AuthServiceServer;
 use relaymesh_rpc::{GrpcServer, RpcError, ServeOptions};
 use relaymesh_state::SharedState;
 use tokio::net::TcpListener;
@@ -34,7 +34,7 @@ pub async fn serve(
 ) -> Result<(), AuthError> {
     let service = AuthService::with_state(&config, state)?;
     GrpcServer::new()
-        .add_service(AuthServer::new(service))
+        .add_service(AuthServiceServer::new(service))
         .serve(listener, ServeOptions::default(), shutdown)
         .await
         .map_err(AuthError::from)

@@ -3,7 +3,7 @@
 
 use relaymesh_proto::auth::v1::{
     SignNodeFrameRequest, SignNodeFrameResponse, VerifyNodeFrameRequest, VerifyNodeFrameResponse,
-    VerifyNodeSecretRequest, VerifyNodeSecretResponse, VerifyTokenRequest, VerifyTokenResponse, auth_server::Auth,
+    VerifyNodeSecretRequest, VerifyNodeSecretResponse, VerifyTokenRequest, VerifyTokenResponse, auth_service_server,
 };
 use relaymesh_rpc::ServiceError;
 use relaymesh_state::SharedState;
@@ -42,15 +42,15 @@ impl AuthService {
 
 /// Counts a refused node frame by reason, then turns it into a status.
 fn refuse_node_frame(e: AuthError) -> Status {
-    metrics::counter!("auth_node_frames_refused_total", "reason" => e.reason()).increment(1);
+    metrics::counter!("auth_node_frames_refused_total", "reason" => e.reason().as_str_name()).increment(1);
     e.into_status()
 }
 
 #[tonic::async_trait]
-impl Auth for AuthService {
+impl auth_service_server::AuthService for AuthService {
     async fn verify_token(&self, req: Request<VerifyTokenRequest>) -> Result<Response<VerifyTokenResponse>, Status> {
         let claims = self.tokens.verify(&req.get_ref().token).map_err(|e| {
-            metrics::counter!("auth_token_refused_total", "reason" => e.reason()).increment(1);
+            metrics::counter!("auth_token_refused_total", "reason" => e.reason().as_str_name()).increment(1);
             e.into_status()
         })?;
         Ok(Response::new(VerifyTokenResponse {
@@ -69,11 +69,8 @@ impl Auth for AuthService {
         &self,
         req: Request<VerifyNodeFrameRequest>,
     ) -> Result<Response<VerifyNodeFrameResponse>, Status> {
-        let accepted = self
-            .node_frames
-            .verify(&req.get_ref().frame_json)
-            .await
-            .map_err(refuse_node_frame)?;
+        let frame = frame_text(&req.get_ref().frame).map_err(ServiceError::into_status)?;
+        let accepted = self.node_frames.verify(frame).await.map_err(refuse_node_frame)?;
         Ok(Response::new(VerifyNodeFrameResponse {
             node_id: accepted.node_id,
             verified: accepted.verified,
@@ -84,11 +81,12 @@ impl Auth for AuthService {
         &self,
         req: Request<SignNodeFrameRequest>,
     ) -> Result<Response<SignNodeFrameResponse>, Status> {
-        let (frame_json, signature) = self
-            .node_frames
-            .sign(&req.get_ref().frame_json)
-            .map_err(ServiceError::into_status)?;
-        Ok(Response::new(SignNodeFrameResponse { frame_json, signature }))
+        let frame = frame_text(&req.get_ref().frame).map_err(ServiceError::into_status)?;
+        let (signed, signature) = self.node_frames.sign(frame).map_err(ServiceError::into_status)?;
+        Ok(Response::new(SignNodeFrameResponse {
+            frame: signed.into_bytes(),
+            signature,
+        }))
     }
 
     async fn verify_node_secret(
@@ -105,4 +103,9 @@ impl Auth for AuthService {
             Err(AuthError::Invalid("node secret".into()).into_status())
         }
     }
+}
+
+/// A node frame's bytes as text: JSON is UTF-8.
+fn frame_text(bytes: &[u8]) -> Result<&str, AuthError> {
+    std::str::from_utf8(bytes).map_err(|_| AuthError::InvalidFrame("not UTF-8".into()))
 }

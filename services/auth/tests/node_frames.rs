@@ -3,8 +3,8 @@
 #![allow(clippy::unwrap_used)]
 
 use relaymesh_auth::AuthConfig;
-use relaymesh_proto::auth::v1::auth_client::AuthClient;
-use relaymesh_proto::auth::v1::{SignNodeFrameRequest, VerifyNodeFrameRequest};
+use relaymesh_proto::auth::v1::auth_service_client::AuthServiceClient;
+use relaymesh_proto::auth::v1::{ErrorReason, SignNodeFrameRequest, VerifyNodeFrameRequest};
 use relaymesh_state::SharedState;
 use relaymesh_wire::node::{NodeKey, rfc3339_millis, signature};
 use tokio::net::TcpListener;
@@ -18,7 +18,7 @@ const WINDOW_MS: i64 = 60_000;
 
 /// One auth service on port 0, stopped by `stop`.
 struct Auth {
-    client: AuthClient<Channel>,
+    client: AuthServiceClient<Channel>,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), relaymesh_auth::AuthError>>,
 }
@@ -29,7 +29,7 @@ impl Auth {
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(relaymesh_auth::serve(listener, config, state, shutdown.clone()));
-        let client = AuthClient::connect(format!("http://{addr}")).await.unwrap();
+        let client = AuthServiceClient::connect(format!("http://{addr}")).await.unwrap();
         Self { client, shutdown, task }
     }
 
@@ -37,17 +37,17 @@ impl Auth {
         Self::start(config(Some(SECRET), true), SharedState::memory()).await
     }
 
-    async fn verify(&mut self, frame: &str) -> Result<(String, bool), (Code, String)> {
+    async fn verify(&mut self, frame: &str) -> Result<(String, bool), (Code, Option<ErrorReason>)> {
         self.client
             .verify_node_frame(VerifyNodeFrameRequest {
-                frame_json: frame.to_owned(),
+                frame: frame.as_bytes().to_vec(),
             })
             .await
             .map(|r| {
                 let r = r.into_inner();
                 (r.node_id, r.verified)
             })
-            .map_err(|s| (s.code(), relaymesh_rpc::reason_of(&s).unwrap_or_default().to_owned()))
+            .map_err(|s| (s.code(), relaymesh_rpc::reason_of::<ErrorReason>(&s)))
     }
 
     async fn stop(self) {
@@ -87,8 +87,8 @@ fn signed(text: &str) -> String {
     signature::signed_frame(text, &NodeKey::from_secret(SECRET)).unwrap()
 }
 
-fn refused(code: Code, reason: &str) -> Result<(String, bool), (Code, String)> {
-    Err((code, reason.to_owned()))
+fn refused(code: Code, reason: ErrorReason) -> Result<(String, bool), (Code, Option<ErrorReason>)> {
+    Err((code, Some(reason)))
 }
 
 #[tokio::test]
@@ -105,17 +105,17 @@ async fn forged_signatures_are_invalid_signature() {
     let tampered = signed(&frame("n1", "m-1", 0)).replace("READY", "BUSY!");
     assert_eq!(
         auth.verify(&tampered).await,
-        refused(Code::Unauthenticated, "invalid_signature")
+        refused(Code::Unauthenticated, ErrorReason::InvalidSignature)
     );
     let wrong_key = signature::signed_frame(&frame("n1", "m-2", 0), &NodeKey::from_secret("other")).unwrap();
     assert_eq!(
         auth.verify(&wrong_key).await,
-        refused(Code::Unauthenticated, "invalid_signature")
+        refused(Code::Unauthenticated, ErrorReason::InvalidSignature)
     );
     let unsigned = frame("n1", "m-3", 0);
     assert_eq!(
         auth.verify(&unsigned).await,
-        refused(Code::Unauthenticated, "invalid_signature")
+        refused(Code::Unauthenticated, ErrorReason::InvalidSignature)
     );
     auth.stop().await;
 }
@@ -125,10 +125,16 @@ async fn replayed_message_ids_are_refused() {
     let mut auth = Auth::with_secret().await;
     let f = signed(&frame("n1", "m-1", 0));
     assert!(auth.verify(&f).await.is_ok());
-    assert_eq!(auth.verify(&f).await, refused(Code::Unauthenticated, "replayed"));
+    assert_eq!(
+        auth.verify(&f).await,
+        refused(Code::Unauthenticated, ErrorReason::Replayed)
+    );
     // Re-signed with a new timestamp, the same id is still a replay.
     let again = signed(&frame("n1", "m-1", 1_000));
-    assert_eq!(auth.verify(&again).await, refused(Code::Unauthenticated, "replayed"));
+    assert_eq!(
+        auth.verify(&again).await,
+        refused(Code::Unauthenticated, ErrorReason::Replayed)
+    );
     auth.stop().await;
 }
 
@@ -157,7 +163,10 @@ async fn replicas_sharing_state_refuse_each_others_replays() {
     let mut b = Auth::start(config(Some(SECRET), true), state).await;
     let f = signed(&frame("n1", "m-1", 0));
     assert!(a.verify(&f).await.is_ok());
-    assert_eq!(b.verify(&f).await, refused(Code::Unauthenticated, "replayed"));
+    assert_eq!(
+        b.verify(&f).await,
+        refused(Code::Unauthenticated, ErrorReason::Replayed)
+    );
     a.stop().await;
     b.stop().await;
 }
@@ -168,12 +177,12 @@ async fn timestamps_outside_the_window_are_stale() {
     let old = signed(&frame("n1", "m-old", WINDOW_MS + 5_000));
     assert_eq!(
         auth.verify(&old).await,
-        refused(Code::Unauthenticated, "stale_timestamp")
+        refused(Code::Unauthenticated, ErrorReason::StaleTimestamp)
     );
     let future = signed(&frame("n1", "m-future", -(WINDOW_MS + 5_000)));
     assert_eq!(
         auth.verify(&future).await,
-        refused(Code::Unauthenticated, "stale_timestamp")
+        refused(Code::Unauthenticated, ErrorReason::StaleTimestamp)
     );
     let late_but_fresh = signed(&frame("n1", "m-late", WINDOW_MS - 5_000));
     assert!(auth.verify(&late_but_fresh).await.is_ok());
@@ -190,19 +199,19 @@ async fn frames_without_identity_or_time_are_invalid_frame() {
         let text = signed(&f.to_string());
         assert_eq!(
             auth.verify(&text).await,
-            refused(Code::InvalidArgument, "invalid_frame"),
+            refused(Code::InvalidArgument, ErrorReason::InvalidFrame),
             "{field}"
         );
     }
     let bad_time = signed(&frame_stamped("n1", "m-2", "yesterday"));
     assert_eq!(
         auth.verify(&bad_time).await,
-        refused(Code::InvalidArgument, "invalid_frame")
+        refused(Code::InvalidArgument, ErrorReason::InvalidFrame)
     );
     for not_a_frame in ["", "[1]", "{\"node_id\":", "{\"a\":NaN}"] {
         assert_eq!(
             auth.verify(not_a_frame).await,
-            refused(Code::InvalidArgument, "invalid_frame"),
+            refused(Code::InvalidArgument, ErrorReason::InvalidFrame),
             "{not_a_frame:?}"
         );
     }
@@ -222,13 +231,16 @@ async fn verify_signature_false_accepts_unsigned_frames_unverified() {
 async fn a_missing_secret_refuses_with_no_key() {
     let mut auth = Auth::start(config(None, true), SharedState::memory()).await;
     let f = signed(&frame("n1", "m-1", 0));
-    assert_eq!(auth.verify(&f).await, refused(Code::FailedPrecondition, "no_key"));
+    assert_eq!(
+        auth.verify(&f).await,
+        refused(Code::FailedPrecondition, ErrorReason::NoNodeKey)
+    );
     let sign = auth
         .client
-        .sign_node_frame(SignNodeFrameRequest { frame_json: f })
+        .sign_node_frame(SignNodeFrameRequest { frame: f.into_bytes() })
         .await
         .unwrap_err();
-    assert_eq!(relaymesh_rpc::reason_of(&sign), Some("no_key"));
+    assert_eq!(relaymesh_rpc::reason_of(&sign), Some(ErrorReason::NoNodeKey));
     auth.stop().await;
 }
 
@@ -239,15 +251,21 @@ async fn sign_node_frame_output_verifies() {
     let out = auth
         .client
         .sign_node_frame(SignNodeFrameRequest {
-            frame_json: unsigned.clone(),
+            frame: unsigned.clone().into_bytes(),
         })
         .await
         .unwrap()
         .into_inner();
     let key = NodeKey::from_secret(SECRET);
     assert_eq!(out.signature, signature::sign(&unsigned, &key).unwrap());
-    assert_eq!(signature::verify(&out.frame_json, &key), Ok(()));
-    assert_eq!(auth.verify(&out.frame_json).await, Ok(("hub".into(), true)));
+    assert_eq!(
+        signature::verify(std::str::from_utf8(&out.frame).unwrap(), &key),
+        Ok(())
+    );
+    assert_eq!(
+        auth.verify(std::str::from_utf8(&out.frame).unwrap()).await,
+        Ok(("hub".into(), true))
+    );
     auth.stop().await;
 }
 
@@ -257,11 +275,11 @@ async fn sign_node_frame_refuses_non_objects() {
     let err = auth
         .client
         .sign_node_frame(SignNodeFrameRequest {
-            frame_json: "[\"not\", \"a\", \"frame\"]".into(),
+            frame: b"[\"not\", \"a\", \"frame\"]".to_vec(),
         })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    assert_eq!(relaymesh_rpc::reason_of(&err), Some("invalid_frame"));
+    assert_eq!(relaymesh_rpc::reason_of(&err), Some(ErrorReason::InvalidFrame));
     auth.stop().await;
 }

@@ -1,8 +1,9 @@
+use relaymesh_proto::channel::v1::ErrorReason;
 use relaymesh_rpc::ServiceError;
 use tonic::Code;
 
-/// What the channel service refuses or fails with. `reason()` is the key the
-/// gateway maps to seed 003's error codes (gateway/src/protocols/livechat.rs).
+/// What the channel service refuses or fails with. `reason()` is the proto
+/// enum the gateway maps to seed 003's error codes (gateway/src/protocols/livechat.rs).
 #[derive(Debug, thiserror::Error)]
 pub enum ChannelError {
     #[error("no channel {0}")]
@@ -40,6 +41,8 @@ pub enum ChannelError {
 }
 
 impl ServiceError for ChannelError {
+    type Reason = ErrorReason;
+
     fn code(&self) -> Code {
         match self {
             Self::NotFound(_) => Code::NotFound,
@@ -52,22 +55,22 @@ impl ServiceError for ChannelError {
         }
     }
 
-    fn reason(&self) -> &'static str {
+    fn reason(&self) -> ErrorReason {
         match self {
-            Self::NotFound(_) => "channel_not_found",
-            Self::Exists(_) => "channel_exists",
-            Self::Full(_) => "channel_full",
-            Self::NotAllowed => "not_allowed",
-            Self::AlreadyJoined => "already_joined",
-            Self::NotJoined => "not_joined",
-            Self::EmptyMessage => "empty_message",
-            Self::MessageTooLong(_) => "message_too_long",
-            Self::NotMember => "not_member",
-            Self::FloorBusy(_) => "floor_busy",
-            Self::NoFloorControl => "no_floor_control",
-            Self::SsrcInUse(_) => "ssrc_in_use",
-            Self::Invalid(_) => "invalid",
-            Self::Contended(_) | Self::State(_) | Self::Relay(_) => "unavailable",
+            Self::NotFound(_) => ErrorReason::ChannelNotFound,
+            Self::Exists(_) => ErrorReason::ChannelExists,
+            Self::Full(_) => ErrorReason::ChannelFull,
+            Self::NotAllowed => ErrorReason::NotAllowed,
+            Self::AlreadyJoined => ErrorReason::AlreadyJoined,
+            Self::NotJoined => ErrorReason::NotJoined,
+            Self::EmptyMessage => ErrorReason::EmptyMessage,
+            Self::MessageTooLong(_) => ErrorReason::MessageTooLong,
+            Self::NotMember => ErrorReason::NotMember,
+            Self::FloorBusy(_) => ErrorReason::FloorBusy,
+            Self::NoFloorControl => ErrorReason::NoFloorControl,
+            Self::SsrcInUse(_) => ErrorReason::SsrcInUse,
+            Self::Invalid(_) => ErrorReason::InvalidArgument,
+            Self::Contended(_) | Self::State(_) | Self::Relay(_) => ErrorReason::Unavailable,
         }
     }
 }

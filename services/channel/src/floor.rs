@@ -4,6 +4,8 @@
 //! transition is one function of (state, event) so it can be checked pair by
 //! pair; timers and delivery live in the service, not here.
 
+use relaymesh_proto::client::v1 as proto;
+pub use relaymesh_proto::client::v1::FloorEventType;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ChannelError;
@@ -22,12 +24,20 @@ pub enum FloorPolicy {
 }
 
 impl FloorPolicy {
-    pub fn parse(s: &str) -> Result<Self, ChannelError> {
-        match s {
-            "" | "none" => Ok(Self::None),
-            "exclusive" => Ok(Self::Exclusive),
-            "queue" => Ok(Self::Queue),
-            other => Err(ChannelError::Invalid(format!("floor policy {other:?}"))),
+    /// The policy a client asked for; unspecified means none.
+    pub fn from_proto(p: proto::FloorPolicy) -> Self {
+        match p {
+            proto::FloorPolicy::Unspecified | proto::FloorPolicy::None => Self::None,
+            proto::FloorPolicy::Exclusive => Self::Exclusive,
+            proto::FloorPolicy::Queue => Self::Queue,
+        }
+    }
+
+    pub fn to_proto(self) -> proto::FloorPolicy {
+        match self {
+            Self::None => proto::FloorPolicy::None,
+            Self::Exclusive => proto::FloorPolicy::Exclusive,
+            Self::Queue => proto::FloorPolicy::Queue,
         }
     }
 
@@ -91,7 +101,7 @@ pub enum FloorEvent {
 pub enum FloorChange {
     /// The holder changed (granted to someone, or freed); `why` names the
     /// FLOOR_EVENT type.
-    Holder { why: &'static str },
+    Holder { why: FloorEventType },
     /// The requester was queued at this position (1-based).
     Queued(u32),
     /// Nothing changed (a release by a non-holder who was not queued, a
@@ -112,7 +122,7 @@ pub fn transition(
     if policy == FloorPolicy::None {
         return Err(ChannelError::NoFloorControl);
     }
-    let grant_next = |floor: &mut Floor, why: &'static str| {
+    let grant_next = |floor: &mut Floor, why: FloorEventType| {
         floor.holder = (!floor.queue.is_empty()).then(|| Grant {
             talker: floor.queue.remove(0),
             expires_at_ms: now_ms + max_talk_ms,
@@ -129,7 +139,9 @@ pub fn transition(
                     expires_at_ms: now_ms + max_talk_ms,
                     grant_id: String::new(),
                 });
-                FloorChange::Holder { why: "granted" }
+                FloorChange::Holder {
+                    why: FloorEventType::Granted,
+                }
             }
             Some(g) if g.talker.session_id == talker.session_id => FloorChange::Nothing,
             Some(g) if policy == FloorPolicy::Exclusive => {
@@ -146,7 +158,7 @@ pub fn transition(
         },
         FloorEvent::Release { session_id } => {
             if floor.holder.as_ref().is_some_and(|g| g.talker.session_id == session_id) {
-                grant_next(floor, "released")
+                grant_next(floor, FloorEventType::Released)
             } else {
                 floor.queue.retain(|t| t.session_id != session_id);
                 FloorChange::Nothing
@@ -155,14 +167,14 @@ pub fn transition(
         FloorEvent::Leave { session_id } => {
             floor.queue.retain(|t| t.session_id != session_id);
             if floor.holder.as_ref().is_some_and(|g| g.talker.session_id == session_id) {
-                grant_next(floor, "left")
+                grant_next(floor, FloorEventType::Left)
             } else {
                 FloorChange::Nothing
             }
         }
         FloorEvent::Expire { grant_id } => {
             if floor.holder.as_ref().is_some_and(|g| g.grant_id == grant_id) {
-                grant_next(floor, "revoked")
+                grant_next(floor, FloorEventType::Revoked)
             } else {
                 FloorChange::Nothing
             }
@@ -222,7 +234,9 @@ mod tests {
             let mut f = Floor::default();
             assert_eq!(
                 apply(policy, &mut f, FloorEvent::Request(t("a"))).unwrap(),
-                FloorChange::Holder { why: "granted" }
+                FloorChange::Holder {
+                    why: FloorEventType::Granted
+                }
             );
             let g = f.holder.as_ref().unwrap();
             assert_eq!((g.talker.session_id.as_str(), g.expires_at_ms), ("a", 1_500));
@@ -272,7 +286,9 @@ mod tests {
         );
         assert_eq!(
             apply(q, &mut f, FloorEvent::Release { session_id: "a".into() }).unwrap(),
-            FloorChange::Holder { why: "released" }
+            FloorChange::Holder {
+                why: FloorEventType::Released
+            }
         );
         assert_eq!(holder(&f), Some("b"));
         assert_eq!(f.queue, vec![t("c")]);
@@ -299,7 +315,9 @@ mod tests {
         apply(q, &mut f, FloorEvent::Request(t("a"))).unwrap();
         assert_eq!(
             apply(q, &mut f, FloorEvent::Leave { session_id: "a".into() }).unwrap(),
-            FloorChange::Holder { why: "left" }
+            FloorChange::Holder {
+                why: FloorEventType::Left
+            }
         );
         assert_eq!(holder(&f), None);
         apply(q, &mut f, FloorEvent::Request(t("a"))).unwrap();
@@ -328,15 +346,21 @@ mod tests {
         );
         assert_eq!(
             apply(q, &mut f, FloorEvent::Expire { grant_id: first }).unwrap(),
-            FloorChange::Holder { why: "revoked" }
+            FloorChange::Holder {
+                why: FloorEventType::Revoked
+            }
         );
         assert_eq!(holder(&f), Some("b"));
     }
 
     #[test]
-    fn policies_parse_from_their_names() {
-        assert_eq!(FloorPolicy::parse("").unwrap(), FloorPolicy::None);
-        assert_eq!(FloorPolicy::parse("queue").unwrap(), FloorPolicy::Queue);
-        assert!(FloorPolicy::parse("chaos").is_err());
+    fn policies_round_trip_through_the_client_enum() {
+        assert_eq!(
+            FloorPolicy::from_proto(proto::FloorPolicy::Unspecified),
+            FloorPolicy::None
+        );
+        for p in [FloorPolicy::None, FloorPolicy::Exclusive, FloorPolicy::Queue] {
+            assert_eq!(FloorPolicy::from_proto(p.to_proto()), p);
+        }
     }
 }

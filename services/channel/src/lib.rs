@@ -6,12 +6,13 @@
 //! media relay only through its gRPC contract.
 
 mod error;
+mod fanout;
 pub mod floor;
 mod relays;
 mod service;
 mod store;
 
-use relaymesh_proto::channel::v1::channel_server::ChannelServer;
+use relaymesh_proto::channel::v1::channel_service_server::ChannelServiceServer;
 use relaymesh_rpc::{GrpcServer, RpcError, ServeOptions};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -44,7 +45,7 @@ pub async fn serve(
 ) -> Result<(), RpcError> {
     let service = ChannelService::new(state, config, shutdown.clone());
     let served = GrpcServer::new()
-        .add_service(ChannelServer::new(service.clone()))
+        .add_service(ChannelServiceServer::new(service.clone()))
         .serve(listener, ServeOptions::default(), shutdown)
         .await;
     service.drained().await;

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use prost::Message;
 use relaymesh_proto::media_relay::v1::RelayRegistration;
-use relaymesh_proto::media_relay::v1::media_relay_client::MediaRelayClient;
+use relaymesh_proto::media_relay::v1::media_relay_service_client::MediaRelayServiceClient;
 use relaymesh_rpc::{RpcChannel, connect_lazy};
 use relaymesh_state::SharedState;
 
@@ -19,7 +19,7 @@ use crate::error::{ChannelError, Result};
 
 pub struct RelayDirectory {
     state: SharedState,
-    clients: Mutex<HashMap<String, MediaRelayClient<RpcChannel>>>,
+    clients: Mutex<HashMap<String, MediaRelayServiceClient<RpcChannel>>>,
 }
 
 impl RelayDirectory {
@@ -82,14 +82,14 @@ impl RelayDirectory {
         Ok(())
     }
 
-    pub fn client(&self, reg: &RelayRegistration) -> Result<MediaRelayClient<RpcChannel>> {
+    pub fn client(&self, reg: &RelayRegistration) -> Result<MediaRelayServiceClient<RpcChannel>> {
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = clients.get(&reg.grpc_url) {
             return Ok(c.clone());
         }
         let channel =
             connect_lazy(&reg.grpc_url, Duration::from_secs(3)).map_err(|e| ChannelError::Relay(e.to_string()))?;
-        let client = MediaRelayClient::new(channel);
+        let client = MediaRelayServiceClient::new(channel);
         clients.insert(reg.grpc_url.clone(), client.clone());
         Ok(client)
     }

@@ -7,20 +7,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use relaymesh_proto::channel::v1::{
-    ChannelInfo, CreateChannelRequest, DeleteChannelRequest, DeleteChannelResponse, DropSessionRequest,
-    DropSessionResponse, FloorRequest, FloorResponse, JoinChannelRequest, JoinChannelResponse, LeaveChannelRequest,
-    LeaveChannelResponse, Member, SendMessageRequest, SendMessageResponse, UpdateChannelRequest, channel_server,
+    Caller, CreateChannelRequest, CreateChannelResponse, DeleteChannelRequest, DeleteChannelResponse,
+    DropSessionRequest, DropSessionResponse, JoinChannelRequest, JoinChannelResponse, LeaveChannelRequest,
+    LeaveChannelResponse, ReleaseFloorRequest, ReleaseFloorResponse, RequestFloorRequest, RequestFloorResponse,
+    SendMessageRequest, SendMessageResponse, UpdateChannelRequest, UpdateChannelResponse, channel_service_server,
+};
+use relaymesh_proto::client::v1::{
+    Channel, ChannelEvent, ChannelEventType, FloorHolder, FloorState, LivechatResponse, Member, MessageEvent,
+    livechat_response::Event,
 };
 use relaymesh_proto::media_relay::v1::{AddPeerRequest, RemovePeerRequest, SetFloorRequest};
 use relaymesh_rpc::ServiceError;
-use relaymesh_state::{ConnectionId, Delivery, SessionRegistry, SharedState, text_envelope};
-use relaymesh_wire::livechat as wire;
+use relaymesh_state::{ConnectionId, Delivery, SessionRegistry, SharedState};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 
 use crate::ChannelConfig;
 use crate::error::{ChannelError, Result};
+use crate::fanout::{Fanout, FanoutJob};
 use crate::floor::{self, Floor, FloorChange, FloorEvent, FloorPolicy, Talker};
 use crate::relays::RelayDirectory;
 use crate::store::{ChannelRecord, ChannelStore, MemberRecord};
@@ -32,36 +38,76 @@ pub struct ChannelService {
 
 struct Inner {
     store: ChannelStore,
-    delivery: Delivery,
     relays: RelayDirectory,
     config: ChannelConfig,
-    /// Floor expiry timers; cancelled on shutdown.
+    fanout: Fanout,
+    /// Floor expiry timers, fan-out workers and the gone-session reaper;
+    /// stopped on shutdown.
     timers: TaskTracker,
     shutdown: CancellationToken,
 }
 
+/// Unix milliseconds now.
 fn now_ms() -> i64 {
-    relaymesh_wire::now_ms()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-fn info(rec: &ChannelRecord, members: &[MemberRecord]) -> ChannelInfo {
-    ChannelInfo {
+/// Fan-out shards: events of one channel stay in order on one shard.
+const FANOUT_SHARDS: usize = 4;
+
+fn info(rec: &ChannelRecord, members: &[MemberRecord]) -> Channel {
+    Channel {
         channel_id: rec.channel_id.clone(),
         name: rec.name.clone(),
         creator_id: rec.creator_id.clone(),
         capacity: rec.capacity,
         members: members.iter().map(|m| m.user_id.clone()).collect(),
-        floor_policy: rec.floor.as_str().to_owned(),
+        floor: rec.floor.to_proto() as i32,
     }
 }
 
-fn floor_response(floor: &Floor, queue_position: u32) -> FloorResponse {
-    let holder = floor.holder.as_ref();
-    FloorResponse {
-        holder_id: holder.map(|g| g.talker.user_id.clone()).unwrap_or_default(),
+fn holder_of(floor: &Floor) -> Option<FloorHolder> {
+    floor.holder.as_ref().map(|g| FloorHolder {
+        user_id: g.talker.user_id.clone(),
+        ssrc: g.talker.ssrc,
+        expires_at: g.expires_at_ms,
+    })
+}
+
+fn floor_state(channel_id: &str, floor: &Floor, queue_position: u32) -> FloorState {
+    FloorState {
+        channel_id: channel_id.to_owned(),
+        holder: holder_of(floor),
         queue_position,
-        holder_ssrc: holder.map_or(0, |g| g.talker.ssrc),
-        expires_at_ms: holder.map_or(0, |g| g.expires_at_ms),
+    }
+}
+
+fn member_view(m: &MemberRecord) -> Member {
+    Member {
+        user_id: m.user_id.clone(),
+        session_id: m.session_id.clone(),
+        ssrc: m.ssrc,
+    }
+}
+
+/// The caller's (session, user), which every request must name.
+fn caller(c: Option<Caller>) -> Result<Caller> {
+    match c {
+        Some(c) if !c.session_id.is_empty() && !c.user_id.is_empty() => Ok(c),
+        _ => Err(ChannelError::Invalid(
+            "caller session_id and user_id are required".into(),
+        )),
+    }
+}
+
+fn channel_event(kind: ChannelEventType, channel_id: &str, user_id: &str) -> ChannelEvent {
+    ChannelEvent {
+        r#type: kind as i32,
+        channel_id: channel_id.to_owned(),
+        user_id: user_id.to_owned(),
+        ..ChannelEvent::default()
     }
 }
 
@@ -69,15 +115,45 @@ impl ChannelService {
     pub fn new(state: SharedState, config: ChannelConfig, shutdown: CancellationToken) -> Self {
         // Lookups only: the TTL matters to whoever registers sessions.
         let registry = SessionRegistry::new(state.clone(), Duration::from_secs(60));
-        Self {
+        let delivery = Delivery::new(state.clone(), registry);
+        let timers = TaskTracker::new();
+        let (gone_tx, gone_rx) = mpsc::unbounded_channel();
+        let fanout = Fanout::start(FANOUT_SHARDS, delivery.clone(), &timers, gone_tx, shutdown.clone());
+        let svc = Self {
             inner: Arc::new(Inner {
                 store: ChannelStore::new(state.clone()),
-                delivery: Delivery::new(state.clone(), registry),
                 relays: RelayDirectory::new(state),
                 config,
-                timers: TaskTracker::new(),
+                fanout,
+                timers,
                 shutdown,
             }),
+        };
+        svc.inner.timers.spawn(svc.clone().reap_gone(gone_rx));
+        svc
+    }
+
+    /// Removes members whose session no gateway holds any more (a gateway
+    /// that died cannot say so): each leaves its channel once, with the
+    /// normal leave event and floor hand-over.
+    async fn reap_gone(self, mut gone: mpsc::UnboundedReceiver<(String, ConnectionId)>) {
+        loop {
+            let next = tokio::select! {
+                next = gone.recv() => next,
+                () = self.inner.shutdown.cancelled() => None,
+            };
+            let Some((channel_id, conn)) = next else { break };
+            let left = self
+                .locked(&channel_id, async || {
+                    self.leave_locked(&channel_id, conn.as_str()).await
+                })
+                .await;
+            match left {
+                Ok(()) => tracing::info!(channel_id, session_id = %conn, "removed member whose session is gone"),
+                // Already removed (by another event or replica).
+                Err(ChannelError::NotFound(_) | ChannelError::NotJoined) => {}
+                Err(err) => tracing::warn!(channel_id, session_id = %conn, error = %err, "gone member not removed"),
+            }
         }
     }
 
@@ -94,28 +170,21 @@ impl ChannelService {
         out
     }
 
-    /// Sends `frame` to every member but `except`; members whose session is
-    /// gone from every gateway are removed (a gateway that died cannot say so).
-    async fn broadcast(&self, channel_id: &str, members: &[MemberRecord], frame: &str, except: Option<&str>) {
-        let mut gone = Vec::new();
-        for m in members.iter().filter(|m| Some(m.session_id.as_str()) != except) {
-            let conn = ConnectionId::new(m.session_id.clone());
-            match self
-                .inner
-                .delivery
-                .send_to_connection(&conn, text_envelope(frame, false))
-                .await
-            {
-                Ok(true) => {}
-                Ok(false) => gone.push(m),
-                Err(err) => tracing::warn!(channel_id, error = %err, "event delivery failed"),
-            }
-        }
-        for m in gone {
-            tracing::info!(channel_id, session_id = %m.session_id, "removing member whose session is gone");
-            let _ = self.inner.store.remove_member(channel_id, &m.session_id).await;
-            self.remove_peer(channel_id, m.ssrc).await;
-        }
+    /// Queues `event` for every member of the channel (the fan-out delivers
+    /// it after this returns, in order with the channel's other events).
+    async fn broadcast(&self, channel_id: &str, members: &[MemberRecord], event: Event) {
+        let recipients = members
+            .iter()
+            .map(|m| ConnectionId::new(m.session_id.clone()))
+            .collect();
+        self.inner
+            .fanout
+            .push(FanoutJob {
+                channel_id: channel_id.to_owned(),
+                recipients,
+                event: LivechatResponse { event: Some(event) },
+            })
+            .await;
     }
 
     async fn remove_peer(&self, channel_id: &str, ssrc: u32) {
@@ -174,18 +243,15 @@ impl ChannelService {
     async fn floor_changed(&self, rec: &ChannelRecord, floor: &Floor, change: &FloorChange) {
         let FloorChange::Holder { why } = change else { return };
         self.sync_relay_floor(rec, floor).await;
-        let holder = floor.holder.as_ref();
-        let frame = wire::floor_event(&wire::FloorEvent {
-            kind: why,
-            channel_id: &rec.channel_id,
-            holder_id: holder.map(|g| g.talker.user_id.as_str()),
-            holder_ssrc: holder.map(|g| g.talker.ssrc),
-            expires_at: holder.map(|g| g.expires_at_ms),
+        let event = Event::FloorEvent(relaymesh_proto::client::v1::FloorEvent {
+            r#type: *why as i32,
+            channel_id: rec.channel_id.clone(),
+            holder: holder_of(floor),
         });
         if let Ok(members) = self.inner.store.members(&rec.channel_id).await {
-            self.broadcast(&rec.channel_id, &members, &frame, None).await;
+            self.broadcast(&rec.channel_id, &members, event).await;
         }
-        if let Some(g) = holder {
+        if let Some(g) = floor.holder.as_ref() {
             self.arm_expiry(rec.channel_id.clone(), g.grant_id.clone(), g.expires_at_ms);
         }
     }
@@ -229,21 +295,20 @@ impl ChannelService {
             .await?;
         }
         let members = store.members(channel_id).await?;
-        let frame = wire::channel_event(&wire::ChannelEvent {
-            kind: "leave",
-            channel_id,
-            user_id: &member.user_id,
-            session_id: Some(session_id),
+        let event = ChannelEvent {
+            session_id: Some(session_id.to_owned()),
             ssrc: Some(member.ssrc),
-            name: None,
-        });
-        self.broadcast(channel_id, &members, &frame, None).await;
+            ..channel_event(ChannelEventType::Leave, channel_id, &member.user_id)
+        };
+        self.broadcast(channel_id, &members, Event::ChannelEvent(event)).await;
         tracing::info!(channel_id, session_id, user_id = %member.user_id, "member left");
         Ok(())
     }
 
-    async fn create(&self, req: CreateChannelRequest) -> Result<ChannelInfo> {
+    async fn create(&self, req: CreateChannelRequest) -> Result<Channel> {
         let cfg = &self.inner.config;
+        let floor = FloorPolicy::from_proto(req.floor_policy());
+        let who = caller(req.caller)?;
         if req.channel_id.is_empty() {
             return Err(ChannelError::Invalid("channel_id is empty".into()));
         }
@@ -255,23 +320,27 @@ impl ChannelService {
                 req.name
             },
             channel_id: req.channel_id,
-            creator_id: req.user_id,
+            creator_id: who.user_id,
             capacity: clamp(u64::from(req.capacity), u64::from(cfg.max_channel_members)) as u32,
-            floor: FloorPolicy::parse(&req.floor_policy)?,
+            floor,
             max_talk_ms: clamp(req.max_talk_ms, cfg.floor_max_talk_ms),
         };
         if !self.inner.store.create(&rec).await? {
             return Err(ChannelError::Exists(rec.channel_id));
         }
-        tracing::info!(channel_id = %rec.channel_id, creator = %rec.creator_id, floor = rec.floor.as_str(), "channel created");
+        tracing::info!(channel_id = %rec.channel_id, creator = %rec.creator_id, floor = ?rec.floor, "channel created");
         Ok(info(&rec, &[]))
     }
 
     async fn join(&self, req: JoinChannelRequest) -> Result<JoinChannelResponse> {
         let store = &self.inner.store;
+        let who = caller(req.caller)?;
+        if req.ssrc == 0 {
+            return Err(ChannelError::Invalid("ssrc must not be 0".into()));
+        }
         self.locked(&req.channel_id, async || {
             let rec = store.require(&req.channel_id).await?;
-            if store.member(&rec.channel_id, &req.session_id).await?.is_some() {
+            if store.member(&rec.channel_id, &who.session_id).await?.is_some() {
                 return Err(ChannelError::AlreadyJoined);
             }
             let mut members = store.members(&rec.channel_id).await?;
@@ -285,7 +354,7 @@ impl ChannelService {
                     let add = AddPeerRequest {
                         channel_id: rec.channel_id.clone(),
                         ssrc: req.ssrc,
-                        user_id: req.user_id.clone(),
+                        user_id: who.user_id.clone(),
                     };
                     let addr = match relay.add_peer(add).await {
                         Ok(r) => r.into_inner().media_addr,
@@ -301,30 +370,21 @@ impl ChannelService {
                 }
             };
             let me = MemberRecord {
-                user_id: req.user_id.clone(),
-                session_id: req.session_id.clone(),
+                user_id: who.user_id.clone(),
+                session_id: who.session_id.clone(),
                 ssrc: req.ssrc,
             };
             store.add_member(&rec.channel_id, &me).await?;
-            let frame = wire::channel_event(&wire::ChannelEvent {
-                kind: "join",
-                channel_id: &rec.channel_id,
-                user_id: &me.user_id,
-                session_id: Some(&me.session_id),
+            let event = ChannelEvent {
+                session_id: Some(me.session_id.clone()),
                 ssrc: Some(me.ssrc),
-                name: None,
-            });
-            self.broadcast(&rec.channel_id, &members, &frame, None).await;
+                ..channel_event(ChannelEventType::Join, &rec.channel_id, &me.user_id)
+            };
+            self.broadcast(&rec.channel_id, &members, Event::ChannelEvent(event))
+                .await;
             members.push(me);
-            tracing::info!(channel_id = %rec.channel_id, user_id = %req.user_id, ssrc = req.ssrc, "member joined");
-            let active_members = members
-                .into_iter()
-                .map(|m| Member {
-                    user_id: m.user_id,
-                    session_id: m.session_id,
-                    ssrc: m.ssrc,
-                })
-                .collect();
+            tracing::info!(channel_id = %rec.channel_id, user_id = %who.user_id, ssrc = req.ssrc, "member joined");
+            let active_members = members.iter().map(member_view).collect();
             Ok(JoinChannelResponse {
                 active_members,
                 media_addr,
@@ -333,25 +393,23 @@ impl ChannelService {
         .await
     }
 
-    async fn update(&self, req: UpdateChannelRequest) -> Result<ChannelInfo> {
+    async fn update(&self, req: UpdateChannelRequest) -> Result<Channel> {
         let store = &self.inner.store;
+        let who = caller(req.caller)?;
         self.locked(&req.channel_id, async || {
             let mut rec = store.require(&req.channel_id).await?;
-            if rec.creator_id != req.user_id {
+            if rec.creator_id != who.user_id {
                 return Err(ChannelError::NotAllowed);
             }
             rec.name = req.name.clone();
             store.put(&rec).await?;
             let members = store.members(&rec.channel_id).await?;
-            let frame = wire::channel_event(&wire::ChannelEvent {
-                kind: "update",
-                channel_id: &rec.channel_id,
-                user_id: &req.user_id,
-                session_id: None,
-                ssrc: None,
-                name: Some(&rec.name),
-            });
-            self.broadcast(&rec.channel_id, &members, &frame, None).await;
+            let event = ChannelEvent {
+                name: Some(rec.name.clone()),
+                ..channel_event(ChannelEventType::Update, &rec.channel_id, &who.user_id)
+            };
+            self.broadcast(&rec.channel_id, &members, Event::ChannelEvent(event))
+                .await;
             Ok(info(&rec, &members))
         })
         .await
@@ -359,21 +417,16 @@ impl ChannelService {
 
     async fn delete(&self, req: DeleteChannelRequest) -> Result<()> {
         let store = &self.inner.store;
+        let who = caller(req.caller)?;
         self.locked(&req.channel_id, async || {
             let rec = store.require(&req.channel_id).await?;
-            if rec.creator_id != req.user_id {
+            if rec.creator_id != who.user_id {
                 return Err(ChannelError::NotAllowed);
             }
             let members = store.members(&rec.channel_id).await?;
-            let frame = wire::channel_event(&wire::ChannelEvent {
-                kind: "delete",
-                channel_id: &rec.channel_id,
-                user_id: &req.user_id,
-                session_id: None,
-                ssrc: None,
-                name: None,
-            });
-            self.broadcast(&rec.channel_id, &members, &frame, None).await;
+            let event = channel_event(ChannelEventType::Delete, &rec.channel_id, &who.user_id);
+            self.broadcast(&rec.channel_id, &members, Event::ChannelEvent(event))
+                .await;
             for m in &members {
                 store.remove_member(&rec.channel_id, &m.session_id).await?;
                 self.remove_peer(&rec.channel_id, m.ssrc).await;
@@ -388,6 +441,7 @@ impl ChannelService {
 
     async fn send_message(&self, req: SendMessageRequest) -> Result<SendMessageResponse> {
         let store = &self.inner.store;
+        let who = caller(req.caller)?;
         store.require(&req.channel_id).await?;
         if req.content.trim().is_empty() {
             return Err(ChannelError::EmptyMessage);
@@ -396,28 +450,29 @@ impl ChannelService {
         if req.content.chars().count() > max {
             return Err(ChannelError::MessageTooLong(max));
         }
-        if store.member(&req.channel_id, &req.session_id).await?.is_none() {
+        if store.member(&req.channel_id, &who.session_id).await?.is_none() {
             return Err(ChannelError::NotMember);
         }
         let message_id = uuid::Uuid::new_v4().to_string();
         let members = store.members(&req.channel_id).await?;
-        let frame = wire::message_event(&wire::MessageEvent {
-            channel_id: &req.channel_id,
-            message_id: &message_id,
-            user_id: &req.user_id,
-            content: &req.content,
+        let event = Event::MessageEvent(MessageEvent {
+            channel_id: req.channel_id.clone(),
+            message_id: message_id.clone(),
+            user_id: who.user_id,
+            content: req.content,
             timestamp: now_ms(),
         });
-        self.broadcast(&req.channel_id, &members, &frame, None).await;
+        self.broadcast(&req.channel_id, &members, event).await;
         Ok(SendMessageResponse { message_id })
     }
 
-    async fn floor(&self, req: FloorRequest, request: bool) -> Result<FloorResponse> {
+    async fn floor(&self, who: Option<Caller>, channel_id: &str, request: bool) -> Result<FloorState> {
         let store = &self.inner.store;
-        self.locked(&req.channel_id, async || {
-            let rec = store.require(&req.channel_id).await?;
+        let who = caller(who)?;
+        self.locked(channel_id, async || {
+            let rec = store.require(channel_id).await?;
             let me = store
-                .member(&rec.channel_id, &req.session_id)
+                .member(&rec.channel_id, &who.session_id)
                 .await?
                 .ok_or(ChannelError::NotJoined)?;
             let event = if request {
@@ -433,7 +488,7 @@ impl ChannelService {
             };
             let (floor, change) = self.floor_event_locked(&rec, event).await?;
             let position = if let FloorChange::Queued(p) = change { p } else { 0 };
-            Ok(floor_response(&floor, position))
+            Ok(floor_state(&rec.channel_id, &floor, position))
         })
         .await
     }
@@ -461,12 +516,13 @@ fn answer<T>(r: Result<T>) -> std::result::Result<Response<T>, Status> {
 }
 
 #[tonic::async_trait]
-impl channel_server::Channel for ChannelService {
+impl channel_service_server::ChannelService for ChannelService {
     async fn create_channel(
         &self,
         req: Request<CreateChannelRequest>,
-    ) -> std::result::Result<Response<ChannelInfo>, Status> {
-        answer(self.create(req.into_inner()).await)
+    ) -> std::result::Result<Response<CreateChannelResponse>, Status> {
+        let created = self.create(req.into_inner()).await;
+        answer(created.map(|c| CreateChannelResponse { channel: Some(c) }))
     }
 
     async fn join_channel(
@@ -481,19 +537,24 @@ impl channel_server::Channel for ChannelService {
         req: Request<LeaveChannelRequest>,
     ) -> std::result::Result<Response<LeaveChannelResponse>, Status> {
         let r = req.into_inner();
-        let left = self
-            .locked(&r.channel_id, async || {
-                self.leave_locked(&r.channel_id, &r.session_id).await
-            })
-            .await;
+        let left = match caller(r.caller) {
+            Ok(who) => {
+                self.locked(&r.channel_id, async || {
+                    self.leave_locked(&r.channel_id, &who.session_id).await
+                })
+                .await
+            }
+            Err(err) => Err(err),
+        };
         answer(left.map(|()| LeaveChannelResponse {}))
     }
 
     async fn update_channel(
         &self,
         req: Request<UpdateChannelRequest>,
-    ) -> std::result::Result<Response<ChannelInfo>, Status> {
-        answer(self.update(req.into_inner()).await)
+    ) -> std::result::Result<Response<UpdateChannelResponse>, Status> {
+        let updated = self.update(req.into_inner()).await;
+        answer(updated.map(|c| UpdateChannelResponse { channel: Some(c) }))
     }
 
     async fn delete_channel(
@@ -510,12 +571,22 @@ impl channel_server::Channel for ChannelService {
         answer(ChannelService::send_message(self, req.into_inner()).await)
     }
 
-    async fn request_floor(&self, req: Request<FloorRequest>) -> std::result::Result<Response<FloorResponse>, Status> {
-        answer(self.floor(req.into_inner(), true).await)
+    async fn request_floor(
+        &self,
+        req: Request<RequestFloorRequest>,
+    ) -> std::result::Result<Response<RequestFloorResponse>, Status> {
+        let r = req.into_inner();
+        let floor = self.floor(r.caller, &r.channel_id, true).await;
+        answer(floor.map(|f| RequestFloorResponse { floor: Some(f) }))
     }
 
-    async fn release_floor(&self, req: Request<FloorRequest>) -> std::result::Result<Response<FloorResponse>, Status> {
-        answer(self.floor(req.into_inner(), false).await)
+    async fn release_floor(
+        &self,
+        req: Request<ReleaseFloorRequest>,
+    ) -> std::result::Result<Response<ReleaseFloorResponse>, Status> {
+        let r = req.into_inner();
+        let floor = self.floor(r.caller, &r.channel_id, false).await;
+        answer(floor.map(|f| ReleaseFloorResponse { floor: Some(f) }))
     }
 
     async fn drop_session(

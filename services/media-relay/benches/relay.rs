@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use relaymesh_media_relay::MediaRelayConfig;
-use relaymesh_proto::media_relay::v1::media_relay_client::MediaRelayClient;
+use relaymesh_proto::media_relay::v1::media_relay_service_client::MediaRelayServiceClient;
 use relaymesh_proto::media_relay::v1::{AddPeerRequest, GetStatsRequest};
 use relaymesh_state::SharedState;
 use tokio::net::{TcpListener, UdpSocket};
@@ -178,7 +178,7 @@ fn start_relay() -> (SocketAddr, Option<String>, CancellationToken) {
 /// latched; returns where the sender sends, its SSRC, and the receivers.
 async fn relay_channel(grpc_addr: SocketAddr, n: usize) -> (SocketAddr, u32, Vec<UdpSocket>) {
     let channel = relaymesh_rpc::connect_lazy(&format!("http://{grpc_addr}"), Duration::from_secs(5)).unwrap();
-    let client = MediaRelayClient::new(channel);
+    let client = MediaRelayServiceClient::new(channel);
     let channel_id = format!("bench-{n}");
     let add = |ssrc: u32| {
         let req = AddPeerRequest {
@@ -190,7 +190,7 @@ async fn relay_channel(grpc_addr: SocketAddr, n: usize) -> (SocketAddr, u32, Vec
         async move { client.add_peer(req).await.unwrap().into_inner().media_addr }
     };
     let media_addr: SocketAddr = add(SENDER_SSRC).await.parse().unwrap();
-    let packets_in = |mut client: MediaRelayClient<_>| async move {
+    let packets_in = |mut client: MediaRelayServiceClient<_>| async move {
         client
             .get_stats(GetStatsRequest {})
             .await

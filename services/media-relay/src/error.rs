@@ -1,6 +1,7 @@
 //! What the media relay refuses, and the one table mapping each refusal to
 //! a gRPC code and a stable reason.
 
+use relaymesh_proto::media_relay::v1::ErrorReason;
 use relaymesh_rpc::ServiceError;
 use tonic::Code;
 
@@ -24,6 +25,8 @@ pub enum MediaRelayError {
 pub type Result<T, E = MediaRelayError> = std::result::Result<T, E>;
 
 impl ServiceError for MediaRelayError {
+    type Reason = ErrorReason;
+
     fn code(&self) -> Code {
         match self {
             Self::SsrcInUse { .. } => Code::AlreadyExists,
@@ -33,13 +36,13 @@ impl ServiceError for MediaRelayError {
         }
     }
 
-    fn reason(&self) -> &'static str {
+    fn reason(&self) -> ErrorReason {
         match self {
-            Self::SsrcInUse { .. } => "ssrc_in_use",
-            Self::UnknownPeer { .. } => "unknown_peer",
-            Self::UnknownChannel(_) => "unknown_channel",
-            Self::HolderNotMember { .. } => "holder_not_member",
-            Self::InvalidArgument(_) => "invalid_argument",
+            Self::SsrcInUse { .. } => ErrorReason::SsrcInUse,
+            Self::UnknownPeer { .. } => ErrorReason::UnknownPeer,
+            Self::UnknownChannel(_) => ErrorReason::UnknownChannel,
+            Self::HolderNotMember { .. } => ErrorReason::HolderNotMember,
+            Self::InvalidArgument(_) => ErrorReason::InvalidArgument,
         }
     }
 }

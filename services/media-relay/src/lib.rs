@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use relaymesh_config::join_host_port;
 use relaymesh_proto::media_relay::v1::RelayRegistration;
-use relaymesh_proto::media_relay::v1::media_relay_server::MediaRelayServer;
+use relaymesh_proto::media_relay::v1::media_relay_service_server::MediaRelayServiceServer;
 use relaymesh_rpc::{GrpcServer, RpcError, ServeOptions};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinSet;
@@ -171,7 +171,7 @@ pub async fn serve(
 
     let service = MediaRelayService::new(table, counters, media_addr, config.media_peer_idle_timeout_ms);
     let served = GrpcServer::new()
-        .add_service(MediaRelayServer::new(service))
+        .add_service(MediaRelayServiceServer::new(service))
         .serve(listener, ServeOptions::default(), shutdown)
         .await;
     stop.cancel();

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use relaymesh_proto::media_relay::v1::{
-    AddPeerRequest, AddPeerResponse, GetStatsRequest, RelayStats, RemovePeerRequest, RemovePeerResponse,
-    SetFloorRequest, SetFloorResponse, media_relay_server::MediaRelay,
+    AddPeerRequest, AddPeerResponse, GetStatsRequest, GetStatsResponse, RemovePeerRequest, RemovePeerResponse,
+    SetFloorRequest, SetFloorResponse, media_relay_service_server,
 };
 use relaymesh_rpc::ServiceError;
 use tonic::{Request, Response, Status};
@@ -36,12 +36,12 @@ impl MediaRelayService {
 }
 
 fn refuse(e: MediaRelayError) -> Status {
-    metrics::counter!("media_rpc_refused_total", "reason" => e.reason()).increment(1);
+    metrics::counter!("media_rpc_refused_total", "reason" => e.reason().as_str_name()).increment(1);
     e.into_status()
 }
 
 #[tonic::async_trait]
-impl MediaRelay for MediaRelayService {
+impl media_relay_service_server::MediaRelayService for MediaRelayService {
     async fn add_peer(&self, req: Request<AddPeerRequest>) -> Result<Response<AddPeerResponse>, Status> {
         let req = req.into_inner();
         let ssrc = Ssrc(req.ssrc);
@@ -87,7 +87,7 @@ impl MediaRelay for MediaRelayService {
         Ok(Response::new(SetFloorResponse {}))
     }
 
-    async fn get_stats(&self, _req: Request<GetStatsRequest>) -> Result<Response<RelayStats>, Status> {
+    async fn get_stats(&self, _req: Request<GetStatsRequest>) -> Result<Response<GetStatsResponse>, Status> {
         Ok(Response::new(self.counters.snapshot(&self.table)))
     }
 }

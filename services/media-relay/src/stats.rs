@@ -9,7 +9,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use relaymesh_proto::media_relay::v1::RelayStats;
+use relaymesh_proto::media_relay::v1::GetStatsResponse;
 use tokio_util::sync::CancellationToken;
 
 use crate::table::RelayTable;
@@ -98,10 +98,10 @@ impl LocalCounts {
 
 impl RelayCounters {
     /// The GetStats answer: these totals plus the table's current size.
-    pub fn snapshot(&self, table: &RelayTable) -> RelayStats {
+    pub fn snapshot(&self, table: &RelayTable) -> GetStatsResponse {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let (peers, channels) = table.counts();
-        RelayStats {
+        GetStatsResponse {
             packets_in: get(&self.packets_in),
             packets_out: get(&self.packets_out),
             bytes_in: get(&self.bytes_in),

@@ -165,7 +165,10 @@ async fn ssrc_held_by_another_live_member_is_already_exists() {
 
     let other_user = relay.add_peer("dup", 51, "mallory").await.unwrap_err();
     assert_eq!(other_user.code(), tonic::Code::AlreadyExists);
-    assert_eq!(relaymesh_rpc::reason_of(&other_user), Some("ssrc_in_use"));
+    assert_eq!(
+        relaymesh_rpc::reason_of(&other_user),
+        Some(relaymesh_proto::media_relay::v1::ErrorReason::SsrcInUse)
+    );
     let other_channel = relay.add_peer("dup-2", 51, "alice").await.unwrap_err();
     assert_eq!(other_channel.code(), tonic::Code::AlreadyExists);
 
@@ -186,7 +189,10 @@ async fn removed_peer_frees_its_ssrc_and_unknown_removal_is_not_found() {
     relay.client.remove_peer(remove.clone()).await.unwrap();
     assert_eq!(relay.stats().await.peers, 0);
     let again = relay.client.remove_peer(remove).await.unwrap_err();
-    assert_eq!(relaymesh_rpc::reason_of(&again), Some("unknown_peer"));
+    assert_eq!(
+        relaymesh_rpc::reason_of(&again),
+        Some(relaymesh_proto::media_relay::v1::ErrorReason::UnknownPeer)
+    );
     relay.add_peer("remove", 55, "bob").await.unwrap();
     relay.stop().await;
 }

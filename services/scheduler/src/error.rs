@@ -1,3 +1,4 @@
+use relaymesh_proto::scheduler::v1::ErrorReason;
 use relaymesh_rpc::ServiceError;
 use tonic::Code;
 
@@ -33,6 +34,8 @@ impl From<sqlx::Error> for SchedulerError {
 }
 
 impl ServiceError for SchedulerError {
+    type Reason = ErrorReason;
+
     fn code(&self) -> Code {
         match self {
             Self::WorkflowNotFound(_) | Self::RunNotFound(_) | Self::CommandNotFound(_) | Self::UnknownNode(_) => {
@@ -44,18 +47,18 @@ impl ServiceError for SchedulerError {
         }
     }
 
-    fn reason(&self) -> &'static str {
+    fn reason(&self) -> ErrorReason {
         match self {
-            Self::WorkflowNotFound(_) => "workflow_not_found",
-            Self::RunNotFound(_) => "run_not_found",
-            Self::CommandNotFound(_) => "command_not_found",
-            Self::UnknownCommandType(_) => "unknown_command_type",
-            Self::UnknownDevice(_) => "unknown_device",
-            Self::UnknownNode(_) => "unknown_node",
-            Self::Invalid(_) => "invalid",
-            Self::WrongNode(_) => "wrong_node",
-            Self::Store(_) => "store",
-            Self::Artifact(_) => "artifact",
+            Self::WorkflowNotFound(_) => ErrorReason::WorkflowNotFound,
+            Self::RunNotFound(_) => ErrorReason::RunNotFound,
+            Self::CommandNotFound(_) => ErrorReason::CommandNotFound,
+            Self::UnknownCommandType(_) => ErrorReason::UnknownCommandType,
+            Self::UnknownDevice(_) => ErrorReason::UnknownDevice,
+            Self::UnknownNode(_) => ErrorReason::UnknownNode,
+            Self::Invalid(_) => ErrorReason::InvalidArgument,
+            Self::WrongNode(_) => ErrorReason::WrongNode,
+            Self::Store(_) => ErrorReason::StoreUnavailable,
+            Self::Artifact(_) => ErrorReason::ArtifactStore,
         }
     }
 }

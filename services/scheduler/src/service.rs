@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use object_store::path::Path;
+use relaymesh_proto::client::v1::ClientProtocol;
+use relaymesh_proto::delivery::v1::NudgeReason;
 use relaymesh_proto::scheduler::v1::{
     Command, CreateRunRequest, CreateWorkflowRequest, Device, GetRunRequest, GetWorkflowRequest, ListNodesRequest,
     ListNodesResponse, Node, NodeDisconnectedRequest, NodeDisconnectedResponse, NodeHeartbeatRequest,
@@ -131,7 +133,11 @@ impl SchedulerService {
         if let Err(err) = self
             .inner
             .delivery
-            .send_to_user("node", node_id, &nudge_envelope("commands"))
+            .send_to_user(
+                ClientProtocol::Node,
+                node_id,
+                nudge_envelope(NudgeReason::CommandsAvailable),
+            )
             .await
         {
             tracing::warn!(node_id, error = %err, "nudge failed");

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use relaymesh_media_relay::MediaRelayConfig;
-use relaymesh_proto::media_relay::v1::media_relay_client::MediaRelayClient;
-use relaymesh_proto::media_relay::v1::{AddPeerRequest, GetStatsRequest, RelayStats, SetFloorRequest};
+use relaymesh_proto::media_relay::v1::media_relay_service_client::MediaRelayServiceClient;
+use relaymesh_proto::media_relay::v1::{AddPeerRequest, GetStatsRequest, GetStatsResponse, SetFloorRequest};
 use relaymesh_rpc::{RpcChannel, RpcError, connect_lazy};
 use relaymesh_state::SharedState;
 use tokio::net::{TcpListener, UdpSocket};
@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 pub const WAIT: Duration = Duration::from_secs(5);
 
 pub struct Relay {
-    pub client: MediaRelayClient<RpcChannel>,
+    pub client: MediaRelayServiceClient<RpcChannel>,
     pub state: SharedState,
     pub grpc_addr: SocketAddr,
     shutdown: CancellationToken,
@@ -54,7 +54,7 @@ impl Relay {
         ));
         let channel = connect_lazy(&format!("http://{grpc_addr}"), WAIT).unwrap();
         Self {
-            client: MediaRelayClient::new(channel),
+            client: MediaRelayServiceClient::new(channel),
             state,
             grpc_addr,
             shutdown,
@@ -86,12 +86,12 @@ impl Relay {
         self.client.set_floor(req).await.unwrap();
     }
 
-    pub async fn stats(&mut self) -> RelayStats {
+    pub async fn stats(&mut self) -> GetStatsResponse {
         self.client.get_stats(GetStatsRequest {}).await.unwrap().into_inner()
     }
 
     /// Polls GetStats until `done` holds; panics after [`WAIT`].
-    pub async fn wait_stats(&mut self, what: &str, done: impl Fn(&RelayStats) -> bool) -> RelayStats {
+    pub async fn wait_stats(&mut self, what: &str, done: impl Fn(&GetStatsResponse) -> bool) -> GetStatsResponse {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let stats = self.stats().await;
