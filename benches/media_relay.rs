@@ -733,9 +733,8 @@ fn main() {
                 Err(_) => sweep(&mut load, f.target, length, &mut tag),
             };
             load.drain();
-            // Forwarders stay up for the latency step below; one at a time
-            // holds the forwarder core, so stop the baselines' threads? No:
-            // idle forwarders block in receive and cost nothing.
+            // Every forwarder stays up for the latency steps below; idle,
+            // each blocks in a receive and costs nothing.
             rows.push((
                 Row {
                     name,

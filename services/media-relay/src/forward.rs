@@ -16,11 +16,13 @@
 //!
 //! On Linux it uses batched system calls: `recvmmsg` (blocking for the
 //! first datagram, then taking whatever else is queued, up to
-//! [`batched::RECV_BATCH`]) and one `sendmmsg` for every (datagram,
-//! destination) pair of that read, up to [`batched::SEND_BATCH`] per call.
-//! Messages go out in the order packets arrived, so every receiver still
-//! sees its sender's packets in order. Elsewhere the loop is one
-//! `recv_from` and one `send_to` per destination.
+//! [`batched::RECV_BATCH`]) and one `sendmmsg` for every copy of that
+//! read, up to [`batched::SEND_BATCH`] messages per call. A run of one
+//! sender's equal-sized datagrams goes to each destination as one UDP GSO
+//! message, which the kernel builds and routes once and splits on
+//! delivery. Messages go out in the order packets arrived, so every
+//! receiver still sees its sender's packets in order. Elsewhere the loop is
+//! one `recv_from` and one `send_to` per destination.
 //!
 //! Several SO_REUSEPORT sockets (`MEDIA_UDP_SOCKETS`) give several
 //! threads; they share only the table's published routes (read-only) and
