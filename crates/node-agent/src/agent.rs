@@ -386,12 +386,12 @@ impl<D: DeviceDriver> Agent<D> {
             // frame-level refusals) is still worth reading.
             FrameType::Error => {
                 let err: ErrorFrame = inbound.payload().unwrap_or_default();
-                warn!(node_id = %self.node_id, code = %err.code, message = %err.message,
-                    ref_message_id = ?err.ref_message_id, signed = inbound.signature.is_ok(), "hub reported an error");
+                warn!(node_id = %self.node_id, code = %err.code, hub_message = %err.message,
+                    ref_message_id = err.ref_message_id.as_deref(), signed = inbound.signature.is_ok(), "hub reported an error");
                 Ok(())
             }
             _ if inbound.signature.is_err() => {
-                warn!(node_id = %self.node_id, kind = ?inbound.envelope.kind, message_id = ?inbound.message_id(),
+                warn!(node_id = %self.node_id, kind = ?inbound.envelope.kind, message_id = inbound.message_id(),
                     "dropping hub frame with a bad signature");
                 Ok(())
             }
@@ -421,7 +421,7 @@ impl<D: DeviceDriver> Agent<D> {
     async fn on_command(&mut self, ws: &mut Ws, inbound: &Inbound) -> Result<(), SessionEnd> {
         let message_id = inbound.message_id();
         if let Err(e) = &inbound.signature {
-            warn!(node_id = %self.node_id, message_id = ?message_id, error = %e, "command refused: bad signature");
+            warn!(node_id = %self.node_id, message_id, error = %e, "command refused: bad signature");
             return self
                 .send_error(
                     ws,
