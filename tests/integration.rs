@@ -14,6 +14,7 @@ mod integration {
     mod livechat_channels;
     mod livechat_media;
     mod livechat_session;
+    mod observability;
     mod python_client;
     mod role_processes;
     mod ws_machinery;
