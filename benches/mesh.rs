@@ -362,9 +362,7 @@ struct Chat {
 
 impl Chat {
     async fn connect(addr: std::net::SocketAddr, user: &str) -> Self {
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws/livechat"))
-            .await
-            .unwrap();
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws/livechat")).await.unwrap();
         ws.next().await.unwrap().unwrap(); // HELLO
         let identify = serde_json::json!({"op": 3, "d": {"user_id": user, "token": token(user)}});
         ws.send(Message::Text(identify.to_string().into())).await.unwrap();
@@ -393,12 +391,7 @@ impl Chat {
 
 /// `conns` connections, each doing sequential round trips of `op` for
 /// `iters` iterations; returns the latency stats and the total rate.
-async fn livechat_load(
-    chats: &mut [Chat],
-    iters: usize,
-    op: u16,
-    d: impl Fn(usize) -> serde_json::Value,
-) -> (Stats, f64) {
+async fn livechat_load(chats: &mut [Chat], iters: usize, op: u16, d: impl Fn(usize) -> serde_json::Value) -> (Stats, f64) {
     let started = Instant::now();
     let runs = chats.iter_mut().enumerate().map(|(i, c)| {
         let d = d(i);
@@ -412,11 +405,7 @@ async fn livechat_load(
             samples
         }
     });
-    let all: Vec<Duration> = futures_util::future::join_all(runs)
-        .await
-        .into_iter()
-        .flatten()
-        .collect();
+    let all: Vec<Duration> = futures_util::future::join_all(runs).await.into_iter().flatten().collect();
     let rate = all.len() as f64 / started.elapsed().as_secs_f64();
     (stats(all), rate)
 }
@@ -430,20 +419,16 @@ async fn bench_livechat(iters: usize) {
             let mut c = Chat::connect(mesh.gateway_addr, &format!("u{conns}-{i}")).await;
             let channel = format!("bench-{conns}-{i}");
             c.call(10, serde_json::json!({"channel_id": channel})).await;
-            c.call(11, serde_json::json!({"channel_id": channel, "ssrc": i + 1}))
-                .await;
+            c.call(11, serde_json::json!({"channel_id": channel, "ssrc": i + 1})).await;
             chats.push(c);
         }
         let per_conn = (iters / conns).max(200);
         // Warm-up.
         livechat_load(&mut chats, per_conn / 10, 1, |_| serde_json::json!({})).await;
         let (hb, hb_rate) = livechat_load(&mut chats, per_conn, 1, |_| serde_json::json!({})).await;
-        let (msg, msg_rate) = livechat_load(
-            &mut chats,
-            per_conn,
-            20,
-            |i| serde_json::json!({"channel_id": format!("bench-{conns}-{i}"), "content": "hello"}),
-        )
+        let (msg, msg_rate) = livechat_load(&mut chats, per_conn, 20, |i| {
+            serde_json::json!({"channel_id": format!("bench-{conns}-{i}"), "content": "hello"})
+        })
         .await;
         row(&format!("{conns} conn: HEARTBEAT -> ACK (baseline)"), &hb, &hb);
         row(&format!("{conns} conn: MESSAGE_CREATE -> ACK"), &msg, &hb);
@@ -465,17 +450,14 @@ async fn bench_fanout(messages: usize) {
     };
     const MEMBERS: usize = 1000;
     println!("== fanout: {messages} messages, one every 200 ms, to {MEMBERS} members on two gateway replicas (Redis)");
-    let mut options =
-        relaymesh::MeshOptions::loopback(&["--jwt-secret", SECRET, "--max-channel-members", "2000"]).unwrap();
+    let mut options = relaymesh::MeshOptions::loopback(&["--jwt-secret", SECRET, "--max-channel-members", "2000"]).unwrap();
     options.redis_url = Some(redis);
     options.redis_key_prefix = format!("bench-fanout-{}", std::process::id());
     let mut mesh = relaymesh::Mesh::start(options).await.unwrap();
     let second = mesh.add_gateway(0, None).await.unwrap();
     let mut sender = Chat::connect(mesh.gateway_addr, "sender").await;
     sender.call(10, serde_json::json!({"channel_id": "big"})).await;
-    sender
-        .call(11, serde_json::json!({"channel_id": "big", "ssrc": 1}))
-        .await;
+    sender.call(11, serde_json::json!({"channel_id": "big", "ssrc": 1})).await;
     // Members join, 64 at a time, half on each replica.
     let mut members = Vec::with_capacity(MEMBERS);
     for chunk in (0..MEMBERS).collect::<Vec<_>>().chunks(64) {
@@ -483,8 +465,7 @@ async fn bench_fanout(messages: usize) {
             let addr = if i % 2 == 0 { mesh.gateway_addr } else { second };
             async move {
                 let mut c = Chat::connect(addr, &format!("m{i}")).await;
-                c.call(11, serde_json::json!({"channel_id": "big", "ssrc": i + 2}))
-                    .await;
+                c.call(11, serde_json::json!({"channel_id": "big", "ssrc": i + 2})).await;
                 c
             }
         });
@@ -511,10 +492,7 @@ async fn bench_fanout(messages: usize) {
     for n in 0..messages {
         sent_at.push(Instant::now());
         sender
-            .call(
-                20,
-                serde_json::json!({"channel_id": "big", "content": format!("fan-{n}")}),
-            )
+            .call(20, serde_json::json!({"channel_id": "big", "content": format!("fan-{n}")}))
             .await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
