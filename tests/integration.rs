@@ -10,13 +10,14 @@ mod integration {
     mod auth;
     mod cross_replica;
     mod device_farm;
-    mod faults;
     mod farm_faults;
+    mod faults;
     mod gateway_http;
     mod grpc_api;
     mod livechat_channels;
     mod livechat_media;
     mod livechat_session;
+    mod observability;
     mod python_client;
     mod redis_restart;
     mod relay_process;

@@ -336,7 +336,11 @@ pub fn connect_active(
     let endpoints = urls
         .iter()
         .map(|u| {
-            let host = u.parse::<Uri>().ok().and_then(|u| u.host().map(str::to_owned)).unwrap_or_default();
+            let host = u
+                .parse::<Uri>()
+                .ok()
+                .and_then(|u| u.host().map(str::to_owned))
+                .unwrap_or_default();
             endpoint(u, &host, request_timeout, tls.as_ref())
         })
         .collect::<Result<Vec<_>, _>>()?;
