@@ -14,5 +14,6 @@ mod integration {
     mod livechat_media;
     mod livechat_session;
     mod role_processes;
+    mod signal;
     mod ws_machinery;
 }

@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use relaymesh_proto::auth::v1::auth_service_client::AuthServiceClient;
 use relaymesh_proto::channel::v1::channel_service_client::ChannelServiceClient;
-use relaymesh_proto::r#match::v1::match_client::MatchClient;
+use relaymesh_proto::r#match::v1::match_service_client::MatchServiceClient;
 use relaymesh_proto::scheduler::v1::scheduler_client::SchedulerClient;
-use relaymesh_proto::signaling::v1::signaling_client::SignalingClient;
+use relaymesh_proto::signaling::v1::signaling_service_client::SignalingServiceClient;
 use relaymesh_rpc::{RpcChannel, RpcError, connect_lazy};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
@@ -15,9 +15,9 @@ use crate::config::UpstreamArgs;
 #[derive(Clone)]
 pub struct Upstreams {
     pub auth: AuthServiceClient<RpcChannel>,
-    pub signaling: SignalingClient<RpcChannel>,
+    pub signaling: SignalingServiceClient<RpcChannel>,
     pub channel: ChannelServiceClient<RpcChannel>,
-    pub r#match: MatchClient<RpcChannel>,
+    pub r#match: MatchServiceClient<RpcChannel>,
     pub scheduler: SchedulerClient<RpcChannel>,
     health: Vec<Upstream>,
 }
@@ -56,7 +56,7 @@ impl Upstreams {
             },
             Upstream {
                 role: "signaling",
-                service: "relaymesh.signaling.v1.Signaling",
+                service: "relaymesh.signaling.v1.SignalingService",
                 client: HealthClient::new(signaling.clone()),
             },
             Upstream {
@@ -71,7 +71,7 @@ impl Upstreams {
             },
             Upstream {
                 role: "match",
-                service: "relaymesh.match.v1.Match",
+                service: "relaymesh.match.v1.MatchService",
                 client: HealthClient::new(matcher.clone()),
             },
             Upstream {
@@ -82,9 +82,9 @@ impl Upstreams {
         ];
         Ok(Self {
             auth: AuthServiceClient::new(auth),
-            signaling: SignalingClient::new(signaling),
+            signaling: SignalingServiceClient::new(signaling),
             channel: ChannelServiceClient::new(channel),
-            r#match: MatchClient::new(matcher),
+            r#match: MatchServiceClient::new(matcher),
             scheduler: SchedulerClient::new(scheduler),
             health,
         })

@@ -14,6 +14,6 @@ mod metrics_layer;
 mod server;
 
 pub use client::{RpcChannel, TracedChannel, connect_lazy};
-pub use error::{RpcError, ServiceError, reason_of};
+pub use error::{RpcError, ServiceError, metadata_of, reason_of};
 pub use metrics_layer::RpcMetricsLayer;
 pub use server::{GrpcServer, ServeOptions};

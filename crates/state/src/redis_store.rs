@@ -76,6 +76,32 @@ impl RedisStore {
         Ok(set.is_some())
     }
 
+    pub async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: &[u8],
+        new: Option<&[u8]>,
+        ttl: Option<Duration>,
+    ) -> Result<bool> {
+        // One script: GET, compare and write happen with no command between.
+        const SCRIPT: &str = r"
+            if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+            if ARGV[2] == '0' then redis.call('DEL', KEYS[1]) return 1 end
+            if ARGV[4] == '0' then redis.call('SET', KEYS[1], ARGV[3])
+            else redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4]) end
+            return 1";
+        let script = redis::Script::new(SCRIPT);
+        let swapped: i64 = script
+            .key(self.key(key))
+            .arg(expected)
+            .arg(if new.is_some() { "1" } else { "0" })
+            .arg(new.unwrap_or_default())
+            .arg(ttl.map_or(0, millis))
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(swapped == 1)
+    }
+
     pub async fn delete(&self, key: &str) -> Result<bool> {
         let n: u64 = self.conn().del(self.key(key)).await?;
         Ok(n > 0)
