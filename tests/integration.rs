@@ -15,5 +15,6 @@ mod integration {
     mod livechat_session;
     mod role_processes;
     mod signal;
+    mod signal_webrtc;
     mod ws_machinery;
 }
