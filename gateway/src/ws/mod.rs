@@ -18,7 +18,7 @@ use relaymesh_wire::FrameError;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-pub use table::{ConnHandle, ConnectionTable, Offered, Outbound, Transport};
+pub use table::{ConnHandle, ConnectionTable, LatestSlot, Offered, Outbound, Transport};
 
 use crate::Shared;
 use crate::protocols::{Ctx, Protocol, protocol_name};
@@ -77,6 +77,11 @@ pub async fn run<P: WsCodec>(
             () = evict.cancelled() => cx.close(CloseCode::TryAgainLater, "slow consumer: outbound queue full"),
             out = rx.recv() => match out {
                 Some(Outbound::Text(text)) => pending.push(text),
+                Some(Outbound::Latest(slot)) => {
+                    if let Some(Outbound::Text(text)) = slot.take() {
+                        pending.push(text);
+                    }
+                }
                 Some(Outbound::Close(code, reason)) => cx.close(code, reason),
                 Some(Outbound::Nudge(reason)) => Box::pin(proto.on_nudge(&mut cx, reason)).await,
                 // Typed events and forwarded requests are for gRPC streams.
