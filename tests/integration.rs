@@ -10,9 +10,11 @@ mod integration {
     mod cross_replica;
     mod device_farm;
     mod gateway_http;
+    mod grpc_api;
     mod livechat_channels;
     mod livechat_media;
     mod livechat_session;
+    mod python_client;
     mod role_processes;
     mod signal;
     mod signal_webrtc;

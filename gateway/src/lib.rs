@@ -7,6 +7,7 @@
 
 mod api;
 mod config;
+mod grpc_api;
 mod http;
 mod identity;
 mod protocols;
@@ -84,7 +85,8 @@ pub async fn serve(
     );
     let inbox_task = tokio::spawn(run_inbox(inbox, gw.clone()));
 
-    let app = http::router(gw.clone());
+    let (grpc, grpc_health) = grpc_routes(gw.clone()).await?;
+    let app = http::router(gw.clone()).merge(grpc);
     // Without TCP_NODELAY a second small frame written before the client
     // ACKs the first waits for its delayed ACK (40 ms on Linux): measured
     // as 44 ms from run creation to COMMAND before this line.
@@ -100,6 +102,9 @@ pub async fn serve(
     .with_graceful_shutdown(shutdown.clone().cancelled_owned())
     .await?;
 
+    grpc_health
+        .set_not_serving::<relaymesh_proto::client::v1::gateway_service_server::GatewayServiceServer<grpc_api::GatewayApi>>()
+        .await;
     // Upgraded sockets outlive the HTTP server: each sees `shutdown` and
     // closes with 1001; wait for them, bounded.
     gw.tracker.close();
@@ -112,6 +117,31 @@ pub async fn serve(
     inbox_task.abort();
     tracing::info!(gateway_id = %gw.gateway_id, "gateway stopped");
     Ok(())
+}
+
+/// The gRPC client API with health checking and reflection, gRPC-Web
+/// enabled, as routes served on the gateway's HTTP port.
+async fn grpc_routes(gw: Arc<Shared>) -> Result<(axum::Router, tonic_health::server::HealthReporter), GatewayError> {
+    let api = grpc_api::GatewayApi::server(gw);
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    health
+        .set_serving::<relaymesh_proto::client::v1::gateway_service_server::GatewayServiceServer<grpc_api::GatewayApi>>(
+        )
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(relaymesh_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(relaymesh_rpc::RpcError::from)?;
+    let routes = tonic::service::Routes::new(api)
+        .add_service(health_service)
+        .add_service(reflection)
+        .into_axum_router()
+        .layer(tonic_web::GrpcWebLayer::new());
+    Ok((routes, health))
 }
 
 /// Hands envelopes published for this replica to their connections.
