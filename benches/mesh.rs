@@ -625,15 +625,19 @@ async fn negotiate(a_addr: std::net::SocketAddr, b_addr: std::net::SocketAddr, n
     )
     .await;
     a.wait("sdp_answer_received").await;
-    for (from, to) in [(&mut a, &mut b), (&mut b, &mut a)] {
-        for i in 0..4 {
-            let c = serde_json::json!({"candidate": format!("candidate:{i} 1 udp 1 10.0.0.1 9 typ host"), "sdpMid": "0", "sdpMLineIndex": 0});
-            let p = serde_json::json!({"senderId": from.id, "receiverId": to.id, "candidate": c, "sessionId": sid});
-            from.send("send_ice_candidate", p).await;
-        }
-        for _ in 0..4 {
-            to.wait("ice_candidate_received").await;
-        }
+    trickle(&mut a, &mut b, &sid).await;
+    trickle(&mut b, &mut a, &sid).await;
+}
+
+/// Four ICE candidates from `from`, until all reached `to`.
+async fn trickle(from: &mut SignalPeer, to: &mut SignalPeer, sid: &serde_json::Value) {
+    for i in 0..4 {
+        let c = serde_json::json!({"candidate": format!("candidate:{i} 1 udp 1 10.0.0.1 9 typ host"), "sdpMid": "0", "sdpMLineIndex": 0});
+        let p = serde_json::json!({"senderId": from.id, "receiverId": to.id, "candidate": c, "sessionId": sid});
+        from.send("send_ice_candidate", p).await;
+    }
+    for _ in 0..4 {
+        to.wait("ice_candidate_received").await;
     }
 }
 
