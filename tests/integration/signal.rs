@@ -58,6 +58,20 @@ impl Player {
         (e["code"].as_i64().unwrap(), e["sessionId"].as_str().map(str::to_owned))
     }
 
+    /// The outcome of a raced request (`match_request_accepted` or
+    /// `match_request_cancelled`), and the code of an error that came first.
+    async fn outcome(&mut self) -> (String, Option<i64>) {
+        let mut refused = None;
+        loop {
+            let v = self.client.recv().await;
+            match v["type"].as_str() {
+                Some(t @ ("match_request_accepted" | "match_request_cancelled")) => return (t.to_owned(), refused),
+                Some("error") => refused = v["payload"]["code"].as_i64(),
+                _ => {}
+            }
+        }
+    }
+
     /// Waits for a lobby snapshot satisfying `want`.
     async fn lobby_until(&mut self, want: impl Fn(&[Value]) -> bool) -> Vec<Value> {
         loop {
@@ -429,31 +443,19 @@ async fn of_a_racing_accept_and_cancel_exactly_one_wins() {
             let accept = json!({"type": "accept_match", "payload": {"accepterId": "bob", "requesterId": "alice", "sessionId": sid}});
             let cancel = json!({"type": "cancel_match_request", "payload": {"requesterId": "alice", "targetId": "bob", "sessionId": sid}});
             tokio::join!(b.client.send_json(accept), a.client.send_json(cancel));
-            // The requester hears either the acceptance or its own cancel, and
-            // the loser gets 4011 (closed) or 4009 (no longer requested).
-            let mut seen = Vec::new();
-            while let Some(v) = a.client.try_recv(Duration::from_millis(700)).await {
-                if v["type"] != "lobby_update" {
-                    seen.push(v);
-                }
-            }
-            while let Some(v) = b.client.try_recv(Duration::from_millis(300)).await {
-                if v["type"] != "lobby_update" {
-                    seen.push(v);
-                }
-            }
-            let accepted = seen.iter().filter(|v| v["type"] == "match_request_accepted").count();
-            let cancelled = seen.iter().filter(|v| v["type"] == "match_request_cancelled").count();
-            assert!(
-                (accepted == 2 && cancelled == 0) || (accepted == 0 && cancelled == 2),
-                "{backend:?}: {seen:?}"
-            );
-            let errors: Vec<i64> = seen
-                .iter()
-                .filter(|v| v["type"] == "error")
-                .map(|v| v["payload"]["code"].as_i64().unwrap())
-                .collect();
-            assert!(errors == [4011] || errors == [4009], "{backend:?}: {seen:?}");
+            // Both players hear one outcome, the same; the loser's frame is
+            // refused with 4011 (closed) or 4009 (no longer requested).
+            let a_outcome = a.outcome().await;
+            let b_outcome = b.outcome().await;
+            assert_eq!(a_outcome.0, b_outcome.0, "{backend:?}: both hear the winner");
+            let accepted = usize::from(a_outcome.0 == "match_request_accepted") * 2;
+            let loser_error = match (a_outcome.1, b_outcome.1) {
+                (Some(code), None) | (None, Some(code)) => code,
+                (None, None) if accepted == 2 => a.error().await.0,
+                (None, None) => b.error().await.0,
+                (Some(x), Some(y)) => panic!("{backend:?}: both refused ({x}, {y})"),
+            };
+            assert!(loser_error == 4011 || loser_error == 4009, "{backend:?}: {loser_error}");
             if accepted == 2 {
                 a.send("leave_lobby", json!({"playerId": "alice"})).await;
                 a.next("match_failed").await;
