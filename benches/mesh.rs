@@ -17,6 +17,11 @@
 //! - `fanout`: one chat message to a 1,000-member channel whose members are
 //!   split over two gateway replicas on Redis (needs `REDIS_URL`): time from
 //!   send to the last member's delivery.
+//! - `signal`: seed 004 matches negotiated per second (join, request,
+//!   accept, offer, answer, 4 ICE candidates each way; players on two
+//!   gateway replicas), and one relayed SDP offer (sender's socket to the
+//!   receiver's) against a WebSocket ping answered by the gateway itself, on
+//!   the same sockets.
 //!
 //! `cargo bench --bench mesh` runs all; `cargo bench --bench mesh -- rpc`
 //! runs one. `BENCH_ITERS` and `BENCH_SOCKETS` scale them.
@@ -546,6 +551,146 @@ async fn bench_fanout(messages: usize) {
     mesh.shutdown().await.unwrap();
 }
 
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A signal client: sends seed 004 frames, waits for one type.
+struct SignalPeer {
+    ws: Ws,
+    id: String,
+}
+
+impl SignalPeer {
+    async fn join(addr: std::net::SocketAddr, id: &str) -> Self {
+        let url = format!("ws://{addr}/ws/signal?token={}", token(id));
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let mut p = Self { ws, id: id.to_owned() };
+        p.send("join_lobby", serde_json::json!({"playerId": id, "playerName": id}))
+            .await;
+        p.wait("lobby_joined").await;
+        p
+    }
+
+    async fn send(&mut self, kind: &str, payload: serde_json::Value) {
+        let frame = serde_json::json!({"type": kind, "payload": payload}).to_string();
+        self.ws.send(Message::Text(frame.into())).await.unwrap();
+    }
+
+    async fn wait(&mut self, kind: &str) -> serde_json::Value {
+        loop {
+            if let Message::Text(t) = self.ws.next().await.unwrap().unwrap() {
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                if v["type"] == kind {
+                    return v["payload"].clone();
+                }
+                assert_ne!(v["type"], "error", "{}: {v}", self.id);
+            }
+        }
+    }
+
+    /// A WebSocket ping and its pong, which the gateway answers itself.
+    async fn ping(&mut self) {
+        self.ws.send(Message::Ping(Default::default())).await.unwrap();
+        loop {
+            if let Message::Pong(_) = self.ws.next().await.unwrap().unwrap() {
+                return;
+            }
+        }
+    }
+}
+
+/// One match from two fresh players to the last ICE candidate.
+async fn negotiate(a_addr: std::net::SocketAddr, b_addr: std::net::SocketAddr, n: usize) {
+    let (ida, idb) = (format!("a{n}"), format!("b{n}"));
+    let (mut a, mut b) = tokio::join!(SignalPeer::join(a_addr, &ida), SignalPeer::join(b_addr, &idb));
+    a.send(
+        "request_match",
+        serde_json::json!({"requesterId": ida, "targetId": idb}),
+    )
+    .await;
+    let sid = b.wait("match_request_received").await["sessionId"].clone();
+    b.send(
+        "accept_match",
+        serde_json::json!({"accepterId": idb, "requesterId": ida, "sessionId": sid}),
+    )
+    .await;
+    a.wait("match_request_accepted").await;
+    a.send(
+        "send_sdp_offer",
+        serde_json::json!({"senderId": ida, "receiverId": idb, "sdp": "v=0", "sessionId": sid}),
+    )
+    .await;
+    b.wait("sdp_offer_received").await;
+    b.send(
+        "send_sdp_answer",
+        serde_json::json!({"senderId": idb, "receiverId": ida, "sdp": "v=0", "sessionId": sid}),
+    )
+    .await;
+    a.wait("sdp_answer_received").await;
+    trickle(&mut a, &mut b, &sid).await;
+    trickle(&mut b, &mut a, &sid).await;
+}
+
+/// Four ICE candidates from `from`, until all reached `to`.
+async fn trickle(from: &mut SignalPeer, to: &mut SignalPeer, sid: &serde_json::Value) {
+    for i in 0..4 {
+        let c = serde_json::json!({"candidate": format!("candidate:{i} 1 udp 1 10.0.0.1 9 typ host"), "sdpMid": "0", "sdpMLineIndex": 0});
+        let p = serde_json::json!({"senderId": from.id, "receiverId": to.id, "candidate": c, "sessionId": sid});
+        from.send("send_ice_candidate", p).await;
+    }
+    for _ in 0..4 {
+        to.wait("ice_candidate_received").await;
+    }
+}
+
+async fn bench_signal(iters: usize) {
+    let matches = iters.min(400);
+    let concurrency = 8;
+    println!(
+        "== signal: seed 004 over two gateway replicas ({matches} matches, {concurrency} at a time; {iters} relayed SDP)"
+    );
+    let mut mesh = start_mesh(&[]).await;
+    let (a_addr, b_addr) = (mesh.gateway_addr, mesh.add_gateway(0, None).await.unwrap());
+
+    let started = Instant::now();
+    let mut next = 0;
+    while next < matches {
+        let batch: Vec<_> = (next..(next + concurrency).min(matches))
+            .map(|n| tokio::spawn(negotiate(a_addr, b_addr, n)))
+            .collect();
+        next += batch.len();
+        for t in batch {
+            t.await.unwrap();
+        }
+    }
+    let per_sec = matches as f64 / started.elapsed().as_secs_f64();
+
+    // One open match; then SDP offers from A to B against pings.
+    let (mut a, mut b) = tokio::join!(SignalPeer::join(a_addr, "lat-a"), SignalPeer::join(b_addr, "lat-b"));
+    a.send(
+        "request_match",
+        serde_json::json!({"requesterId": "lat-a", "targetId": "lat-b"}),
+    )
+    .await;
+    let sid = b.wait("match_request_received").await["sessionId"].clone();
+    b.send(
+        "accept_match",
+        serde_json::json!({"accepterId": "lat-b", "requesterId": "lat-a", "sessionId": sid}),
+    )
+    .await;
+    a.wait("match_request_accepted").await;
+    let offer = serde_json::json!({"senderId": "lat-a", "receiverId": "lat-b", "sdp": "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\n", "sessionId": sid});
+    let ping = measure(iters, async || a.ping().await).await;
+    let relayed = measure(iters, async || {
+        a.send("send_sdp_offer", offer.clone()).await;
+        b.wait("sdp_offer_received").await;
+    })
+    .await;
+    println!("matches negotiated per second: {per_sec:.1} (join, request, accept, offer, answer, 4 ICE each way)");
+    row("ws ping -> pong (gateway only, baseline)", &ping, &ping);
+    row("send_sdp_offer -> sdp_offer_received", &relayed, &ping);
+    mesh.shutdown().await.unwrap();
+}
+
 fn main() {
     let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let wants = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
@@ -564,6 +709,9 @@ fn main() {
         }
         if wants("idle-sockets") {
             bench_idle_sockets(sockets).await;
+        }
+        if wants("signal") {
+            bench_signal(iters).await;
         }
         if wants("farm") {
             bench_farm(iters.min(500)).await;

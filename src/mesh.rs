@@ -129,6 +129,8 @@ impl Mesh {
             rpc_timeout_ms: options.gateway.upstreams.rpc_timeout_ms,
         };
 
+        // Signaling vets relayed SDP/ICE with this mesh's match service.
+        options.signaling.match_service_url = url(4);
         let (o, st, sd) = (&options, &state, &shutdown);
         spawn_role(
             &mut tasks,

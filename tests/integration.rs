@@ -22,5 +22,7 @@ mod integration {
     mod redis_restart;
     mod relay_process;
     mod role_processes;
+    mod signal;
+    mod signal_webrtc;
     mod ws_machinery;
 }

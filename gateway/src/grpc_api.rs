@@ -16,7 +16,7 @@ use relaymesh_proto::client::v1::gateway_service_server::{GatewayService, Gatewa
 use relaymesh_proto::client::v1::{
     ClientProtocol, CloseCode, Closing, CopilotRequest, CopilotResponse, LivechatRequest, LivechatResponse,
     OpenRequest, OpenResponse, Opened, SendRequest, SendResponse, SignalRequest, SignalResponse, livechat_response,
-    open_response, send_request,
+    open_response, send_request, signal_response,
 };
 use relaymesh_proto::delivery::v1::{Envelope, ForwardedRequest, envelope::Body, forwarded_request};
 use relaymesh_state::ConnectionId;
@@ -28,7 +28,7 @@ use tracing::Instrument;
 
 use crate::Shared;
 use crate::identity::{self, AuthFailure, Identity};
-use crate::protocols::{Ctx, LivechatProtocol, Protocol, frame_span, protocol_name, record_user};
+use crate::protocols::{Ctx, LivechatProtocol, Protocol, SignalProtocol, frame_span, protocol_name, record_user};
 use crate::ws::{ConnHandle, Outbound, Transport};
 
 /// How a protocol's typed events travel on a gRPC stream.
@@ -59,6 +59,31 @@ impl StreamCodec for LivechatProtocol {
     fn closing(code: CloseCode, reason: String) -> LivechatResponse {
         LivechatResponse {
             event: Some(livechat_response::Event::Closing(Closing {
+                code: code as i32,
+                reason,
+            })),
+        }
+    }
+}
+
+impl StreamCodec for SignalProtocol {
+    fn from_body(body: &Body) -> Option<SignalResponse> {
+        match body {
+            Body::Signal(e) => Some(e.clone()),
+            _ => None,
+        }
+    }
+
+    fn from_forwarded(req: ForwardedRequest) -> Option<SignalRequest> {
+        match req.request {
+            Some(forwarded_request::Request::Signal(r)) => Some(r),
+            _ => None,
+        }
+    }
+
+    fn closing(code: CloseCode, reason: String) -> SignalResponse {
+        SignalResponse {
+            event: Some(signal_response::Event::Closing(Closing {
                 code: code as i32,
                 reason,
             })),
@@ -205,6 +230,14 @@ async fn run_stream<P, O>(
                     }
                     None => tracing::debug!(connection_id = %id, "forwarded request of another protocol"),
                 },
+                // A snapshot, the newest of its kind (see `LatestSlot`).
+                Some(Outbound::Latest(slot)) => {
+                    if let Some(Outbound::Event(body)) = slot.take()
+                        && let Some(event) = P::from_body(&body)
+                    {
+                        cx.send(event);
+                    }
+                }
                 // Rendered text is for WebSockets.
                 Some(Outbound::Text(_)) => {}
                 None => break,
@@ -269,6 +302,22 @@ fn open_livechat(e: LivechatResponse) -> OpenResponse {
     }
 }
 
+/// An `Open` stream: its first message names its connection, for `Send`.
+fn opened(id: &ConnectionId, stream: EventStream<OpenResponse>) -> EventStream<OpenResponse> {
+    let opened = OpenResponse {
+        event: Some(open_response::Event::Opened(Opened {
+            session_id: id.to_string(),
+        })),
+    };
+    Box::pin(futures_util::stream::once(async move { Ok(opened) }).chain(stream))
+}
+
+fn open_signal(e: SignalResponse) -> OpenResponse {
+    OpenResponse {
+        event: Some(open_response::Event::Signal(e)),
+    }
+}
+
 #[tonic::async_trait]
 impl GatewayService for GatewayApi {
     type LivechatStream = EventStream<LivechatResponse>;
@@ -294,10 +343,13 @@ impl GatewayService for GatewayApi {
         ))
     }
 
-    async fn signal(&self, _req: Request<Streaming<SignalRequest>>) -> Result<Response<Self::SignalStream>, Status> {
-        Err(Status::unimplemented(
-            "the signal protocol is not yet offered over gRPC",
-        ))
+    async fn signal(&self, req: Request<Streaming<SignalRequest>>) -> Result<Response<Self::SignalStream>, Status> {
+        let who = self
+            .identify(&req)
+            .await?
+            .ok_or_else(|| Status::unauthenticated("missing token"))?;
+        let (_, stream) = self.accept(SignalProtocol::new(who), req.into_inner(), identity_event)?;
+        Ok(Response::new(stream))
     }
 
     async fn open(&self, req: Request<OpenRequest>) -> Result<Response<Self::OpenStream>, Status> {
@@ -310,15 +362,12 @@ impl GatewayService for GatewayApi {
         match protocol {
             ClientProtocol::Livechat => {
                 let (id, stream) = self.accept(LivechatProtocol::identified(who), inbound, open_livechat)?;
-                // The stream's first message names its connection, for `Send`.
-                let opened = OpenResponse {
-                    event: Some(open_response::Event::Opened(Opened {
-                        session_id: id.to_string(),
-                    })),
-                };
-                Ok(Response::new(Box::pin(
-                    futures_util::stream::once(async move { Ok(opened) }).chain(stream),
-                )))
+                Ok(Response::new(opened(&id, stream)))
+            }
+            ClientProtocol::Signal => {
+                let (id, stream) =
+                    self.accept(SignalProtocol::new(who), futures_util::stream::pending(), open_signal)?;
+                Ok(Response::new(opened(&id, stream)))
             }
             _ => Err(Status::unimplemented(format!(
                 "{} is not yet offered over gRPC",

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use relaymesh_proto::auth::v1::auth_service_client::AuthServiceClient;
 use relaymesh_proto::channel::v1::channel_service_client::ChannelServiceClient;
-use relaymesh_proto::r#match::v1::match_client::MatchClient;
+use relaymesh_proto::r#match::v1::match_service_client::MatchServiceClient;
 use relaymesh_proto::scheduler::v1::scheduler_service_client::SchedulerServiceClient;
-use relaymesh_proto::signaling::v1::signaling_client::SignalingClient;
+use relaymesh_proto::signaling::v1::signaling_service_client::SignalingServiceClient;
 use relaymesh_rpc::{BalanceOptions, DnsResolver, RpcChannel, RpcError, connect_active, connect_balanced};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -24,9 +24,9 @@ const SCHEDULER_SERVICE: &str = "relaymesh.scheduler.v1.SchedulerService";
 #[derive(Clone)]
 pub struct Upstreams {
     pub auth: AuthServiceClient<RpcChannel>,
-    pub signaling: SignalingClient<RpcChannel>,
+    pub signaling: SignalingServiceClient<RpcChannel>,
     pub channel: ChannelServiceClient<RpcChannel>,
-    pub r#match: MatchClient<RpcChannel>,
+    pub r#match: MatchServiceClient<RpcChannel>,
     pub scheduler: SchedulerServiceClient<RpcChannel>,
     health: Vec<Upstream>,
     /// Follows the active scheduler when SCHEDULER_URL lists several.
@@ -108,7 +108,7 @@ impl Upstreams {
             Upstream {
                 role: "signaling",
                 required: true,
-                service: "relaymesh.signaling.v1.Signaling",
+                service: "relaymesh.signaling.v1.SignalingService",
                 client: HealthClient::new(signaling.clone()),
             },
             Upstream {
@@ -126,7 +126,7 @@ impl Upstreams {
             Upstream {
                 role: "match",
                 required: true,
-                service: "relaymesh.match.v1.Match",
+                service: "relaymesh.match.v1.MatchService",
                 client: HealthClient::new(matcher.clone()),
             },
             Upstream {
@@ -138,9 +138,9 @@ impl Upstreams {
         ];
         Ok(Self {
             auth: AuthServiceClient::new(auth),
-            signaling: SignalingClient::new(signaling),
+            signaling: SignalingServiceClient::new(signaling),
             channel: ChannelServiceClient::new(channel),
-            r#match: MatchClient::new(matcher),
+            r#match: MatchServiceClient::new(matcher),
             scheduler: SchedulerServiceClient::new(scheduler),
             _scheduler_follower: scheduler_follower,
             health,

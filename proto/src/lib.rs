@@ -79,6 +79,7 @@ error_reason!(auth::v1::ErrorReason, "relaymesh.auth.v1");
 error_reason!(channel::v1::ErrorReason, "relaymesh.channel.v1");
 error_reason!(media_relay::v1::ErrorReason, "relaymesh.media_relay.v1");
 error_reason!(scheduler::v1::ErrorReason, "relaymesh.scheduler.v1");
+error_reason!(r#match::v1::ErrorReason, "relaymesh.match.v1");
 
 // A client event is a delivery envelope's body.
 impl From<client::v1::LivechatResponse> for delivery::v1::envelope::Body {

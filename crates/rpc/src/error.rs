@@ -18,13 +18,18 @@ pub trait ServiceError: std::error::Error {
     /// its own terms without parsing messages.
     fn reason(&self) -> Self::Reason;
 
+    /// Facts a caller may need beside the reason (the ErrorInfo `metadata`),
+    /// such as the id of the object refused.
+    fn metadata(&self) -> std::collections::HashMap<String, String> {
+        std::collections::HashMap::new()
+    }
+
     fn into_status(self) -> Status
     where
         Self: Sized,
     {
         let reason = self.reason();
-        let details =
-            ErrorDetails::with_error_info(reason.name(), Self::Reason::DOMAIN, std::collections::HashMap::new());
+        let details = ErrorDetails::with_error_info(reason.name(), Self::Reason::DOMAIN, self.metadata());
         Status::with_error_details(self.code(), self.to_string(), details)
     }
 }
@@ -37,6 +42,11 @@ pub fn reason_of<R: ErrorReason>(status: &Status) -> Option<R> {
         return None;
     }
     R::from_name(&info.reason)
+}
+
+/// The ErrorInfo metadata value `key` of `status`, when it carries one.
+pub fn metadata_of(status: &Status, key: &str) -> Option<String> {
+    status.get_details_error_info()?.metadata.remove(key)
 }
 
 /// Failures of the plumbing itself (binding, serving, connecting).

@@ -19,6 +19,6 @@ pub mod tls;
 pub use client::{
     BalanceOptions, DnsResolver, Resolve, RpcChannel, TracedChannel, connect_active, connect_balanced, connect_lazy,
 };
-pub use error::{RpcError, ServiceError, reason_of};
+pub use error::{RpcError, ServiceError, metadata_of, reason_of};
 pub use metrics_layer::RpcMetricsLayer;
 pub use server::{GrpcServer, ServeOptions};

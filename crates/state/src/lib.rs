@@ -224,6 +224,22 @@ impl SharedState {
         }
     }
 
+    /// Replaces the value at `key` with `new` (or removes it, for None) only
+    /// if it is exactly `expected`, atomically; true when it was replaced. Of
+    /// two racing callers holding the same `expected`, exactly one wins.
+    pub async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: &[u8],
+        new: Option<&[u8]>,
+        ttl: Option<Duration>,
+    ) -> Result<bool> {
+        match self {
+            Self::Memory(m) => m.compare_and_swap(key, expected, new, ttl),
+            Self::Redis(r) => r.compare_and_swap(key, expected, new, ttl).await,
+        }
+    }
+
     /// Removes `key`; true when it existed.
     pub async fn delete(&self, key: &str) -> Result<bool> {
         match self {

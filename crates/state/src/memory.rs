@@ -135,6 +135,43 @@ impl MemoryStore {
         Ok(set)
     }
 
+    pub fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: &[u8],
+        new: Option<&[u8]>,
+        ttl: Option<Duration>,
+    ) -> Result<bool> {
+        let swapped = self.with_data(|data, now| {
+            let current = match Self::live(data, key, now) {
+                Some(Entry {
+                    value: Value::Bytes(v), ..
+                }) => v.as_slice() == expected,
+                Some(_) => return Err(wrong_type(key)),
+                None => false,
+            };
+            if current {
+                match new {
+                    Some(v) => {
+                        data.insert(
+                            key.to_owned(),
+                            Entry {
+                                value: Value::Bytes(v.to_vec()),
+                                expires: ttl.map(|t| now + t),
+                            },
+                        );
+                    }
+                    None => {
+                        data.remove(key);
+                    }
+                }
+            }
+            Ok(current)
+        })?;
+        self.wrote();
+        Ok(swapped)
+    }
+
     pub fn delete(&self, key: &str) -> Result<bool> {
         Ok(self.with_data(|data, now| {
             let existed = Self::live(data, key, now).is_some();

@@ -341,6 +341,32 @@ impl RedisStore {
         Ok(n == 1)
     }
 
+    pub async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: &[u8],
+        new: Option<&[u8]>,
+        ttl: Option<Duration>,
+    ) -> Result<bool> {
+        // One script: GET, compare and write happen with no command between.
+        const SCRIPT: &str = r"
+            if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+            if ARGV[2] == '0' then redis.call('DEL', KEYS[1]) return 1 end
+            if ARGV[4] == '0' then redis.call('SET', KEYS[1], ARGV[3])
+            else redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4]) end
+            return 1";
+        let script = redis::Script::new(SCRIPT);
+        let swapped: i64 = script
+            .key(self.key(key))
+            .arg(expected)
+            .arg(if new.is_some() { "1" } else { "0" })
+            .arg(new.unwrap_or_default())
+            .arg(ttl.map_or(0, millis))
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(swapped == 1)
+    }
+
     pub async fn delete(&self, key: &str) -> Result<bool> {
         let n: u64 = self.run(redis::cmd("DEL").arg(self.key(key)), Repeat::Safe).await?;
         Ok(n > 0)

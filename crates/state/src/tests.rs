@@ -41,6 +41,33 @@ async fn set_nx_admits_exactly_one_writer() {
 }
 
 #[tokio::test]
+async fn compare_and_swap_admits_one_of_two_racing_writers() {
+    for s in backends("cas").await {
+        s.set("m", b"v1", None).await.unwrap();
+        let (a, b) = tokio::join!(
+            s.compare_and_swap("m", b"v1", Some(b"a"), None),
+            s.compare_and_swap("m", b"v1", Some(b"b"), None)
+        );
+        assert!(a.unwrap() ^ b.unwrap(), "{s:?}: exactly one winner");
+        let now = s.get("m").await.unwrap().unwrap();
+        assert!(now == b"a" || now == b"b", "{s:?}");
+        assert!(
+            !s.compare_and_swap("m", b"v1", Some(b"c"), None).await.unwrap(),
+            "{s:?}: stale"
+        );
+        assert!(
+            !s.compare_and_swap("absent", b"v1", Some(b"c"), None).await.unwrap(),
+            "{s:?}"
+        );
+        assert!(
+            s.compare_and_swap("m", &now, None, None).await.unwrap(),
+            "{s:?}: delete"
+        );
+        assert_eq!(s.get("m").await.unwrap(), None, "{s:?}");
+    }
+}
+
+#[tokio::test]
 async fn take_returns_the_value_once() {
     for s in backends("take").await {
         s.set("tok", b"payload", None).await.unwrap();

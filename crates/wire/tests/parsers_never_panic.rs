@@ -77,7 +77,7 @@ proptest! {
 
     #[test]
     fn signal_parse_never_panics(text in frame_text()) {
-        let _ = signal::ClientFrame::parse(&text);
+        let _ = signal::parse(&text);
     }
 
     #[test]

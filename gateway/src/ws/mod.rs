@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-pub use table::{ConnHandle, ConnectionTable, Offered, Outbound, Transport};
+pub use table::{ConnHandle, ConnectionTable, LatestSlot, Offered, Outbound, Transport};
 
 use crate::Shared;
 use crate::protocols::{Ctx, Protocol, frame_span, protocol_name, record_user};
@@ -82,6 +82,11 @@ pub async fn run<P: WsCodec>(
             () = evict.cancelled() => cx.close(CloseCode::TryAgainLater, "slow consumer: outbound queue full"),
             out = rx.recv() => match out {
                 Some(Outbound::Text(text)) => pending.push(text),
+                Some(Outbound::Latest(slot)) => {
+                    if let Some(Outbound::Text(text)) = slot.take() {
+                        pending.push(text);
+                    }
+                }
                 Some(Outbound::Close(code, reason)) => cx.close(code, reason),
                 Some(Outbound::Nudge(reason)) => {
                     let span = frame_span(P::NAME, TRANSPORT, "nudge", &cx);

@@ -23,6 +23,26 @@ pub enum Outbound {
     Nudge(NudgeReason),
     /// A request for this connection that reached another replica.
     Forwarded(ForwardedRequest),
+    /// The connection's newest droppable frame is waiting in this slot.
+    Latest(Arc<LatestSlot>),
+}
+
+/// The newest droppable frame (a snapshot) queued for a connection. A newer
+/// one replaces it in place, so a connection holds at most one snapshot in
+/// its queue, always the freshest: stale snapshots are the first thing
+/// dropped and never take the room of match or SDP/ICE frames.
+#[derive(Debug, Default)]
+pub struct LatestSlot(Mutex<Option<Outbound>>);
+
+impl LatestSlot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Outbound>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The frame, taken (the connection task writes it now).
+    pub fn take(&self) -> Option<Outbound> {
+        self.lock().take()
+    }
 }
 
 /// How a connection is carried: what form its events take.
@@ -40,18 +60,26 @@ pub struct ConnHandle {
     /// must not be dropped: the task then closes with 1013.
     evict: CancellationToken,
     transport: Transport,
+    /// Holds the newest droppable frame; one marker in the queue points here.
+    latest: Arc<LatestSlot>,
 }
 
 impl ConnHandle {
     pub fn new(tx: mpsc::Sender<Outbound>, evict: CancellationToken, transport: Transport) -> Self {
-        Self { tx, evict, transport }
+        Self {
+            tx,
+            evict,
+            transport,
+            latest: Arc::default(),
+        }
     }
 }
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Offered {
     Queued,
-    /// The queue was full and the frame droppable: dropped, connection kept.
+    /// A droppable frame was dropped: a stale one replaced by this newer
+    /// one, or this one because the queue was full. Connection kept.
     Dropped,
     /// The queue was full and the frame not droppable: connection evicted.
     Evicted,
@@ -79,9 +107,9 @@ pub struct ConnectionTable {
 fn render_body(body: &Body) -> Option<Utf8Bytes> {
     match body {
         Body::Livechat(e) => relaymesh_wire::livechat::render(e).map(Utf8Bytes::from),
-        // Rendered by the copilot and signal codecs once those protocols
-        // deliver typed events.
-        Body::Copilot(_) | Body::Signal(_) => None,
+        Body::Signal(e) => relaymesh_wire::signal::render(e).map(Utf8Bytes::from),
+        // Rendered by the copilot codec once that protocol delivers typed events.
+        Body::Copilot(_) => None,
         Body::Close(_) | Body::Nudge(_) | Body::Forwarded(_) => None,
     }
 }
@@ -115,14 +143,17 @@ impl ConnectionTable {
     /// Queues `out` for `id` without waiting.
     ///
     /// Overflow policy: a droppable frame (a snapshot a later one replaces)
-    /// is dropped and counted; any other frame evicts the connection, since
-    /// a client that misses it would silently hold a wrong state.
+    /// replaces the connection's queued snapshot, if any, so at most one
+    /// snapshot ever occupies the queue; it is dropped and counted only when
+    /// the queue is full. Any other frame that finds the queue full evicts
+    /// the connection, since a client that misses it would silently hold a
+    /// wrong state.
     pub fn offer(&self, id: &ConnectionId, out: Outbound, droppable: bool) -> Offered {
         let map = self.lock();
         let Some(handle) = map.get(id) else {
             return Offered::Unknown;
         };
-        offer_to(handle, out, droppable)
+        offer_event(handle, out, droppable)
     }
 
     /// Hands a delivery envelope to its connections. An event is rendered
@@ -192,11 +223,31 @@ impl ConnectionTable {
                             None => continue,
                         },
                     };
-                    record(offer_to(h, out, env.droppable));
+                    record(offer_event(h, out, env.droppable));
                 }
             }
         }
     }
+}
+
+/// Queues an event: droppable ones through the connection's latest slot.
+fn offer_event(handle: &ConnHandle, out: Outbound, droppable: bool) -> Offered {
+    if !droppable {
+        return offer_to(handle, out, false);
+    }
+    let mut slot = handle.latest.lock();
+    if slot.replace(out).is_some() {
+        // The queued marker now points at this newer frame.
+        metrics::counter!("relaymesh_gateway_frames_dropped_total").increment(1);
+        return Offered::Dropped;
+    }
+    // The slot was empty: queue one marker for it (no lock is awaited: the
+    // send does not wait). Without room, the frame goes.
+    let offered = offer_to(handle, Outbound::Latest(handle.latest.clone()), true);
+    if offered != Offered::Queued {
+        slot.take();
+    }
+    offered
 }
 
 fn offer_to(handle: &ConnHandle, out: Outbound, droppable: bool) -> Offered {
@@ -241,6 +292,39 @@ mod tests {
         assert_eq!(table.offer(&id, Outbound::Text("a".into()), true), Offered::Queued);
         assert_eq!(table.offer(&id, Outbound::Text("b".into()), true), Offered::Dropped);
         assert!(!evict.is_cancelled());
+    }
+
+    /// What the connection task would write, in order.
+    fn drain(rx: &mut mpsc::Receiver<Outbound>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(o) = rx.try_recv() {
+            let o = match o {
+                Outbound::Latest(slot) => slot.take(),
+                other => Some(other),
+            };
+            if let Some(Outbound::Text(t)) = o {
+                out.push(t.to_string());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn stale_snapshots_are_replaced_and_never_crowd_out_other_frames() {
+        let (table, id, mut rx, evict) = table_with(2);
+        for i in 0..10 {
+            let out = Outbound::Text(format!("snapshot {i}").into());
+            table.offer(&id, out, true);
+        }
+        assert_eq!(table.offer(&id, Outbound::Text("sdp".into()), false), Offered::Queued);
+        assert!(!evict.is_cancelled());
+        assert_eq!(drain(&mut rx), ["snapshot 9", "sdp"]);
+        // Once written, the next snapshot queues again.
+        assert_eq!(
+            table.offer(&id, Outbound::Text("snapshot 10".into()), true),
+            Offered::Queued
+        );
+        assert_eq!(drain(&mut rx), ["snapshot 10"]);
     }
 
     #[test]

@@ -5,19 +5,30 @@
 use relaymesh_proto::signaling::v1::{
     CallClientRequest, CallClientResponse, CheckRateLimitRequest, CheckRateLimitResponse, QueryRequest, QueryResponse,
     RelaySignalRequest, RelaySignalResponse, ResolveCallbackRequest, ResolveCallbackResponse,
-    signaling_server::Signaling,
+    signaling_service_server::SignalingService as SignalingApi,
 };
 use tonic::{Request, Response, Status};
 
-#[derive(Debug, Default)]
-pub struct SignalingService;
+use crate::relay::SignalRelay;
+
+pub struct SignalingService {
+    relay: SignalRelay,
+}
+
+impl SignalingService {
+    pub(crate) fn new(relay: SignalRelay) -> Self {
+        Self { relay }
+    }
+}
 
 fn not_yet(rpc: &str) -> Status {
-    Status::unimplemented(format!("relaymesh.signaling.v1.Signaling/{rpc} is not implemented yet"))
+    Status::unimplemented(format!(
+        "relaymesh.signaling.v1.SignalingService/{rpc} is not implemented yet"
+    ))
 }
 
 #[tonic::async_trait]
-impl Signaling for SignalingService {
+impl SignalingApi for SignalingService {
     async fn query(&self, _req: Request<QueryRequest>) -> Result<Response<QueryResponse>, Status> {
         Err(not_yet("Query"))
     }
@@ -40,7 +51,7 @@ impl Signaling for SignalingService {
         Err(not_yet("CheckRateLimit"))
     }
 
-    async fn relay_signal(&self, _req: Request<RelaySignalRequest>) -> Result<Response<RelaySignalResponse>, Status> {
-        Err(not_yet("RelaySignal"))
+    async fn relay_signal(&self, req: Request<RelaySignalRequest>) -> Result<Response<RelaySignalResponse>, Status> {
+        self.relay.relay(req.into_inner()).await.map(Response::new)
     }
 }
