@@ -10,6 +10,7 @@ mod integration {
     mod cross_replica;
     mod device_farm;
     mod gateway_http;
+    mod jwks;
     mod livechat_channels;
     mod livechat_media;
     mod livechat_session;
