@@ -1,5 +1,6 @@
 //! The session registry: connection -> (gateway, protocol, user), and
-//! (protocol, user) -> connections. Entries carry a TTL that the holding
+//! (protocol, user) -> connections, and protocol -> connections (for
+//! operators' listings). Entries carry a TTL that the holding
 //! gateway refreshes on each heartbeat, so a replica that dies without
 //! cleaning up stops being routed to once its entries expire.
 
@@ -36,6 +37,10 @@ fn user_key(protocol: ClientProtocol, user: &str) -> String {
     format!("user:{}:{user}", protocol_key(protocol))
 }
 
+fn protocol_index_key(protocol: ClientProtocol) -> String {
+    format!("conns:{}", protocol_key(protocol))
+}
+
 fn entry_protocol(entry: &SessionEntry) -> ClientProtocol {
     ClientProtocol::try_from(entry.protocol).unwrap_or(ClientProtocol::Unspecified)
 }
@@ -64,6 +69,13 @@ impl SessionRegistry {
                 )
                 .await?;
         }
+        self.state
+            .set_add(
+                &protocol_index_key(entry_protocol(entry)),
+                &entry.connection_id,
+                Some(self.ttl),
+            )
+            .await?;
         Ok(())
     }
 
@@ -74,6 +86,9 @@ impl SessionRegistry {
                 .set_remove(&user_key(entry_protocol(entry), &entry.user_id), &entry.connection_id)
                 .await?;
         }
+        self.state
+            .set_remove(&protocol_index_key(entry_protocol(entry)), &entry.connection_id)
+            .await?;
         Ok(())
     }
 
@@ -107,6 +122,28 @@ impl SessionRegistry {
             }
         }
         out.sort_by_key(|e| e.connected_at_ms);
+        Ok(out)
+    }
+
+    /// Every live connection on `protocol`, on any replica, oldest first.
+    /// Connections whose entry expired (their replica died) are pruned.
+    pub async fn sessions(&self, protocol: ClientProtocol) -> Result<Vec<SessionEntry>> {
+        let key = protocol_index_key(protocol);
+        let conns: Vec<ConnectionId> = self
+            .state
+            .set_members(&key)
+            .await?
+            .into_iter()
+            .map(ConnectionId::new)
+            .collect();
+        let mut out = Vec::with_capacity(conns.len());
+        for (conn, entry) in conns.iter().zip(self.lookup_many(&conns).await?) {
+            match entry {
+                Some(entry) => out.push(entry),
+                None => self.state.set_remove(&key, conn.as_str()).await?,
+            }
+        }
+        out.sort_by(|a, b| (a.connected_at_ms, &a.connection_id).cmp(&(b.connected_at_ms, &b.connection_id)));
         Ok(out)
     }
 }

@@ -125,6 +125,7 @@ async fn delivery_routes_to_the_gateway_holding_the_connection() {
             protocol: ClientProtocol::Copilot as i32,
             user_id: "alice".into(),
             connected_at_ms: 1,
+            ..Default::default()
         };
         registry.register(&entry).await.unwrap();
 
@@ -179,6 +180,7 @@ async fn expired_sessions_are_pruned_from_the_user_index() {
             protocol: ClientProtocol::Signal as i32,
             user_id: "bob".into(),
             connected_at_ms: 1,
+            ..Default::default()
         };
         registry.register(&entry).await.unwrap();
         assert_eq!(
@@ -214,6 +216,7 @@ async fn one_publish_per_gateway_reaches_every_connection_it_holds() {
                     protocol: ClientProtocol::Livechat as i32,
                     user_id: format!("u{i}"),
                     connected_at_ms: 1,
+                    ..Default::default()
                 })
                 .await
                 .unwrap();
@@ -239,5 +242,61 @@ async fn one_publish_per_gateway_reaches_every_connection_it_holds() {
                 "{s:?}: one envelope per replica"
             );
         }
+    }
+}
+
+#[tokio::test]
+async fn sessions_lists_live_connections_of_one_protocol_on_every_replica() {
+    for s in backends("list").await {
+        let registry = SessionRegistry::new(s.clone(), Duration::from_secs(60));
+        let short = SessionRegistry::new(s.clone(), Duration::from_millis(50));
+        let entry = |conn: &str, gateway: &str, protocol: ClientProtocol, at: i64| SessionEntry {
+            connection_id: conn.into(),
+            gateway_id: gateway.into(),
+            protocol: protocol as i32,
+            user_id: format!("user-{conn}"),
+            connected_at_ms: at,
+            last_activity_ms: at + 5,
+        };
+        registry
+            .register(&entry("c2", "b", ClientProtocol::Copilot, 20))
+            .await
+            .unwrap();
+        registry
+            .register(&entry("c1", "a", ClientProtocol::Copilot, 10))
+            .await
+            .unwrap();
+        registry
+            .register(&entry("s1", "a", ClientProtocol::Signal, 5))
+            .await
+            .unwrap();
+        short
+            .register(&entry("dying", "dead", ClientProtocol::Copilot, 1))
+            .await
+            .unwrap();
+        registry
+            .register(&entry("c3", "a", ClientProtocol::Copilot, 30))
+            .await
+            .unwrap();
+        registry
+            .unregister(&entry("c3", "a", ClientProtocol::Copilot, 30))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(120)).await;
+
+        let listed = registry.sessions(ClientProtocol::Copilot).await.unwrap();
+        assert_eq!(
+            listed,
+            vec![
+                entry("c1", "a", ClientProtocol::Copilot, 10),
+                entry("c2", "b", ClientProtocol::Copilot, 20)
+            ],
+            "{s:?}: oldest first, other protocols, unregistered and expired entries left out"
+        );
+        assert_eq!(
+            s.set_members("conns:copilot").await.unwrap().len(),
+            2,
+            "{s:?}: expired pruned"
+        );
     }
 }
