@@ -7,6 +7,7 @@ mod integration {
     pub mod harness;
 
     mod auth;
+    mod copilot_browser;
     mod copilot_connections;
     mod cross_replica;
     mod device_farm;
