@@ -81,6 +81,10 @@ pub struct UpstreamArgs {
     /// gRPC URL of the scheduler service (`up` sets it itself).
     #[arg(long, env = "SCHEDULER_URL", default_value = "http://scheduler:50051")]
     pub scheduler_url: String,
+    /// How often service names are resolved again to find their replicas
+    /// (each URL may also be a comma-separated list of URLs).
+    #[arg(long, env = "UPSTREAM_RESOLVE_INTERVAL_MS", default_value_t = 5_000)]
+    pub resolve_interval_ms: u64,
     /// Deadline of one call to a service.
     #[arg(long, env = "RPC_TIMEOUT_MS", default_value_t = 5_000)]
     pub rpc_timeout_ms: u64,

@@ -1,4 +1,8 @@
 //! Clients of every service the gateway turns frames into calls on.
+//!
+//! Each URL is resolved to every replica of its service and calls are
+//! spread over them (`relaymesh_rpc::connect_balanced`); the resolver tasks
+//! run until the token given to [`Upstreams::connect`] is cancelled.
 
 use std::time::Duration;
 
@@ -7,7 +11,9 @@ use relaymesh_proto::channel::v1::channel_service_client::ChannelServiceClient;
 use relaymesh_proto::r#match::v1::match_client::MatchClient;
 use relaymesh_proto::scheduler::v1::scheduler_client::SchedulerClient;
 use relaymesh_proto::signaling::v1::signaling_client::SignalingClient;
-use relaymesh_rpc::{RpcChannel, RpcError, connect_lazy};
+use relaymesh_rpc::{BalanceOptions, DnsResolver, RpcChannel, RpcError, connect_balanced};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
 use crate::config::UpstreamArgs;
@@ -26,6 +32,10 @@ pub struct Upstreams {
 struct Upstream {
     role: &'static str,
     service: &'static str,
+    /// Whether `/readyz` needs it. The scheduler is not needed: it runs one
+    /// active instance, and its restart must not take every gateway out of
+    /// service (LiveChat, copilot and signaling do not use it).
+    required: bool,
     client: HealthClient<RpcChannel>,
 }
 
@@ -34,12 +44,32 @@ struct Upstream {
 pub struct UpstreamHealth {
     pub role: &'static str,
     pub serving: bool,
+    /// False for an upstream the gateway is ready without.
+    pub required: bool,
 }
 
 impl Upstreams {
-    pub fn connect(args: &UpstreamArgs) -> Result<Self, RpcError> {
-        let timeout = Duration::from_millis(args.rpc_timeout_ms);
-        let ch = |url: &str| connect_lazy(url, timeout);
+    /// Channels to every service; `resolvers` gets the tasks that keep
+    /// their replica lists current, which stop when `stop` is cancelled.
+    pub fn connect(
+        args: &UpstreamArgs,
+        resolvers: &mut JoinSet<()>,
+        stop: &CancellationToken,
+    ) -> Result<Self, RpcError> {
+        let opts = BalanceOptions {
+            request_timeout: Duration::from_millis(args.rpc_timeout_ms),
+            refresh: Duration::from_millis(args.resolve_interval_ms.max(100)),
+            ..BalanceOptions::default()
+        };
+        let mut ch = |url: &str| {
+            let (channel, task) = connect_balanced(url, opts.clone(), DnsResolver, stop.clone())?;
+            resolvers.spawn(async move {
+                if let Err(e) = task.await {
+                    tracing::error!(error = %e, "upstream resolver task failed");
+                }
+            });
+            Ok::<_, RpcError>(channel)
+        };
         let (auth, signaling, channel, media, matcher, scheduler) = (
             ch(&args.auth_url)?,
             ch(&args.signaling_url)?,
@@ -51,31 +81,37 @@ impl Upstreams {
         let health = vec![
             Upstream {
                 role: "auth",
+                required: true,
                 service: "relaymesh.auth.v1.AuthService",
                 client: HealthClient::new(auth.clone()),
             },
             Upstream {
                 role: "signaling",
+                required: true,
                 service: "relaymesh.signaling.v1.Signaling",
                 client: HealthClient::new(signaling.clone()),
             },
             Upstream {
                 role: "channel",
+                required: true,
                 service: "relaymesh.channel.v1.ChannelService",
                 client: HealthClient::new(channel.clone()),
             },
             Upstream {
                 role: "media-relay",
+                required: true,
                 service: "relaymesh.media_relay.v1.MediaRelayService",
                 client: HealthClient::new(media),
             },
             Upstream {
                 role: "match",
+                required: true,
                 service: "relaymesh.match.v1.Match",
                 client: HealthClient::new(matcher.clone()),
             },
             Upstream {
                 role: "scheduler",
+                required: false,
                 service: "relaymesh.scheduler.v1.Scheduler",
                 client: HealthClient::new(scheduler.clone()),
             },
@@ -100,7 +136,11 @@ impl Upstreams {
                 };
                 let answer = tokio::time::timeout(Duration::from_secs(2), client.check(req)).await;
                 let serving = matches!(answer, Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32);
-                UpstreamHealth { role: u.role, serving }
+                UpstreamHealth {
+                    role: u.role,
+                    serving,
+                    required: u.required,
+                }
             }
         });
         futures_util::future::join_all(checks).await

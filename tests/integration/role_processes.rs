@@ -60,6 +60,7 @@ async fn a_role_process_serves_health_and_metrics_and_drains_on_sigterm() {
         .env("METRICS_PORT", metrics.to_string())
         .env("DATABASE_URL", "sqlite::memory:")
         .env_remove("REDIS_URL")
+        .env_remove("REDIS_CLUSTER_URLS")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)

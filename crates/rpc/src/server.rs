@@ -22,6 +22,8 @@ pub struct ServeOptions {
     pub max_concurrent_requests: usize,
     /// Requests in flight on one HTTP/2 connection.
     pub max_concurrent_per_connection: usize,
+    /// Serve TLS only (default: what the process installed, see [`crate::tls`]).
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 impl Default for ServeOptions {
@@ -30,6 +32,7 @@ impl Default for ServeOptions {
             request_timeout: Duration::from_secs(30),
             max_concurrent_requests: 4096,
             max_concurrent_per_connection: 512,
+            tls: crate::tls::installed_server(),
         }
     }
 }
@@ -93,7 +96,11 @@ impl GrpcServer {
             }
             tracing::info!(services = ?names, "grpc server draining");
         };
-        Server::builder()
+        let mut builder = Server::builder();
+        if let Some(tls) = opts.tls {
+            builder = builder.tls_config(tls)?;
+        }
+        builder
             .timeout(opts.request_timeout)
             .concurrency_limit_per_connection(opts.max_concurrent_per_connection)
             .trace_fn(request_span)
