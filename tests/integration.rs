@@ -12,6 +12,7 @@ mod integration {
     mod copilot_connections;
     mod cross_replica;
     mod device_farm;
+    mod farm_faults;
     mod faults;
     mod gateway_http;
     mod grpc_api;

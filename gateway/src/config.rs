@@ -78,7 +78,9 @@ pub struct UpstreamArgs {
     /// gRPC URL of the match service (`up` sets it itself).
     #[arg(long, env = "MATCH_URL", default_value = "http://match:50051")]
     pub match_url: String,
-    /// gRPC URL of the scheduler service (`up` sets it itself).
+    /// gRPC URL of the scheduler service (`up` sets it itself); several,
+    /// comma-separated, for an active scheduler and its standbys: calls go
+    /// to the one whose gRPC health says SERVING.
     #[arg(long, env = "SCHEDULER_URL", default_value = "http://scheduler:50051")]
     pub scheduler_url: String,
     /// How often service names are resolved again to find their replicas

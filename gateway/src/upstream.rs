@@ -9,14 +9,17 @@ use std::time::Duration;
 use relaymesh_proto::auth::v1::auth_service_client::AuthServiceClient;
 use relaymesh_proto::channel::v1::channel_service_client::ChannelServiceClient;
 use relaymesh_proto::r#match::v1::match_client::MatchClient;
-use relaymesh_proto::scheduler::v1::scheduler_client::SchedulerClient;
+use relaymesh_proto::scheduler::v1::scheduler_service_client::SchedulerServiceClient;
 use relaymesh_proto::signaling::v1::signaling_client::SignalingClient;
-use relaymesh_rpc::{BalanceOptions, DnsResolver, RpcChannel, RpcError, connect_balanced};
+use relaymesh_rpc::{BalanceOptions, DnsResolver, RpcChannel, RpcError, connect_active, connect_balanced};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
 use crate::config::UpstreamArgs;
+
+/// The scheduler's gRPC service name, as its health check reports it.
+const SCHEDULER_SERVICE: &str = "relaymesh.scheduler.v1.SchedulerService";
 
 #[derive(Clone)]
 pub struct Upstreams {
@@ -24,8 +27,10 @@ pub struct Upstreams {
     pub signaling: SignalingClient<RpcChannel>,
     pub channel: ChannelServiceClient<RpcChannel>,
     pub r#match: MatchClient<RpcChannel>,
-    pub scheduler: SchedulerClient<RpcChannel>,
+    pub scheduler: SchedulerServiceClient<RpcChannel>,
     health: Vec<Upstream>,
+    /// Follows the active scheduler when SCHEDULER_URL lists several.
+    _scheduler_follower: Option<std::sync::Arc<tokio_util::task::AbortOnDropHandle<()>>>,
 }
 
 #[derive(Clone)]
@@ -70,13 +75,28 @@ impl Upstreams {
             });
             Ok::<_, RpcError>(channel)
         };
-        let (auth, signaling, channel, media, matcher, scheduler) = (
+        // Several scheduler URLs: one active, the others standby; calls go
+        // to the one whose health says SERVING.
+        let scheduler_urls: Vec<&str> = args
+            .scheduler_url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect();
+        let (scheduler, scheduler_follower) = match scheduler_urls.as_slice() {
+            [] | [_] => (ch(&args.scheduler_url)?, None),
+            several => {
+                let timeout = Duration::from_millis(args.rpc_timeout_ms);
+                let (channel, follower) = connect_active(several, SCHEDULER_SERVICE, timeout)?;
+                (channel, Some(std::sync::Arc::new(follower)))
+            }
+        };
+        let (auth, signaling, channel, media, matcher) = (
             ch(&args.auth_url)?,
             ch(&args.signaling_url)?,
             ch(&args.channel_url)?,
             ch(&args.media_relay_url)?,
             ch(&args.match_url)?,
-            ch(&args.scheduler_url)?,
         );
         let health = vec![
             Upstream {
@@ -112,7 +132,7 @@ impl Upstreams {
             Upstream {
                 role: "scheduler",
                 required: false,
-                service: "relaymesh.scheduler.v1.Scheduler",
+                service: SCHEDULER_SERVICE,
                 client: HealthClient::new(scheduler.clone()),
             },
         ];
@@ -121,7 +141,8 @@ impl Upstreams {
             signaling: SignalingClient::new(signaling),
             channel: ChannelServiceClient::new(channel),
             r#match: MatchClient::new(matcher),
-            scheduler: SchedulerClient::new(scheduler),
+            scheduler: SchedulerServiceClient::new(scheduler),
+            _scheduler_follower: scheduler_follower,
             health,
         })
     }

@@ -299,6 +299,80 @@ async fn keep_resolved<R: Resolve>(
     }
 }
 
+/// How often [`connect_active`] asks each replica whether it is the active one.
+const ACTIVE_CHECK_EVERY: Duration = Duration::from_millis(500);
+
+/// A channel to whichever of `urls` reports `service` SERVING on gRPC
+/// health: for a service with one active replica and standbys (the
+/// scheduler). Calls go to the active one; when another becomes active,
+/// calls follow within [`ACTIVE_CHECK_EVERY`]. The returned handle owns the
+/// watcher; dropping it stops following.
+pub fn connect_active(
+    urls: &[&str],
+    service: &'static str,
+    request_timeout: Duration,
+) -> Result<(RpcChannel, tokio_util::task::AbortOnDropHandle<()>), RpcError> {
+    let tls = crate::tls::installed_client();
+    let endpoints = urls
+        .iter()
+        .map(|u| {
+            let host = u
+                .parse::<Uri>()
+                .ok()
+                .and_then(|u| u.host().map(str::to_owned))
+                .unwrap_or_default();
+            endpoint(u, &host, request_timeout, tls.as_ref())
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let (channel, changes) = Channel::balance_channel::<usize>(endpoints.len().max(1));
+    let watcher = tokio::spawn(follow_active(endpoints, service, changes));
+    Ok((
+        wrap(channel, request_timeout),
+        tokio_util::task::AbortOnDropHandle::new(watcher),
+    ))
+}
+
+async fn follow_active(
+    endpoints: Vec<Endpoint>,
+    service: &'static str,
+    changes: tokio::sync::mpsc::Sender<Change<usize, Endpoint>>,
+) {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let mut health: Vec<HealthClient<Channel>> =
+        endpoints.iter().map(|e| HealthClient::new(e.connect_lazy())).collect();
+    let mut current: Option<usize> = None;
+    loop {
+        let mut active = None;
+        for (i, client) in health.iter_mut().enumerate() {
+            let req = HealthCheckRequest {
+                service: service.to_owned(),
+            };
+            let answer = tokio::time::timeout(ACTIVE_CHECK_EVERY, client.check(req)).await;
+            if matches!(answer, Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32) {
+                active = Some(i);
+                break;
+            }
+        }
+        // With none active, calls keep going to the last one (and fail
+        // UNAVAILABLE) rather than waiting for an endpoint.
+        if let Some(i) = active
+            && active != current
+        {
+            if let Some(old) = current {
+                let _ = changes.send(Change::Remove(old)).await;
+            }
+            let Some(endpoint) = endpoints.get(i) else { return };
+            if changes.send(Change::Insert(i, endpoint.clone())).await.is_err() {
+                return;
+            }
+            tracing::info!(service, url = %endpoint.uri(), "following the active replica");
+            current = active;
+        }
+        tokio::time::sleep(ACTIVE_CHECK_EVERY).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,7 +16,9 @@ mod metrics_layer;
 mod server;
 pub mod tls;
 
-pub use client::{BalanceOptions, DnsResolver, Resolve, RpcChannel, TracedChannel, connect_balanced, connect_lazy};
+pub use client::{
+    BalanceOptions, DnsResolver, Resolve, RpcChannel, TracedChannel, connect_active, connect_balanced, connect_lazy,
+};
 pub use error::{RpcError, ServiceError, reason_of};
 pub use metrics_layer::RpcMetricsLayer;
 pub use server::{GrpcServer, ServeOptions};

@@ -214,6 +214,16 @@ impl SharedState {
         }
     }
 
+    /// Extends `key`'s expiry to `ttl` only while it still holds `value`
+    /// (compare and extend, atomically); true when extended. With
+    /// [`SharedState::set_nx`] it makes a lease that only its holder renews.
+    pub async fn renew_if(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool> {
+        match self {
+            Self::Memory(m) => m.renew_if(key, value, ttl),
+            Self::Redis(r) => r.renew_if(key, value, ttl).await,
+        }
+    }
+
     /// Removes `key`; true when it existed.
     pub async fn delete(&self, key: &str) -> Result<bool> {
         match self {
@@ -298,15 +308,6 @@ impl SharedState {
         match self {
             Self::Memory(m) => m.delete_if_eq(key, value),
             Self::Redis(r) => r.delete_if_eq(key, value).await,
-        }
-    }
-
-    /// Sets `key`'s TTL only while it holds `value`, atomically: renews a
-    /// lease still held. False when it expired or passed to another holder.
-    pub async fn expire_if_eq(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool> {
-        match self {
-            Self::Memory(m) => m.expire_if_eq(key, value, ttl),
-            Self::Redis(r) => r.expire_if_eq(key, value, ttl).await,
         }
     }
 

@@ -104,6 +104,19 @@ impl MemoryStore {
         Ok(())
     }
 
+    pub fn renew_if(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool> {
+        self.with_data(|data, now| match Self::live(data, key, now) {
+            Some(Entry {
+                value: Value::Bytes(v),
+                expires,
+            }) if v.as_slice() == value => {
+                *expires = Some(now + ttl);
+                Ok(true)
+            }
+            _ => Ok(false),
+        })
+    }
+
     pub fn set_nx(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<bool> {
         let set = self.with_data(|data, now| {
             if Self::live(data, key, now).is_some() {
@@ -138,16 +151,6 @@ impl MemoryStore {
                 data.remove(key);
             }
             held
-        }))
-    }
-
-    pub fn expire_if_eq(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool> {
-        Ok(self.with_data(|data, now| match Self::live(data, key, now) {
-            Some(e) if matches!(&e.value, Value::Bytes(v) if v == value) => {
-                e.expires = Some(now + ttl);
-                true
-            }
-            _ => false,
         }))
     }
 

@@ -329,6 +329,18 @@ impl RedisStore {
         Ok(set.is_some())
     }
 
+    pub async fn renew_if(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool> {
+        // Compare and extend in one step: a lease that expired and was taken
+        // by another holder is never extended by the old one.
+        let script = redis::Script::new(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end",
+        );
+        let mut inv = script.key(self.key(key));
+        inv.arg(value).arg(millis(ttl));
+        let n: i64 = self.run_script(&inv).await?;
+        Ok(n == 1)
+    }
+
     pub async fn delete(&self, key: &str) -> Result<bool> {
         let n: u64 = self.run(redis::cmd("DEL").arg(self.key(key)), Repeat::Safe).await?;
         Ok(n > 0)
@@ -342,18 +354,6 @@ impl RedisStore {
         );
         let mut inv = script.key(self.key(key));
         inv.arg(value);
-        let n: u64 = self.run_script(&inv).await?;
-        Ok(n > 0)
-    }
-
-    /// Sets a new TTL on `key` only while it holds `value` (a Lua script):
-    /// the renewal of a lease still held.
-    pub async fn expire_if_eq(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool> {
-        let script = redis::Script::new(
-            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end",
-        );
-        let mut inv = script.key(self.key(key));
-        inv.arg(value).arg(millis(ttl));
         let n: u64 = self.run_script(&inv).await?;
         Ok(n > 0)
     }

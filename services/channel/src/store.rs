@@ -224,7 +224,7 @@ async fn renew(state: SharedState, key: String, token: String, stop: Cancellatio
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match state.expire_if_eq(&key, token.as_bytes(), LOCK_TTL).await {
+        match state.renew_if(&key, token.as_bytes(), LOCK_TTL).await {
             Ok(true) => {}
             Ok(false) => {
                 tracing::warn!(key, "channel lock lost while held");
