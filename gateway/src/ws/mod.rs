@@ -17,11 +17,12 @@ use relaymesh_state::ConnectionId;
 use relaymesh_wire::FrameError;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 pub use table::{ConnHandle, ConnectionTable, Offered, Outbound, Transport};
 
 use crate::Shared;
-use crate::protocols::{Ctx, Protocol, protocol_name};
+use crate::protocols::{Ctx, Protocol, frame_span, protocol_name, record_user};
 
 /// How a protocol looks as JSON text frames on a WebSocket: the one place
 /// its frames are parsed and rendered.
@@ -42,6 +43,9 @@ pub trait WsCodec: Protocol {
         None
     }
 }
+
+/// This transport's name in traces.
+const TRANSPORT: &str = "websocket";
 
 /// Runs one connection to its end. The caller has already inserted its
 /// handle into the [`ConnectionTable`].
@@ -67,7 +71,8 @@ pub async fn run<P: WsCodec>(
 
     // Handler futures are boxed so the idle connection's future stays small:
     // it is allocated for the socket's whole life, a handler only while it runs.
-    Box::pin(proto.on_open(&mut cx)).await;
+    let span = frame_span(P::NAME, TRANSPORT, "open", &cx);
+    Box::pin(proto.on_open(&mut cx)).instrument(span).await;
     let mut open = flush::<P>(&mut socket, &mut cx, &mut pending, cfg.send_timeout()).await;
 
     while open && !cx.closing() {
@@ -78,7 +83,10 @@ pub async fn run<P: WsCodec>(
             out = rx.recv() => match out {
                 Some(Outbound::Text(text)) => pending.push(text),
                 Some(Outbound::Close(code, reason)) => cx.close(code, reason),
-                Some(Outbound::Nudge(reason)) => Box::pin(proto.on_nudge(&mut cx, reason)).await,
+                Some(Outbound::Nudge(reason)) => {
+                    let span = frame_span(P::NAME, TRANSPORT, "nudge", &cx);
+                    Box::pin(proto.on_nudge(&mut cx, reason)).instrument(span).await;
+                }
                 // Typed events and forwarded requests are for gRPC streams.
                 Some(Outbound::Event(_) | Outbound::Forwarded(_)) => {}
                 None => break,
@@ -92,7 +100,11 @@ pub async fn run<P: WsCodec>(
                         refuse(&mut cx, &proto, &err);
                     } else {
                         match proto.parse(text.as_str()) {
-                            Ok(req) => Box::pin(proto.on_request(&mut cx, req)).await,
+                            Ok(req) => {
+                                let span = frame_span(P::NAME, TRANSPORT, P::op_name(&req), &cx);
+                                Box::pin(proto.on_request(&mut cx, req)).instrument(span.clone()).await;
+                                record_user(&span, &cx);
+                            }
                             Err(error_event) => {
                                 metrics::counter!("relaymesh_gateway_frames_refused_total", "protocol" => name).increment(1);
                                 cx.send(error_event);
@@ -153,8 +165,13 @@ pub async fn run<P: WsCodec>(
     }
     drop(socket);
     gw.table.remove(&id);
-    Box::pin(proto.on_close(&mut cx)).await;
-    cx.unregister().await;
+    let span = frame_span(P::NAME, TRANSPORT, "close", &cx);
+    async {
+        Box::pin(proto.on_close(&mut cx)).await;
+        cx.unregister().await;
+    }
+    .instrument(span)
+    .await;
     metrics::gauge!("relaymesh_gateway_connections", "protocol" => name).decrement(1.0);
 }
 
