@@ -459,7 +459,7 @@ impl<D: DeviceDriver> Agent<D> {
         // the hub re-queues it at once.
         let claimed: Option<CommandId> = inbound.payload::<CommandIdOnly>().ok().and_then(|p| p.command_id);
         if let Err(e) = &inbound.signature {
-            warn!(node_id = %self.node_id, message_id = message_id.as_deref(), command_id = claimed.as_ref().map(|c| c.0.as_str()), error = %e,
+            warn!(node_id = %self.node_id, message_id = message_id, command_id = claimed.as_ref().map(|c| c.0.as_str()), error = %e,
                 "command refused: bad signature");
             return self
                 .send_error(
