@@ -248,8 +248,9 @@ impl Mesh {
 
     /// Stops one gateway replica (its sockets get 1001), as a restart or a
     /// crash of that process would; the rest of the mesh keeps running.
+    /// The newest replica bound to `addr` (one restarted on the same port).
     pub fn stop_gateway(&self, addr: SocketAddr) -> bool {
-        match self.gateways.iter().find(|(a, _)| *a == addr) {
+        match self.gateways.iter().rev().find(|(a, _)| *a == addr) {
             Some((_, stop)) => {
                 stop.cancel();
                 true

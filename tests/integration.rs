@@ -8,12 +8,15 @@ mod integration {
     pub mod harness;
 
     mod auth;
+    mod copilot_browser;
+    mod copilot_connections;
     mod cross_replica;
     mod device_farm;
     mod farm_faults;
     mod faults;
     mod gateway_http;
     mod grpc_api;
+    mod jwks;
     mod livechat_channels;
     mod livechat_media;
     mod livechat_session;

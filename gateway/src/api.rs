@@ -2,6 +2,7 @@
 //! operators (a JWT with the `operator` role), result callbacks and artifact
 //! uploads for nodes (`X-Node-Auth`). A browser page never runs work on
 //! devices by itself: every call that does needs one of those credentials.
+//! Operators also list live copilot connections (seed 001, phase 5).
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use relaymesh_proto::auth::v1::VerifyNodeSecretRequest;
+use relaymesh_proto::client::v1::ClientProtocol;
 use relaymesh_proto::json::{struct_from_json, struct_to_json, value_from_json, value_to_json};
 use relaymesh_proto::scheduler::v1::{
     CommandType, CreateRunRequest, CreateWorkflowRequest, GetRunRequest, GetWorkflowRequest, ListNodesRequest, Recipe,
@@ -34,6 +36,7 @@ pub fn router() -> axum::Router<Arc<Shared>> {
         .route("/api/v1/runs", post(create_run))
         .route("/api/v1/runs/{run_id}", get(get_run))
         .route("/api/v1/nodes", get(list_nodes))
+        .route("/api/v1/copilot/connections", get(copilot_connections))
         .route("/api/v1/nodes/{node_id}/results", post(node_result))
         .route(
             "/api/v1/nodes/{node_id}/artifacts",
@@ -401,6 +404,41 @@ async fn list_nodes(State(gw): State<Arc<Shared>>, headers: HeaderMap) -> ApiRes
         })
         .collect();
     Ok(Json(serde_json::json!({ "nodes": view })).into_response())
+}
+
+/// One live copilot connection, as operators see it.
+#[derive(Serialize)]
+struct CopilotConnection {
+    user_id: String,
+    connection_id: String,
+    /// The gateway replica holding the socket.
+    gateway_id: String,
+    connected_at_ms: i64,
+    /// The last frame from the client, to within one heartbeat interval.
+    last_activity_ms: i64,
+}
+
+/// Every live `/ws/copilot` connection on every replica, oldest first,
+/// read from the session registry.
+async fn copilot_connections(State(gw): State<Arc<Shared>>, headers: HeaderMap) -> ApiResult<Response> {
+    operator(&gw, &headers).await?;
+    let sessions = gw
+        .delivery
+        .registry()
+        .sessions(ClientProtocol::Copilot)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()))?;
+    let connections: Vec<CopilotConnection> = sessions
+        .into_iter()
+        .map(|s| CopilotConnection {
+            user_id: s.user_id,
+            connection_id: s.connection_id,
+            gateway_id: s.gateway_id,
+            connected_at_ms: s.connected_at_ms,
+            last_activity_ms: s.last_activity_ms,
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "connections": connections })).into_response())
 }
 
 async fn node_result(

@@ -21,6 +21,7 @@ use crate::ws::{self, ConnHandle, Transport, WsCodec};
 pub fn router(gw: Arc<Shared>) -> Router {
     Router::new()
         .route("/", get(console))
+        .route("/copilot-client.js", get(copilot_client))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -34,6 +35,17 @@ pub fn router(gw: Arc<Shared>) -> Router {
 
 async fn console() -> Html<&'static str> {
     Html(include_str!("console.html"))
+}
+
+/// The browser client of seed 001 as an ES module (the console imports it).
+async fn copilot_client() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("copilot-client.js"),
+    )
 }
 
 async fn metrics() -> impl IntoResponse {

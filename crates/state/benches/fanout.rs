@@ -60,6 +60,7 @@ async fn main() {
                 protocol: relaymesh_proto::client::v1::ClientProtocol::Livechat as i32,
                 user_id: format!("u{i}"),
                 connected_at_ms: 1,
+                ..Default::default()
             };
             registry.register(&entry).await.unwrap();
         }

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use prost::Message;
+use relaymesh_proto::client::v1::ClientProtocol;
 use tokio_util::sync::CancellationToken;
 
 use crate::{GatewayId, Result, SessionEntry, SessionRegistry, SharedState, hash_tag};
@@ -39,6 +40,34 @@ fn alive_key(gateway: &str) -> String {
 
 fn claim_key(gateway: &str) -> String {
     hash_tag(&format!("gw:{gateway}"), "claim")
+}
+
+impl SessionRegistry {
+    /// Every live session on `protocol`, on every live gateway replica,
+    /// oldest first: each known gateway whose liveness key is present lists
+    /// its sessions in `{gw:<id>}:sessions` (an operator's listing: one
+    /// read per replica, no index of all connections to keep hot).
+    pub async fn sessions(&self, protocol: ClientProtocol) -> Result<Vec<SessionEntry>> {
+        let state = self.state();
+        let known = state.set_members(KNOWN_GATEWAYS).await?;
+        let keys: Vec<String> = known.iter().map(|g| alive_key(g)).collect();
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let alive = state.get_many(&keys).await?;
+        let mut out = Vec::new();
+        for (gateway, _) in known.iter().zip(alive).filter(|(_, a)| a.is_some()) {
+            for (conn, bytes) in state.hash_all(&sessions_key(gateway)).await? {
+                match SessionEntry::decode(bytes.as_slice()) {
+                    Ok(entry) if entry.protocol == protocol as i32 => out.push(entry),
+                    Ok(_) => {}
+                    Err(err) => {
+                        tracing::warn!(gateway_id = %gateway, connection_id = conn, error = %err, "corrupt session entry skipped");
+                    }
+                }
+            }
+        }
+        out.sort_by(|a, b| (a.connected_at_ms, &a.connection_id).cmp(&(b.connected_at_ms, &b.connection_id)));
+        Ok(out)
+    }
 }
 
 /// What a heartbeat found.

@@ -152,6 +152,7 @@ async fn delivery_routes_to_the_gateway_holding_the_connection() {
             protocol: ClientProtocol::Copilot as i32,
             user_id: "alice".into(),
             connected_at_ms: 1,
+            ..Default::default()
         };
         registry.register(&entry).await.unwrap();
 
@@ -207,6 +208,7 @@ async fn expired_sessions_are_pruned_from_the_user_index() {
             protocol: ClientProtocol::Signal as i32,
             user_id: "bob".into(),
             connected_at_ms: 1,
+            ..Default::default()
         };
         registry.register(&entry).await.unwrap();
         assert_eq!(
@@ -242,6 +244,7 @@ async fn one_publish_per_gateway_reaches_every_connection_it_holds() {
                     protocol: ClientProtocol::Livechat as i32,
                     user_id: format!("u{i}"),
                     connected_at_ms: 1,
+                    ..Default::default()
                 })
                 .await
                 .unwrap();
@@ -271,43 +274,61 @@ async fn one_publish_per_gateway_reaches_every_connection_it_holds() {
 }
 
 #[tokio::test]
-async fn lookup_many_answers_in_order_with_gaps() {
-    for s in backends("lookup_many").await {
+async fn sessions_lists_live_connections_of_one_protocol_on_every_live_replica() {
+    for s in backends("list").await {
         let registry = SessionRegistry::new(s.clone(), Duration::from_secs(60));
-        assert!(registry.lookup_many(&[]).await.unwrap().is_empty(), "{s:?}");
-        let entries: Vec<SessionEntry> = (0..5)
-            .map(|i| SessionEntry {
-                connection_id: format!("c{i}"),
-                gateway_id: format!("gw{}", i % 2),
-                protocol: ClientProtocol::Livechat as i32,
-                user_id: format!("u{i}"),
-                connected_at_ms: i,
-            })
-            .collect();
-        for e in &entries {
-            registry.register(e).await.unwrap();
+        for gw in ["a", "b", "dead"] {
+            let liveness = GatewayLiveness::new(registry.clone(), GatewayId::new(gw));
+            let liveness = if gw == "dead" {
+                liveness.with_ttl(Duration::from_millis(50))
+            } else {
+                liveness
+            };
+            liveness.heartbeat().await.unwrap();
         }
-        registry.unregister(&entries[3]).await.unwrap();
-        let ids: Vec<ConnectionId> = ["c4", "missing", "c0", "c3", "c1", "c0"]
-            .into_iter()
-            .map(ConnectionId::new)
-            .collect();
-        let got = registry.lookup_many(&ids).await.unwrap();
-        let want = vec![
-            Some(entries[4].clone()),
-            None,
-            Some(entries[0].clone()),
-            None,
-            Some(entries[1].clone()),
-            Some(entries[0].clone()),
-        ];
-        assert_eq!(got, want, "{s:?}");
-        s.set(&crate::registry::session_key("bad"), b"\xff\xff\xff", None)
+        let entry = |conn: &str, gateway: &str, protocol: ClientProtocol, at: i64| SessionEntry {
+            connection_id: conn.into(),
+            gateway_id: gateway.into(),
+            protocol: protocol as i32,
+            user_id: format!("user-{conn}"),
+            connected_at_ms: at,
+            last_activity_ms: at + 5,
+        };
+        registry
+            .register(&entry("c2", "b", ClientProtocol::Copilot, 20))
             .await
             .unwrap();
-        assert!(
-            registry.lookup_many(&[ConnectionId::new("bad")]).await.is_err(),
-            "{s:?}: a corrupt entry is an error"
+        registry
+            .register(&entry("c1", "a", ClientProtocol::Copilot, 10))
+            .await
+            .unwrap();
+        registry
+            .register(&entry("s1", "a", ClientProtocol::Signal, 5))
+            .await
+            .unwrap();
+        registry
+            .register(&entry("on-dead", "dead", ClientProtocol::Copilot, 1))
+            .await
+            .unwrap();
+        registry
+            .register(&entry("c3", "a", ClientProtocol::Copilot, 30))
+            .await
+            .unwrap();
+        registry
+            .unregister(&entry("c3", "a", ClientProtocol::Copilot, 30))
+            .await
+            .unwrap();
+        // Refreshing an entry (the heartbeat) updates its last activity.
+        let mut c1 = entry("c1", "a", ClientProtocol::Copilot, 10);
+        c1.last_activity_ms = 99;
+        registry.register(&c1).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(120)).await;
+
+        let listed = registry.sessions(ClientProtocol::Copilot).await.unwrap();
+        assert_eq!(
+            listed,
+            vec![c1, entry("c2", "b", ClientProtocol::Copilot, 20)],
+            "{s:?}: oldest first; other protocols, unregistered sessions and dead replicas left out"
         );
     }
 }
@@ -338,6 +359,7 @@ fn entry(conn: &str, gateway: &str, user: &str) -> SessionEntry {
         protocol: ClientProtocol::Livechat as i32,
         user_id: user.into(),
         connected_at_ms: 1,
+        ..Default::default()
     }
 }
 

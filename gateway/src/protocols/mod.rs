@@ -164,6 +164,7 @@ impl<E> Ctx<E> {
             protocol: protocol as i32,
             user_id: user.to_owned(),
             connected_at_ms: now_ms(),
+            last_activity_ms: now_ms(),
         };
         let registry = self.gw.delivery.registry();
         registry.register(&entry).await?;
@@ -180,6 +181,14 @@ impl<E> Ctx<E> {
             }
         }
         Ok(())
+    }
+
+    /// Notes that the client sent something; the registry learns it at the
+    /// next [`Ctx::refresh_session`].
+    pub fn touch(&mut self) {
+        if let Some(entry) = &mut self.session {
+            entry.last_activity_ms = now_ms();
+        }
     }
 
     /// Re-registers the session (heartbeat), so its TTL does not lapse.

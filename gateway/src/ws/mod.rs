@@ -137,6 +137,9 @@ pub async fn run<P: WsCodec>(
                 },
             },
             _ = heartbeat.tick() => {
+                if heard {
+                    cx.touch();
+                }
                 missed = if heard { 0 } else { missed + 1 };
                 heard = false;
                 if missed >= cfg.heartbeat_max_missed {

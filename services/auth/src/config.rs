@@ -6,6 +6,14 @@ use std::path::PathBuf;
 /// `message_id` is remembered (CONTRACT: five minutes).
 pub const DEFAULT_NODE_REPLAY_WINDOW_MS: u64 = 300_000;
 
+/// How often a `JWKS_URL` is fetched again in the background.
+pub const DEFAULT_JWKS_REFRESH_SECS: u64 = 300;
+
+/// The least time between two fetches caused by tokens with an unknown
+/// `kid`, so forged `kid`s cannot make the service hammer the identity
+/// provider.
+pub const DEFAULT_JWKS_REFETCH_COOLDOWN_MS: u64 = 10_000;
+
 /// Flags of the auth role.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AuthConfig {
@@ -24,6 +32,27 @@ pub struct AuthConfig {
     /// JWKS document (RS256/ES256 keys by `kid`) read from a file.
     #[arg(long, env = "JWKS_FILE")]
     pub jwks_file: Option<PathBuf>,
+
+    /// JWKS endpoint (https://, or http:// on a trusted network), e.g.
+    /// Keycloak's `…/realms/NAME/protocol/openid-connect/certs`. Fetched at
+    /// start, every `JWKS_REFRESH_SECS`, and when a token names an unknown
+    /// `kid` (at most once per `JWKS_REFETCH_COOLDOWN_MS`).
+    #[arg(long, env = "JWKS_URL")]
+    pub jwks_url: Option<String>,
+
+    /// PEM certificates trusted for `JWKS_URL` besides the webpki roots
+    /// (a private CA).
+    #[arg(long, env = "JWKS_CA_FILE")]
+    pub jwks_ca_file: Option<PathBuf>,
+
+    /// Seconds between background fetches of `JWKS_URL`.
+    #[arg(long, env = "JWKS_REFRESH_SECS", default_value_t = DEFAULT_JWKS_REFRESH_SECS)]
+    pub jwks_refresh_secs: u64,
+
+    /// Least milliseconds between two fetches of `JWKS_URL` caused by an
+    /// unknown `kid`.
+    #[arg(long, env = "JWKS_REFETCH_COOLDOWN_MS", default_value_t = DEFAULT_JWKS_REFETCH_COOLDOWN_MS)]
+    pub jwks_refetch_cooldown_ms: u64,
 
     /// Shared secret of node frames (base64, or raw UTF-8 when not base64).
     #[arg(long, env = "NODE_SHARED_SECRET", hide_env_values = true)]
@@ -52,6 +81,10 @@ impl Default for AuthConfig {
             jwt_issuer: None,
             jwt_audience: None,
             jwks_file: None,
+            jwks_url: None,
+            jwks_ca_file: None,
+            jwks_refresh_secs: DEFAULT_JWKS_REFRESH_SECS,
+            jwks_refetch_cooldown_ms: DEFAULT_JWKS_REFETCH_COOLDOWN_MS,
             node_shared_secret: None,
             verify_signature: true,
             node_replay_window_ms: DEFAULT_NODE_REPLAY_WINDOW_MS,

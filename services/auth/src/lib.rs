@@ -7,8 +7,11 @@
 
 mod config;
 mod error;
+mod jwks;
 mod node_frames;
 mod service;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod verifier;
 
 use relaymesh_proto::auth::v1::auth_service_server::AuthServiceServer;
@@ -17,8 +20,11 @@ use relaymesh_state::SharedState;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{AuthConfig, DEFAULT_NODE_REPLAY_WINDOW_MS};
+pub use config::{
+    AuthConfig, DEFAULT_JWKS_REFETCH_COOLDOWN_MS, DEFAULT_JWKS_REFRESH_SECS, DEFAULT_NODE_REPLAY_WINDOW_MS,
+};
 pub use error::AuthError;
+pub use jwks::JwksKeys;
 pub use node_frames::{AcceptedFrame, NodeFrames};
 pub use service::AuthService;
 pub use verifier::{Claims, TokenVerifier};
@@ -33,11 +39,21 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), AuthError> {
     let service = AuthService::with_state(&config, state)?;
-    GrpcServer::new()
+    // The refresh task is owned here: stopped and awaited when serving ends,
+    // whether by shutdown or by error.
+    let stop = shutdown.child_token();
+    let refresh = service.jwks_refresh_task(stop.clone()).map(tokio::spawn);
+    let served = GrpcServer::new()
         .add_service(AuthServiceServer::new(service))
         .serve(listener, ServeOptions::default(), shutdown)
-        .await
-        .map_err(AuthError::from)
+        .await;
+    stop.cancel();
+    if let Some(task) = refresh
+        && let Err(err) = task.await
+    {
+        tracing::warn!(error = %err, "jwks refresh task failed");
+    }
+    served.map_err(AuthError::from)
 }
 
 impl From<RpcError> for AuthError {

@@ -8,6 +8,7 @@ use relaymesh_proto::auth::v1::{
 use relaymesh_rpc::ServiceError;
 use relaymesh_state::SharedState;
 use subtle::ConstantTimeEq;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::node_frames::NodeFrames;
@@ -20,6 +21,12 @@ pub struct AuthService {
 }
 
 impl AuthService {
+    /// The background refresh of `JWKS_URL`, running until `stop`; None
+    /// without one.
+    pub fn jwks_refresh_task(&self, stop: CancellationToken) -> Option<impl Future<Output = ()> + Send + 'static> {
+        self.tokens.jwks().refresh_task(stop)
+    }
+
     /// A service whose node-frame replay memory is private to it; enough for
     /// one process. Replicas must share state: use [`AuthService::with_state`].
     pub fn new(config: &AuthConfig) -> Result<Self, AuthError> {
@@ -49,7 +56,7 @@ fn refuse_node_frame(e: AuthError) -> Status {
 #[tonic::async_trait]
 impl auth_service_server::AuthService for AuthService {
     async fn verify_token(&self, req: Request<VerifyTokenRequest>) -> Result<Response<VerifyTokenResponse>, Status> {
-        let claims = self.tokens.verify(&req.get_ref().token).map_err(|e| {
+        let claims = self.tokens.verify(&req.get_ref().token).await.map_err(|e| {
             metrics::counter!("relaymesh_auth_token_refused_total", "reason" => e.reason().as_str_name()).increment(1);
             e.into_status()
         })?;
