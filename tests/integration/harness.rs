@@ -113,6 +113,18 @@ impl Client {
         self.send_text(&v.to_string()).await;
     }
 
+    /// A text frame whose payload is `bytes` as they are (even not UTF-8).
+    pub async fn send_raw_text(&mut self, bytes: Vec<u8>) {
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+        use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
+        let header = FrameHeader {
+            opcode: OpCode::Data(Data::Text),
+            ..FrameHeader::default()
+        };
+        let frame = Frame::from_payload(header, bytes.into());
+        self.ws.send(Message::Frame(frame)).await.expect("send");
+    }
+
     pub async fn send_binary(&mut self, bytes: Vec<u8>) {
         self.ws.send(Message::Binary(bytes.into())).await.expect("send");
     }

@@ -276,3 +276,21 @@ async fn connections_over_the_limit_are_refused() {
     }
     mesh.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn past_the_hard_limit_and_invalid_utf8_get_rfc_6455_close_codes_on_every_path() {
+    let mesh = harness::start(&Backend::Memory, &[]).await;
+    for (protocol, mut c) in clients(mesh.gateway_addr).await {
+        // 1 MiB: past MAX_FRAME_BYTES (an error frame) and past the hard cap.
+        c.send_text(&"x".repeat(1024 * 1024)).await;
+        assert_eq!(c.close_code().await, 1009, "{protocol}: 1 MiB frame");
+    }
+    for (protocol, mut c) in clients(mesh.gateway_addr).await {
+        c.send_raw_text(vec![b'{', 0xff, 0xfe, b'}']).await;
+        assert_eq!(c.close_code().await, 1007, "{protocol}: invalid UTF-8");
+    }
+    // The process and other connections are unharmed.
+    let mut fine = Client::connect(mesh.gateway_addr, &format!("/ws/copilot?token={}", token("after", 600))).await;
+    assert_eq!(fine.recv().await["type"], "connected");
+    mesh.shutdown().await.unwrap();
+}

@@ -117,9 +117,9 @@ impl RelayCounters {
     fn publish(&self, table: &RelayTable) {
         let s = self.snapshot(table);
         metrics::counter!("relaymesh_media_packets_in_total").absolute(s.packets_in);
-        metrics::counter!("relaymesh_media_bytes_in_total").absolute(s.bytes_in);
+        metrics::counter!("relaymesh_media_in_bytes_total").absolute(s.bytes_in);
         metrics::counter!("relaymesh_media_packets_out_total").absolute(s.packets_out);
-        metrics::counter!("relaymesh_media_bytes_out_total").absolute(s.bytes_out);
+        metrics::counter!("relaymesh_media_out_bytes_total").absolute(s.bytes_out);
         metrics::counter!("relaymesh_media_dropped_total", "reason" => "malformed").absolute(s.dropped_malformed);
         metrics::counter!("relaymesh_media_dropped_total", "reason" => "unknown_ssrc").absolute(s.dropped_unknown_ssrc);
         metrics::counter!("relaymesh_media_dropped_total", "reason" => "no_floor").absolute(s.dropped_no_floor);
