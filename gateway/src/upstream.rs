@@ -5,8 +5,9 @@ use std::time::Duration;
 use relaymesh_proto::auth::v1::auth_service_client::AuthServiceClient;
 use relaymesh_proto::channel::v1::channel_service_client::ChannelServiceClient;
 use relaymesh_proto::r#match::v1::match_client::MatchClient;
+use relaymesh_proto::query::v1::query_service_client::QueryServiceClient;
 use relaymesh_proto::scheduler::v1::scheduler_client::SchedulerClient;
-use relaymesh_proto::signaling::v1::signaling_client::SignalingClient;
+use relaymesh_proto::signaling::v1::signaling_service_client::SignalingServiceClient;
 use relaymesh_rpc::{RpcChannel, RpcError, connect_lazy};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
@@ -15,7 +16,10 @@ use crate::config::UpstreamArgs;
 #[derive(Clone)]
 pub struct Upstreams {
     pub auth: AuthServiceClient<RpcChannel>,
-    pub signaling: SignalingClient<RpcChannel>,
+    pub signaling: SignalingServiceClient<RpcChannel>,
+    /// The copilot query service: its own deadline, since a query lasts as
+    /// long as its callbacks.
+    pub query: QueryServiceClient<RpcChannel>,
     pub channel: ChannelServiceClient<RpcChannel>,
     pub r#match: MatchClient<RpcChannel>,
     pub scheduler: SchedulerClient<RpcChannel>,
@@ -48,6 +52,8 @@ impl Upstreams {
             ch(&args.match_url)?,
             ch(&args.scheduler_url)?,
         );
+        let query_url = args.query_service_url.as_deref().unwrap_or(&args.signaling_url);
+        let query = connect_lazy(query_url, Duration::from_millis(args.query_timeout_ms))?;
         let health = vec![
             Upstream {
                 role: "auth",
@@ -56,7 +62,7 @@ impl Upstreams {
             },
             Upstream {
                 role: "signaling",
-                service: "relaymesh.signaling.v1.Signaling",
+                service: "relaymesh.signaling.v1.SignalingService",
                 client: HealthClient::new(signaling.clone()),
             },
             Upstream {
@@ -82,7 +88,8 @@ impl Upstreams {
         ];
         Ok(Self {
             auth: AuthServiceClient::new(auth),
-            signaling: SignalingClient::new(signaling),
+            signaling: SignalingServiceClient::new(signaling),
+            query: QueryServiceClient::new(query),
             channel: ChannelServiceClient::new(channel),
             r#match: MatchClient::new(matcher),
             scheduler: SchedulerClient::new(scheduler),

@@ -41,6 +41,13 @@ pub trait WsCodec: Protocol {
     fn ping(&self) -> Option<Message> {
         None
     }
+
+    /// Whether `req` answers the server's ping. Where the server pings, a
+    /// ping is missed unless such a request arrives within PONG_TIMEOUT_MS;
+    /// by default any request does.
+    fn answers_ping(_req: &Self::Request) -> bool {
+        true
+    }
 }
 
 /// Runs one connection to its end. The caller has already inserted its
@@ -63,6 +70,8 @@ pub async fn run<P: WsCodec>(
     );
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut heard, mut missed) = (false, 0u32);
+    // Where the server pings: when the pong to the last ping is due.
+    let mut pong_due: Option<tokio::time::Instant> = None;
     metrics::gauge!("relaymesh_gateway_connections", "protocol" => name).increment(1.0);
 
     // Handler futures are boxed so the idle connection's future stays small:
@@ -92,7 +101,12 @@ pub async fn run<P: WsCodec>(
                         refuse(&mut cx, &proto, &err);
                     } else {
                         match proto.parse(text.as_str()) {
-                            Ok(req) => Box::pin(proto.on_request(&mut cx, req)).await,
+                            Ok(req) => {
+                                if P::answers_ping(&req) {
+                                    (missed, pong_due) = (0, None);
+                                }
+                                Box::pin(proto.on_request(&mut cx, req)).await;
+                            }
                             Err(error_event) => {
                                 metrics::counter!("relaymesh_gateway_frames_refused_total", "protocol" => name).increment(1);
                                 cx.send(error_event);
@@ -119,16 +133,28 @@ pub async fn run<P: WsCodec>(
                     None => break,
                 },
             },
-            _ = heartbeat.tick() => {
-                missed = if heard { 0 } else { missed + 1 };
-                heard = false;
+            () = sleep_until(pong_due), if pong_due.is_some() => {
+                pong_due = None;
+                missed += 1;
                 if missed >= cfg.heartbeat_max_missed {
-                    cx.close(CloseCode::HeartbeatLost, "heartbeat lost");
-                } else {
-                    if let Some(ping) = proto.ping() {
-                        open = send(&mut socket, ping, cfg.send_timeout()).await;
-                    }
+                    cx.close(CloseCode::HeartbeatLost, "heartbeat lost: pongs missed");
+                }
+            }
+            _ = heartbeat.tick() => {
+                if let Some(ping) = proto.ping() {
+                    // The server pings: misses are counted by pong deadline.
+                    open = send(&mut socket, ping, cfg.send_timeout()).await;
+                    pong_due = Some(tokio::time::Instant::now() + cfg.pong_timeout());
                     cx.refresh_session().await;
+                } else {
+                    // The client heartbeats: a period without a frame is a miss.
+                    missed = if heard { 0 } else { missed + 1 };
+                    heard = false;
+                    if missed >= cfg.heartbeat_max_missed {
+                        cx.close(CloseCode::HeartbeatLost, "heartbeat lost");
+                    } else {
+                        cx.refresh_session().await;
+                    }
                 }
             }
         }
@@ -153,6 +179,14 @@ pub async fn run<P: WsCodec>(
     Box::pin(proto.on_close(&mut cx)).await;
     cx.unregister().await;
     metrics::gauge!("relaymesh_gateway_connections", "protocol" => name).decrement(1.0);
+}
+
+/// Sleeps until `at`; forever when None (the select! guard keeps it unpolled).
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The close code for an error the WebSocket layer read off the socket, when

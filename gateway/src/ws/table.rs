@@ -79,9 +79,9 @@ pub struct ConnectionTable {
 fn render_body(body: &Body) -> Option<Utf8Bytes> {
     match body {
         Body::Livechat(e) => relaymesh_wire::livechat::render(e).map(Utf8Bytes::from),
-        // Rendered by the copilot and signal codecs once those protocols
-        // deliver typed events.
-        Body::Copilot(_) | Body::Signal(_) => None,
+        Body::Copilot(e) => relaymesh_wire::copilot::render(e).map(Utf8Bytes::from),
+        // Rendered by the signal codec once that protocol delivers typed events.
+        Body::Signal(_) => None,
         Body::Close(_) | Body::Nudge(_) | Body::Forwarded(_) => None,
     }
 }
