@@ -7,6 +7,7 @@ mod integration {
     pub mod harness;
 
     mod auth;
+    mod copilot;
     mod cross_replica;
     mod device_farm;
     mod gateway_http;
