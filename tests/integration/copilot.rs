@@ -42,6 +42,13 @@ fn call(conn: &str, kind: CallbackKind, data: Value, timeout: Option<Duration>) 
     }
 }
 
+/// A mesh on `backend` with `flags`, and user ann's copilot connection to it.
+async fn ann_connected(backend: &Backend, flags: &[&str]) -> (Mesh, Copilot) {
+    let mesh = harness::start(backend, flags).await;
+    let c = Copilot::connect(mesh.gateway_addr, "ann").await;
+    (mesh, c)
+}
+
 // ---- Phase 1: connection and basic exchange ----
 
 #[tokio::test]
@@ -67,8 +74,7 @@ async fn connected_names_the_user_and_the_heartbeat_and_ping_gets_pong() {
 #[tokio::test]
 async fn a_query_runs_the_basic_callback_chain_to_a_response() {
     for backend in harness::backends() {
-        let mesh = harness::start(&backend, &[]).await;
-        let mut c = Copilot::connect(mesh.gateway_addr, "ann").await;
+        let (mesh, mut c) = ann_connected(&backend, &[]).await;
         c.send_query("q1", json!({"text": "monthly cost"})).await;
 
         let asked = c.next_callback().await;
@@ -131,8 +137,7 @@ async fn after_4001_a_refreshed_token_connects() {
 #[tokio::test]
 async fn each_callback_gets_a_fresh_request_id() {
     for backend in harness::backends() {
-        let mesh = harness::start(&backend, &[]).await;
-        let mut c = Copilot::connect(mesh.gateway_addr, "ann").await;
+        let (mesh, mut c) = ann_connected(&backend, &[]).await;
         let mut ids = Vec::new();
         for q in ["q1", "q2"] {
             c.send_query(q, json!({"text": "x"})).await;
@@ -154,8 +159,7 @@ async fn each_callback_gets_a_fresh_request_id() {
 #[tokio::test]
 async fn an_unknown_request_id_gets_an_error_and_the_connection_stays_open() {
     for backend in harness::backends() {
-        let mesh = harness::start(&backend, &[]).await;
-        let mut c = Copilot::connect(mesh.gateway_addr, "ann").await;
+        let (mesh, mut c) = ann_connected(&backend, &[]).await;
         c.client
             .send_json(json!({"type": "available_data", "requestId": "never-issued", "data": []}))
             .await;
@@ -173,8 +177,7 @@ async fn an_unknown_request_id_gets_an_error_and_the_connection_stays_open() {
 #[tokio::test]
 async fn a_request_id_matches_only_once() {
     for backend in harness::backends() {
-        let mesh = harness::start(&backend, &[]).await;
-        let mut c = Copilot::connect(mesh.gateway_addr, "ann").await;
+        let (mesh, mut c) = ann_connected(&backend, &[]).await;
         c.send_query("q1", json!({"text": "x"})).await;
         let cb = c.next_callback().await;
         c.answer(&cb, json!(["a"])).await;
@@ -210,8 +213,7 @@ async fn a_request_id_of_another_connection_does_not_match() {
 #[tokio::test]
 async fn an_answer_of_the_wrong_type_is_refused_and_the_callback_stays_pending() {
     for backend in harness::backends() {
-        let mesh = harness::start(&backend, &[]).await;
-        let mut c = Copilot::connect(mesh.gateway_addr, "ann").await;
+        let (mesh, mut c) = ann_connected(&backend, &[]).await;
         c.send_query("q1", json!({"text": "x"})).await;
         let cb = c.next_callback().await;
         let id = cb["requestId"].clone();
@@ -235,8 +237,7 @@ async fn an_answer_of_the_wrong_type_is_refused_and_the_callback_stays_pending()
 #[tokio::test]
 async fn a_clarification_is_answered_by_a_human_response() {
     for backend in harness::backends() {
-        let mesh = harness::start(&backend, &[]).await;
-        let mut c = Copilot::connect(mesh.gateway_addr, "ann").await;
+        let (mesh, mut c) = ann_connected(&backend, &[]).await;
         c.send_query("q1", json!({"scenario": "clarification", "text": "cost"}))
             .await;
         let cb = c.next_callback().await;
@@ -255,8 +256,7 @@ async fn a_clarification_is_answered_by_a_human_response() {
 #[tokio::test]
 async fn a_late_answer_times_the_query_out_and_is_refused_as_expired() {
     for backend in harness::backends() {
-        let mesh = harness::start(&backend, &["--callback-timeout-ms", "300"]).await;
-        let mut c = Copilot::connect(mesh.gateway_addr, "ann").await;
+        let (mesh, mut c) = ann_connected(&backend, &["--callback-timeout-ms", "300"]).await;
         c.send_query("q1", json!({"text": "slow"})).await;
         let cb = c.next_callback().await;
         // The client answers after the server's timeout (seed: 15 s vs 10 s).
@@ -276,8 +276,7 @@ async fn a_late_answer_times_the_query_out_and_is_refused_as_expired() {
 #[tokio::test]
 async fn an_unanswered_callback_ends_the_query_with_timeout_and_the_connection_stays_usable() {
     for backend in harness::backends() {
-        let mesh = harness::start(&backend, &["--callback-timeout-ms", "200"]).await;
-        let mut c = Copilot::connect(mesh.gateway_addr, "ann").await;
+        let (mesh, mut c) = ann_connected(&backend, &["--callback-timeout-ms", "200"]).await;
         c.send_query("q1", json!({"text": "x"})).await;
         c.next_callback().await; // never answered
         assert_eq!(c.outcome("q1").await["code"], "TIMEOUT", "{backend:?}");
@@ -294,8 +293,7 @@ async fn an_unanswered_callback_ends_the_query_with_timeout_and_the_connection_s
 #[tokio::test]
 async fn empty_available_data_answers_without_an_api_call() {
     for backend in harness::backends() {
-        let mesh = harness::start(&backend, &[]).await;
-        let mut c = Copilot::connect(mesh.gateway_addr, "ann").await;
+        let (mesh, mut c) = ann_connected(&backend, &[]).await;
         c.send_query("q1", json!({"text": "x"})).await;
         let cb = c.next_callback().await;
         c.answer(&cb, json!([])).await;
@@ -314,8 +312,7 @@ async fn empty_available_data_answers_without_an_api_call() {
 
 #[tokio::test]
 async fn an_unknown_scenario_is_an_invalid_message() {
-    let mesh = harness::start(&Backend::Memory, &[]).await;
-    let mut c = Copilot::connect(mesh.gateway_addr, "ann").await;
+    let (mesh, mut c) = ann_connected(&Backend::Memory, &[]).await;
     c.send_query("q1", json!({"scenario": "dance"})).await;
     assert_eq!(c.outcome("q1").await["code"], "INVALID_MESSAGE");
     mesh.shutdown().await.unwrap();
@@ -497,8 +494,7 @@ async fn query_service_url_points_the_mesh_at_another_query_service() {
 #[tokio::test]
 async fn remaining_counts_down_and_the_eleventh_query_is_rate_limited() {
     for backend in harness::backends() {
-        let mesh = harness::start(&backend, &[]).await;
-        let mut c = Copilot::connect(mesh.gateway_addr, "ann").await;
+        let (mesh, mut c) = ann_connected(&backend, &[]).await;
         for i in 1..=10 {
             let r = c.ask(&format!("q{i}"), json!({"text": "x"})).await;
             assert_eq!(r["type"], "response", "{backend:?}: query {i}: {r}");
@@ -524,8 +520,7 @@ async fn remaining_counts_down_and_the_eleventh_query_is_rate_limited() {
 async fn once_the_window_has_passed_queries_are_accepted_again() {
     for backend in harness::backends() {
         let flags = ["--rate-limit-requests", "2", "--rate-limit-window-ms", "600"];
-        let mesh = harness::start(&backend, &flags).await;
-        let mut c = Copilot::connect(mesh.gateway_addr, "ann").await;
+        let (mesh, mut c) = ann_connected(&backend, &flags).await;
         c.ask("q1", json!({})).await;
         c.ask("q2", json!({})).await;
         let limited = c.ask("q3", json!({})).await;
@@ -543,8 +538,7 @@ async fn once_the_window_has_passed_queries_are_accepted_again() {
 async fn a_client_that_answers_every_ping_stays_connected() {
     for backend in harness::backends() {
         let flags = ["--heartbeat-interval-ms", "100", "--pong-timeout-ms", "50"];
-        let mesh = harness::start(&backend, &flags).await;
-        let mut c = Copilot::connect(mesh.gateway_addr, "ann").await;
+        let (mesh, mut c) = ann_connected(&backend, &flags).await;
         let mut pings = 0;
         let until = tokio::time::Instant::now() + Duration::from_millis(800);
         while tokio::time::Instant::now() < until {
