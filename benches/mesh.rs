@@ -13,6 +13,13 @@
 //! - `farm`: a run created through the HTTP API until its COMMAND is on the
 //!   node's socket, against an HTTP `GET /healthz` round trip.
 //!
+//! - `livechat`: a LiveChat MESSAGE_CREATE answered through the channel
+//!   service against a HEARTBEAT the gateway answers itself, on one
+//!   connection and on 16 at once (round trip and throughput);
+//! - `fanout`: one chat message to a 1,000-member channel whose members are
+//!   split over two gateway replicas on Redis (needs `REDIS_URL`): time from
+//!   send to the last member's delivery.
+//!
 //! `cargo bench --bench mesh` runs all; `cargo bench --bench mesh -- rpc`
 //! runs one. `BENCH_ITERS` and `BENCH_SOCKETS` scale them.
 
@@ -282,6 +289,7 @@ async fn bench_idle_sockets(n: usize) {
         .env("JWT_SECRET", SECRET)
         .env("RUST_LOG", "warn")
         .env_remove("REDIS_URL")
+        .env_remove("REDIS_CLUSTER_URLS")
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -429,6 +437,197 @@ async fn bench_farm(iters: usize) {
     mesh.shutdown().await.unwrap();
 }
 
+/// A LiveChat socket that has identified; `nonce` numbers its requests.
+struct Chat {
+    ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    nonce: u64,
+}
+
+impl Chat {
+    async fn connect(addr: std::net::SocketAddr, user: &str) -> Self {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws/livechat"))
+            .await
+            .unwrap();
+        ws.next().await.unwrap().unwrap(); // HELLO
+        let identify = serde_json::json!({"op": 3, "d": {"user_id": user, "token": token(user)}});
+        ws.send(Message::Text(identify.to_string().into())).await.unwrap();
+        ws.next().await.unwrap().unwrap(); // READY
+        Self { ws, nonce: 0 }
+    }
+
+    /// Sends `{op, d}` with a fresh nonce; returns when its answer arrives
+    /// (events in between are skipped).
+    async fn call(&mut self, op: u16, mut d: serde_json::Value) {
+        self.nonce += 1;
+        let nonce = self.nonce.to_string();
+        d["nonce"] = nonce.clone().into();
+        let frame = serde_json::json!({"op": op, "d": d}).to_string();
+        self.ws.send(Message::Text(frame.into())).await.unwrap();
+        let needle = format!("\"nonce\":\"{nonce}\"");
+        loop {
+            if let Message::Text(t) = self.ws.next().await.unwrap().unwrap()
+                && t.contains(&needle)
+            {
+                return;
+            }
+        }
+    }
+}
+
+/// `conns` connections, each doing sequential round trips of `op` for
+/// `iters` iterations; returns the latency stats and the total rate.
+async fn livechat_load(
+    chats: &mut [Chat],
+    iters: usize,
+    op: u16,
+    d: impl Fn(usize) -> serde_json::Value,
+) -> (Stats, f64) {
+    let started = Instant::now();
+    let runs = chats.iter_mut().enumerate().map(|(i, c)| {
+        let d = d(i);
+        async move {
+            let mut samples = Vec::with_capacity(iters);
+            for _ in 0..iters {
+                let t = Instant::now();
+                c.call(op, d.clone()).await;
+                samples.push(t.elapsed());
+            }
+            samples
+        }
+    });
+    let all: Vec<Duration> = futures_util::future::join_all(runs)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let rate = all.len() as f64 / started.elapsed().as_secs_f64();
+    (stats(all), rate)
+}
+
+async fn bench_livechat(iters: usize) {
+    println!("== livechat: MESSAGE_CREATE (channel service) against HEARTBEAT (gateway only)");
+    let mesh = start_mesh(&[]).await;
+    for conns in [1usize, 16] {
+        let mut chats = Vec::new();
+        for i in 0..conns {
+            let mut c = Chat::connect(mesh.gateway_addr, &format!("u{conns}-{i}")).await;
+            let channel = format!("bench-{conns}-{i}");
+            c.call(10, serde_json::json!({"channel_id": channel})).await;
+            c.call(11, serde_json::json!({"channel_id": channel, "ssrc": i + 1}))
+                .await;
+            chats.push(c);
+        }
+        let per_conn = (iters / conns).max(200);
+        // Warm-up.
+        livechat_load(&mut chats, per_conn / 10, 1, |_| serde_json::json!({})).await;
+        let (hb, hb_rate) = livechat_load(&mut chats, per_conn, 1, |_| serde_json::json!({})).await;
+        let (msg, msg_rate) = livechat_load(
+            &mut chats,
+            per_conn,
+            20,
+            |i| serde_json::json!({"channel_id": format!("bench-{conns}-{i}"), "content": "hello"}),
+        )
+        .await;
+        row(&format!("{conns} conn: HEARTBEAT -> ACK (baseline)"), &hb, &hb);
+        row(&format!("{conns} conn: MESSAGE_CREATE -> ACK"), &msg, &hb);
+        println!(
+            "{:<44} {:>9.0}/s vs {:>9.0}/s baseline ({:.2}x)",
+            format!("{conns} conn: throughput"),
+            msg_rate,
+            hb_rate,
+            msg_rate / hb_rate
+        );
+    }
+    mesh.shutdown().await.unwrap();
+}
+
+async fn bench_fanout(messages: usize) {
+    let Ok(redis) = std::env::var("REDIS_URL") else {
+        println!("== fanout: skipped (set REDIS_URL: two gateway replicas share Redis)");
+        return;
+    };
+    const MEMBERS: usize = 1000;
+    println!("== fanout: {messages} messages, one every 200 ms, to {MEMBERS} members on two gateway replicas (Redis)");
+    let mut options =
+        relaymesh::MeshOptions::loopback(&["--jwt-secret", SECRET, "--max-channel-members", "2000"]).unwrap();
+    options.redis_url = Some(redis);
+    options.redis_key_prefix = format!("bench-fanout-{}", std::process::id());
+    let mut mesh = relaymesh::Mesh::start(options).await.unwrap();
+    let second = mesh.add_gateway(0, None).await.unwrap();
+    let mut sender = Chat::connect(mesh.gateway_addr, "sender").await;
+    sender.call(10, serde_json::json!({"channel_id": "big"})).await;
+    sender
+        .call(11, serde_json::json!({"channel_id": "big", "ssrc": 1}))
+        .await;
+    // Members join, 64 at a time, half on each replica.
+    let mut members = Vec::with_capacity(MEMBERS);
+    for chunk in (0..MEMBERS).collect::<Vec<_>>().chunks(64) {
+        let joins = chunk.iter().map(|&i| {
+            let addr = if i % 2 == 0 { mesh.gateway_addr } else { second };
+            async move {
+                let mut c = Chat::connect(addr, &format!("m{i}")).await;
+                c.call(11, serde_json::json!({"channel_id": "big", "ssrc": i + 2}))
+                    .await;
+                c
+            }
+        });
+        members.extend(futures_util::future::join_all(joins).await);
+    }
+    // Each member records when each message reaches it.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+    let mut readers = Vec::new();
+    for c in members {
+        let tx = tx.clone();
+        readers.push(tokio::spawn(async move {
+            let mut ws = c.ws;
+            while let Some(Ok(Message::Text(t))) = ws.next().await {
+                if let Some(rest) = t.split("\"content\":\"fan-").nth(1)
+                    && let Some(n) = rest.split('"').next().and_then(|n| n.parse().ok())
+                {
+                    let _ = tx.send((n, Instant::now()));
+                }
+            }
+        }));
+    }
+    drop(tx);
+    let mut sent_at = Vec::with_capacity(messages);
+    for n in 0..messages {
+        sent_at.push(Instant::now());
+        sender
+            .call(
+                20,
+                serde_json::json!({"channel_id": "big", "content": format!("fan-{n}")}),
+            )
+            .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut last = vec![None::<Instant>; messages];
+    let mut count = vec![0usize; messages];
+    while let Ok(Some((n, at))) = tokio::time::timeout(Duration::from_millis(100), rx.recv()).await {
+        if n < messages {
+            count[n] += 1;
+            last[n] = Some(last[n].map_or(at, |l: Instant| l.max(at)));
+        }
+    }
+    let delivered: usize = count.iter().sum();
+    let spans: Vec<Duration> = (0..messages)
+        .filter_map(|n| last[n].map(|l| l.duration_since(sent_at[n])))
+        .collect();
+    let s = stats(spans);
+    println!(
+        "{:<44} p50 {:>9.1?}  p99 {:>9.1?}  ({delivered} of {} deliveries)",
+        "send -> last member's delivery",
+        s.median,
+        s.p99,
+        messages * MEMBERS
+    );
+    for r in readers {
+        r.abort();
+    }
+    mesh.shutdown().await.unwrap();
+}
+
 fn main() {
     let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let wants = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
@@ -450,6 +649,12 @@ fn main() {
         }
         if wants("farm") {
             bench_farm(iters.min(500)).await;
+        }
+        if wants("livechat") {
+            bench_livechat(iters).await;
+        }
+        if wants("fanout") {
+            bench_fanout(env_usize("BENCH_FANOUT_MESSAGES", 50)).await;
         }
     });
 }

@@ -26,7 +26,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the whole mesh on this machine (in-memory state unless REDIS_URL).
+    /// Run the whole mesh on this machine (in-memory state unless REDIS_URL or REDIS_CLUSTER_URLS).
     Up(Box<UpArgs>),
     /// The HTTP/WebSocket gateway.
     Gateway(Box<GatewayRole>),
@@ -126,8 +126,14 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
 
 async fn gateway(args: GatewayRole) -> anyhow::Result<()> {
     let _telemetry = relaymesh_telemetry::init(&args.telemetry, "relaymesh-gateway")?;
+    relaymesh_rpc::tls::install(relaymesh_rpc::tls::load(&args.tls)?);
     let shutdown = shutdown_on_signal();
-    let state = SharedState::connect(args.state.redis_url.as_deref(), &args.state.redis_key_prefix).await?;
+    let state = SharedState::connect_settings(
+        args.state.redis_url.as_deref(),
+        args.state.redis_cluster_urls.as_deref(),
+        &args.state.redis_key_prefix,
+    )
+    .await?;
     let addr = relaymesh_config::join_host_port(&args.host, args.port);
     let listener = TcpListener::bind(&addr)
         .await
@@ -145,13 +151,20 @@ where
     E: Into<anyhow::Error>,
 {
     let _telemetry = relaymesh_telemetry::init(&args.telemetry, role)?;
+    // Before any server or channel is built: they read it.
+    relaymesh_rpc::tls::install(relaymesh_rpc::tls::load(&args.tls)?);
     let shutdown = shutdown_on_signal();
     if args.listen.metrics_port != 0 {
         let addr = relaymesh_config::join_host_port(&args.listen.host, args.listen.metrics_port);
         let addr = addr.parse().with_context(|| format!("metrics address {addr}"))?;
         relaymesh_telemetry::metrics::spawn_endpoint(addr, shutdown.clone()).await?;
     }
-    let state = SharedState::connect(args.state.redis_url.as_deref(), &args.state.redis_key_prefix).await?;
+    let state = SharedState::connect_settings(
+        args.state.redis_url.as_deref(),
+        args.state.redis_cluster_urls.as_deref(),
+        &args.state.redis_key_prefix,
+    )
+    .await?;
     let addr = args.listen.grpc_addr();
     let listener = TcpListener::bind(&addr)
         .await

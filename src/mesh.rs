@@ -27,6 +27,8 @@ pub struct MeshOptions {
     /// First of six consecutive gRPC ports; None picks free ones.
     pub grpc_base_port: Option<u16>,
     pub redis_url: Option<String>,
+    /// Redis Cluster seed nodes, comma-separated; instead of `redis_url`.
+    pub redis_cluster_urls: Option<String>,
     pub redis_key_prefix: String,
     pub gateway: GatewayConfig,
     pub auth: AuthConfig,
@@ -72,15 +74,29 @@ async fn bind(host: &str, port: u16) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("binding {addr}"))
 }
 
+impl MeshOptions {
+    /// Shared state as `redis_url` / `redis_cluster_urls` say; a new
+    /// connection each call.
+    pub async fn connect_state(&self) -> Result<SharedState, relaymesh_state::StateError> {
+        SharedState::connect_settings(
+            self.redis_url.as_deref(),
+            self.redis_cluster_urls.as_deref(),
+            &self.redis_key_prefix,
+        )
+        .await
+    }
+}
+
 impl Mesh {
     /// Binds every listener first (so ports are known), then starts the
     /// services, then the gateway.
     pub async fn start(mut options: MeshOptions) -> anyhow::Result<Self> {
         // Media is served where everything else is.
         options.media_relay.media_udp_host.clone_from(&options.host);
-        let state = SharedState::connect(options.redis_url.as_deref(), &options.redis_key_prefix)
-            .await
-            .context("connecting shared state")?;
+        // Everything stops together here, so the channels a relay serves
+        // cannot move elsewhere: no point waiting for them.
+        options.media_relay.media_drain_timeout_ms = 0;
+        let state = options.connect_state().await.context("connecting shared state")?;
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let port = |i: u16| options.grpc_base_port.map_or(0, |b| b + i);
@@ -111,6 +127,7 @@ impl Mesh {
             scheduler_url: url(5),
             query_service_url: options.gateway.upstreams.query_service_url.clone(),
             query_timeout_ms: options.gateway.upstreams.query_timeout_ms,
+            resolve_interval_ms: options.gateway.upstreams.resolve_interval_ms,
             rpc_timeout_ms: options.gateway.upstreams.rpc_timeout_ms,
         };
 
@@ -214,9 +231,9 @@ impl Mesh {
         }
         // Each replica gets its own Redis connections, as separate processes
         // would; in memory, replicas share the one store.
-        let state = match &self.options.redis_url {
-            Some(url) => SharedState::connect(Some(url), &self.options.redis_key_prefix).await?,
-            None => self.state.clone(),
+        let state = match self.state {
+            SharedState::Memory(_) => self.state.clone(),
+            SharedState::Redis(_) => self.options.connect_state().await?,
         };
         let role = format!("gateway {addr}");
         let stop = self.shutdown.child_token();

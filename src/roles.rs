@@ -4,7 +4,7 @@
 use clap::Args;
 use relaymesh_auth::AuthConfig;
 use relaymesh_channel::ChannelConfig;
-use relaymesh_config::{GrpcListenArgs, StateArgs, TelemetryArgs};
+use relaymesh_config::{GrpcListenArgs, GrpcTlsArgs, StateArgs, TelemetryArgs};
 use relaymesh_gateway::GatewayConfig;
 use relaymesh_match::MatchConfig;
 use relaymesh_media_relay::MediaRelayConfig;
@@ -74,6 +74,7 @@ impl MeshOptions {
         // Whatever the environment says: these are the test's own choices.
         options.grpc_base_port = None;
         options.redis_url = None;
+        options.redis_cluster_urls = None;
         Ok(options)
     }
 }
@@ -95,6 +96,7 @@ impl UpArgs {
             gateway_port: self.port,
             grpc_base_port: self.grpc_base_port,
             redis_url: self.state.redis_url,
+            redis_cluster_urls: self.state.redis_cluster_urls,
             redis_key_prefix: self.state.redis_key_prefix,
             gateway: self.gateway,
             auth: self.auth,
@@ -121,6 +123,8 @@ pub struct GatewayRole {
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
     #[command(flatten)]
+    pub tls: GrpcTlsArgs,
+    #[command(flatten)]
     pub gateway: GatewayConfig,
 }
 
@@ -133,6 +137,8 @@ pub struct ServiceRole<C: Args> {
     pub state: StateArgs,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+    #[command(flatten)]
+    pub tls: GrpcTlsArgs,
     #[command(flatten)]
     pub config: C,
 }

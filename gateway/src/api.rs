@@ -12,10 +12,12 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use relaymesh_proto::auth::v1::VerifyNodeSecretRequest;
+use relaymesh_proto::json::{struct_from_json, struct_to_json, value_from_json, value_to_json};
 use relaymesh_proto::scheduler::v1::{
-    CreateRunRequest, CreateWorkflowRequest, GetRunRequest, GetWorkflowRequest, ListNodesRequest, ReportResultRequest,
-    Run, StoreArtifactRequest, TaskState, Workflow,
+    CommandType, CreateRunRequest, CreateWorkflowRequest, GetRunRequest, GetWorkflowRequest, ListNodesRequest, Recipe,
+    ReportResultRequest, Run, RunStatus, StoreArtifactRequest, TaskState, Workflow,
 };
+use relaymesh_wire::node::{CommandResult, parse_wire_name, wire_name};
 use serde::{Deserialize, Serialize};
 use tonic::{Code, Status};
 
@@ -150,7 +152,52 @@ struct NewWorkflow {
     workflow_id: String,
     #[serde(default)]
     name: String,
-    recipe: serde_json::Value,
+    recipe: RecipeJson,
+}
+
+/// A recipe as the API speaks it (README, "Device farm"); converted to and
+/// from the scheduler's `Recipe` here and nowhere else.
+#[derive(Serialize, Deserialize)]
+struct RecipeJson {
+    command_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    params: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    upload_timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    steps: Option<serde_json::Value>,
+}
+
+impl RecipeJson {
+    /// An unknown command type is refused here, before any service call.
+    fn into_proto(self) -> ApiResult<Recipe> {
+        let command_type: CommandType = parse_wire_name(&self.command_type).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "unknown_command_type",
+                format!("unknown command type {:?}", self.command_type),
+            )
+        })?;
+        Ok(Recipe {
+            command_type: command_type as i32,
+            params: self.params.map(struct_from_json),
+            timeout_ms: self.timeout_ms.unwrap_or(0),
+            upload_timeout_ms: self.upload_timeout_ms.unwrap_or(0),
+            steps: self.steps.map(value_from_json),
+        })
+    }
+
+    fn from_proto(r: Recipe) -> Self {
+        Self {
+            command_type: wire_name(r.command_type()).to_owned(),
+            params: r.params.map(struct_to_json),
+            timeout_ms: (r.timeout_ms > 0).then_some(r.timeout_ms),
+            upload_timeout_ms: (r.upload_timeout_ms > 0).then_some(r.upload_timeout_ms),
+            steps: r.steps.map(value_to_json),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -158,18 +205,34 @@ struct WorkflowView {
     workflow_id: String,
     version: u32,
     name: String,
-    recipe: serde_json::Value,
+    recipe: Option<RecipeJson>,
 }
 
 impl From<Workflow> for WorkflowView {
     fn from(w: Workflow) -> Self {
         Self {
-            recipe: serde_json::from_str(&w.recipe_json).unwrap_or(serde_json::Value::Null),
+            recipe: w.recipe.map(RecipeJson::from_proto),
             workflow_id: w.workflow_id,
             version: w.version,
             name: w.name,
         }
     }
+}
+
+/// The workflow in a scheduler answer that must carry one.
+fn workflow_of(w: Option<Workflow>) -> ApiResult<WorkflowView> {
+    w.map(WorkflowView::from).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "internal",
+            "scheduler answered without a workflow",
+        )
+    })
+}
+
+fn run_of(r: Option<Run>) -> ApiResult<RunView> {
+    r.map(RunView::from)
+        .ok_or_else(|| ApiError::new(StatusCode::BAD_GATEWAY, "internal", "scheduler answered without a run"))
 }
 
 async fn create_workflow(
@@ -182,10 +245,10 @@ async fn create_workflow(
     let req = CreateWorkflowRequest {
         workflow_id: body.workflow_id,
         name: body.name,
-        recipe_json: body.recipe.to_string(),
+        recipe: Some(body.recipe.into_proto()?),
     };
     let w = gw.upstreams.scheduler.clone().create_workflow(req).await?.into_inner();
-    Ok((StatusCode::CREATED, Json(WorkflowView::from(w))))
+    Ok((StatusCode::CREATED, Json(workflow_of(w.workflow)?)))
 }
 
 #[derive(Deserialize)]
@@ -205,15 +268,8 @@ async fn get_workflow(
         workflow_id: id,
         version: q.version,
     };
-    Ok(Json(
-        gw.upstreams
-            .scheduler
-            .clone()
-            .get_workflow(req)
-            .await?
-            .into_inner()
-            .into(),
-    ))
+    let w = gw.upstreams.scheduler.clone().get_workflow(req).await?.into_inner();
+    Ok(Json(workflow_of(w.workflow)?))
 }
 
 #[derive(Deserialize)]
@@ -224,7 +280,7 @@ struct NewRun {
     #[serde(default)]
     nodes: Vec<String>,
     #[serde(default)]
-    params: Option<serde_json::Value>,
+    params: Option<serde_json::Map<String, serde_json::Value>>,
     #[serde(default)]
     task_timeout_ms: u32,
     #[serde(default)]
@@ -249,17 +305,23 @@ struct RunView {
     run_id: String,
     workflow_id: String,
     workflow_version: u32,
-    status: String,
+    status: &'static str,
     tasks: Vec<TaskView>,
 }
 
 impl From<Run> for RunView {
     fn from(r: Run) -> Self {
+        let status = r.status();
         Self {
             run_id: r.run_id,
             workflow_id: r.workflow_id,
             workflow_version: r.workflow_version,
-            status: r.status,
+            status: match status {
+                RunStatus::Queued => "queued",
+                RunStatus::Running => "running",
+                RunStatus::Finished => "finished",
+                RunStatus::Unspecified => "unknown",
+            },
             tasks: r
                 .tasks
                 .into_iter()
@@ -272,9 +334,7 @@ impl From<Run> for RunView {
                         TaskState::TimedOut => "TIMED_OUT",
                         TaskState::Unspecified => "UNKNOWN",
                     },
-                    result: (!t.result_json.is_empty())
-                        .then(|| serde_json::from_str(&t.result_json).ok())
-                        .flatten(),
+                    result: t.result.map(value_to_json),
                     task_id: t.task_id,
                     node_id: t.node_id,
                     device_serial: t.device_serial,
@@ -293,12 +353,12 @@ async fn create_run(State(gw): State<Arc<Shared>>, headers: HeaderMap, body: Byt
         workflow_id: body.workflow_id,
         device_serials: body.devices,
         node_ids: body.nodes,
-        params_json: body.params.map(|p| p.to_string()).unwrap_or_default(),
+        params: body.params.map(struct_from_json),
         task_timeout_ms: body.task_timeout_ms,
         upload_timeout_ms: body.upload_timeout_ms,
     };
     let run = gw.upstreams.scheduler.clone().create_run(req).await?.into_inner();
-    Ok((StatusCode::CREATED, Json(RunView::from(run))))
+    Ok((StatusCode::CREATED, Json(run_of(run.run)?)))
 }
 
 async fn get_run(
@@ -307,15 +367,14 @@ async fn get_run(
     Path(run_id): Path<String>,
 ) -> ApiResult<Json<RunView>> {
     operator(&gw, &headers).await?;
-    Ok(Json(
-        gw.upstreams
-            .scheduler
-            .clone()
-            .get_run(GetRunRequest { run_id })
-            .await?
-            .into_inner()
-            .into(),
-    ))
+    let run = gw
+        .upstreams
+        .scheduler
+        .clone()
+        .get_run(GetRunRequest { run_id })
+        .await?
+        .into_inner();
+    Ok(Json(run_of(run.run)?))
 }
 
 async fn list_nodes(State(gw): State<Arc<Shared>>, headers: HeaderMap) -> ApiResult<Response> {
@@ -344,16 +403,6 @@ async fn list_nodes(State(gw): State<Arc<Shared>>, headers: HeaderMap) -> ApiRes
     Ok(Json(serde_json::json!({ "nodes": view })).into_response())
 }
 
-#[derive(Deserialize)]
-struct NodeResult {
-    command_id: String,
-    status: String,
-    #[serde(default)]
-    error: Option<String>,
-    #[serde(default)]
-    result: Option<serde_json::Value>,
-}
-
 async fn node_result(
     State(gw): State<Arc<Shared>>,
     headers: HeaderMap,
@@ -361,13 +410,14 @@ async fn node_result(
     body: Bytes,
 ) -> ApiResult<Json<serde_json::Value>> {
     node_secret(&gw, &headers).await?;
-    let body: NodeResult = json_body(&body)?;
+    // The body is a RESULT payload, the type the socket path reads.
+    let body: CommandResult = json_body(&body)?;
     let req = ReportResultRequest {
         node_id,
-        command_id: body.command_id,
-        status: body.status,
+        command_id: body.command_id.to_string(),
+        status: body.status as i32,
         error: body.error.unwrap_or_default(),
-        result_json: body.result.map(|r| r.to_string()).unwrap_or_default(),
+        result: body.result.map(value_from_json),
     };
     let r = gw.upstreams.scheduler.clone().report_result(req).await?.into_inner();
     Ok(Json(serde_json::json!({ "recorded": r.recorded })))

@@ -88,7 +88,9 @@ pub struct UpstreamArgs {
     /// gRPC URL of the match service (`up` sets it itself).
     #[arg(long, env = "MATCH_URL", default_value = "http://match:50051")]
     pub match_url: String,
-    /// gRPC URL of the scheduler service (`up` sets it itself).
+    /// gRPC URL of the scheduler service (`up` sets it itself); several,
+    /// comma-separated, for an active scheduler and its standbys: calls go
+    /// to the one whose gRPC health says SERVING.
     #[arg(long, env = "SCHEDULER_URL", default_value = "http://scheduler:50051")]
     pub scheduler_url: String,
     /// gRPC URL of the copilot query service (`relaymesh.query.v1.QueryService`);
@@ -98,6 +100,10 @@ pub struct UpstreamArgs {
     /// Deadline of one copilot query, callbacks included.
     #[arg(long, env = "QUERY_TIMEOUT_MS", default_value_t = 120_000)]
     pub query_timeout_ms: u64,
+    /// How often service names are resolved again to find their replicas
+    /// (each URL may also be a comma-separated list of URLs).
+    #[arg(long, env = "UPSTREAM_RESOLVE_INTERVAL_MS", default_value_t = 5_000)]
+    pub resolve_interval_ms: u64,
     /// Deadline of one call to a service.
     #[arg(long, env = "RPC_TIMEOUT_MS", default_value_t = 5_000)]
     pub rpc_timeout_ms: u64,

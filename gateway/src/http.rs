@@ -51,11 +51,12 @@ struct Readiness {
     upstreams: Vec<crate::UpstreamHealth>,
 }
 
-/// 200 only while every upstream answers SERVING and shared state answers.
+/// 200 only while every required upstream answers SERVING and shared state
+/// answers (the scheduler is reported but not required).
 async fn readyz(State(gw): State<Arc<Shared>>) -> Response {
     let (upstreams, state) = tokio::join!(gw.upstreams.health(), gw.state.ping());
     let state_ok = state.is_ok();
-    let ready = state_ok && !gw.shutdown.is_cancelled() && upstreams.iter().all(|u| u.serving);
+    let ready = state_ok && !gw.shutdown.is_cancelled() && upstreams.iter().all(|u| u.serving || !u.required);
     let code = if ready {
         StatusCode::OK
     } else {

@@ -7,15 +7,17 @@
 
 mod api;
 mod config;
+mod grpc_api;
 mod http;
 mod identity;
 mod protocols;
+mod reaper;
 mod upstream;
 pub mod ws;
 
 use std::sync::Arc;
 
-use relaymesh_state::{Delivery, GatewayId, SessionRegistry, SharedState};
+use relaymesh_state::{Delivery, GatewayId, GatewayLiveness, SessionRegistry, SharedState};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -60,11 +62,24 @@ pub async fn serve(
 ) -> Result<(), GatewayError> {
     // Install the recorder before anything records, or early metrics are lost.
     relaymesh_telemetry::metrics::handle();
-    let upstreams = Upstreams::connect(&config.upstreams)?;
+    // Resolvers outlive the HTTP server: draining connections still call
+    // the services. They stop once the drain is over.
+    let resolve_stop = CancellationToken::new();
+    let mut resolvers = tokio::task::JoinSet::new();
+    let upstreams = Upstreams::connect(&config.upstreams, &mut resolvers, &resolve_stop)?;
     let gateway_id = config.gateway_id.clone().map_or_else(GatewayId::random, GatewayId::new);
     let registry = SessionRegistry::new(state.clone(), config.session_ttl());
-    let delivery = Delivery::new(state.clone(), registry);
+    let delivery = Delivery::new(state.clone(), registry.clone());
     let inbox = delivery.inbox(&gateway_id).await?;
+    // This replica's liveness, renewed until its sockets are drained; after a
+    // shared-state reconnect it also registers every live session again.
+    let liveness = GatewayLiveness::new(registry, gateway_id.clone());
+    liveness.heartbeat().await?;
+    let upkeep_stop = CancellationToken::new();
+    let upkeep = tokio::spawn(liveness.clone().run(upkeep_stop.clone()));
+    let reaper_stop = upkeep_stop.clone();
+    // Stops it on every way out of this function, errors included.
+    let upkeep_guard = upkeep_stop.drop_guard();
     let gw = Arc::new(Shared {
         slots: Arc::new(Semaphore::new(config.max_connections)),
         config,
@@ -83,8 +98,10 @@ pub async fn serve(
         "gateway listening"
     );
     let inbox_task = tokio::spawn(run_inbox(inbox, gw.clone()));
+    let reaper = tokio::spawn(reaper::run(gw.clone(), liveness, reaper_stop));
 
-    let app = http::router(gw.clone());
+    let (grpc, grpc_health) = grpc_routes(gw.clone()).await?;
+    let app = http::router(gw.clone()).merge(grpc);
     // Without TCP_NODELAY a second small frame written before the client
     // ACKs the first waits for its delayed ACK (40 ms on Linux): measured
     // as 44 ms from run creation to COMMAND before this line.
@@ -100,6 +117,9 @@ pub async fn serve(
     .with_graceful_shutdown(shutdown.clone().cancelled_owned())
     .await?;
 
+    grpc_health
+        .set_not_serving::<relaymesh_proto::client::v1::gateway_service_server::GatewayServiceServer<grpc_api::GatewayApi>>()
+        .await;
     // Upgraded sockets outlive the HTTP server: each sees `shutdown` and
     // closes with 1001; wait for them, bounded.
     gw.tracker.close();
@@ -110,8 +130,40 @@ pub async fn serve(
         tracing::warn!(open = gw.table.len(), "drain timeout: connections still open");
     }
     inbox_task.abort();
+    resolve_stop.cancel();
+    resolvers.join_all().await;
+    drop(upkeep_guard);
+    let _ = reaper.await;
+    if let Err(err) = upkeep.await {
+        tracing::warn!(error = %err, "liveness task failed");
+    }
     tracing::info!(gateway_id = %gw.gateway_id, "gateway stopped");
     Ok(())
+}
+
+/// The gRPC client API with health checking and reflection, gRPC-Web
+/// enabled, as routes served on the gateway's HTTP port.
+async fn grpc_routes(gw: Arc<Shared>) -> Result<(axum::Router, tonic_health::server::HealthReporter), GatewayError> {
+    let api = grpc_api::GatewayApi::server(gw);
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    health
+        .set_serving::<relaymesh_proto::client::v1::gateway_service_server::GatewayServiceServer<grpc_api::GatewayApi>>(
+        )
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(relaymesh_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(relaymesh_rpc::RpcError::from)?;
+    let routes = tonic::service::Routes::new(api)
+        .add_service(health_service)
+        .add_service(reflection)
+        .into_axum_router()
+        .layer(tonic_web::GrpcWebLayer::new());
+    Ok((routes, health))
 }
 
 /// Hands envelopes published for this replica to their connections.

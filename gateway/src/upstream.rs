@@ -1,4 +1,8 @@
 //! Clients of every service the gateway turns frames into calls on.
+//!
+//! Each URL is resolved to every replica of its service and calls are
+//! spread over them (`relaymesh_rpc::connect_balanced`); the resolver tasks
+//! run until the token given to [`Upstreams::connect`] is cancelled.
 
 use std::time::Duration;
 
@@ -6,12 +10,17 @@ use relaymesh_proto::auth::v1::auth_service_client::AuthServiceClient;
 use relaymesh_proto::channel::v1::channel_service_client::ChannelServiceClient;
 use relaymesh_proto::r#match::v1::match_client::MatchClient;
 use relaymesh_proto::query::v1::query_service_client::QueryServiceClient;
-use relaymesh_proto::scheduler::v1::scheduler_client::SchedulerClient;
+use relaymesh_proto::scheduler::v1::scheduler_service_client::SchedulerServiceClient;
 use relaymesh_proto::signaling::v1::signaling_service_client::SignalingServiceClient;
-use relaymesh_rpc::{RpcChannel, RpcError, connect_lazy};
+use relaymesh_rpc::{BalanceOptions, DnsResolver, RpcChannel, RpcError, connect_active, connect_balanced};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
 use crate::config::UpstreamArgs;
+
+/// The scheduler's gRPC service name, as its health check reports it.
+const SCHEDULER_SERVICE: &str = "relaymesh.scheduler.v1.SchedulerService";
 
 #[derive(Clone)]
 pub struct Upstreams {
@@ -22,14 +31,20 @@ pub struct Upstreams {
     pub query: QueryServiceClient<RpcChannel>,
     pub channel: ChannelServiceClient<RpcChannel>,
     pub r#match: MatchClient<RpcChannel>,
-    pub scheduler: SchedulerClient<RpcChannel>,
+    pub scheduler: SchedulerServiceClient<RpcChannel>,
     health: Vec<Upstream>,
+    /// Follows the active scheduler when SCHEDULER_URL lists several.
+    _scheduler_follower: Option<std::sync::Arc<tokio_util::task::AbortOnDropHandle<()>>>,
 }
 
 #[derive(Clone)]
 struct Upstream {
     role: &'static str,
     service: &'static str,
+    /// Whether `/readyz` needs it. The scheduler is not needed: it runs one
+    /// active instance, and its restart must not take every gateway out of
+    /// service (LiveChat, copilot and signaling do not use it).
+    required: bool,
     client: HealthClient<RpcChannel>,
 }
 
@@ -38,51 +53,100 @@ struct Upstream {
 pub struct UpstreamHealth {
     pub role: &'static str,
     pub serving: bool,
+    /// False for an upstream the gateway is ready without.
+    pub required: bool,
 }
 
 impl Upstreams {
-    pub fn connect(args: &UpstreamArgs) -> Result<Self, RpcError> {
-        let timeout = Duration::from_millis(args.rpc_timeout_ms);
-        let ch = |url: &str| connect_lazy(url, timeout);
-        let (auth, signaling, channel, media, matcher, scheduler) = (
+    /// Channels to every service; `resolvers` gets the tasks that keep
+    /// their replica lists current, which stop when `stop` is cancelled.
+    pub fn connect(
+        args: &UpstreamArgs,
+        resolvers: &mut JoinSet<()>,
+        stop: &CancellationToken,
+    ) -> Result<Self, RpcError> {
+        let opts = BalanceOptions {
+            request_timeout: Duration::from_millis(args.rpc_timeout_ms),
+            refresh: Duration::from_millis(args.resolve_interval_ms.max(100)),
+            ..BalanceOptions::default()
+        };
+        let mut ch_with = |url: &str, opts: BalanceOptions| {
+            let (channel, task) = connect_balanced(url, opts, DnsResolver, stop.clone())?;
+            resolvers.spawn(async move {
+                if let Err(e) = task.await {
+                    tracing::error!(error = %e, "upstream resolver task failed");
+                }
+            });
+            Ok::<_, RpcError>(channel)
+        };
+        // A copilot query lasts as long as its callbacks: its own deadline.
+        let query_url = args.query_service_url.as_deref().unwrap_or(&args.signaling_url);
+        let query = ch_with(
+            query_url,
+            BalanceOptions {
+                request_timeout: Duration::from_millis(args.query_timeout_ms),
+                ..opts.clone()
+            },
+        )?;
+        let mut ch = |url: &str| ch_with(url, opts.clone());
+        // Several scheduler URLs: one active, the others standby; calls go
+        // to the one whose health says SERVING.
+        let scheduler_urls: Vec<&str> = args
+            .scheduler_url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect();
+        let (scheduler, scheduler_follower) = match scheduler_urls.as_slice() {
+            [] | [_] => (ch(&args.scheduler_url)?, None),
+            several => {
+                let timeout = Duration::from_millis(args.rpc_timeout_ms);
+                let (channel, follower) = connect_active(several, SCHEDULER_SERVICE, timeout)?;
+                (channel, Some(std::sync::Arc::new(follower)))
+            }
+        };
+        let (auth, signaling, channel, media, matcher) = (
             ch(&args.auth_url)?,
             ch(&args.signaling_url)?,
             ch(&args.channel_url)?,
             ch(&args.media_relay_url)?,
             ch(&args.match_url)?,
-            ch(&args.scheduler_url)?,
         );
-        let query_url = args.query_service_url.as_deref().unwrap_or(&args.signaling_url);
-        let query = connect_lazy(query_url, Duration::from_millis(args.query_timeout_ms))?;
         let health = vec![
             Upstream {
                 role: "auth",
+                required: true,
                 service: "relaymesh.auth.v1.AuthService",
                 client: HealthClient::new(auth.clone()),
             },
             Upstream {
                 role: "signaling",
+                required: true,
                 service: "relaymesh.signaling.v1.SignalingService",
                 client: HealthClient::new(signaling.clone()),
             },
             Upstream {
                 role: "channel",
+                required: true,
                 service: "relaymesh.channel.v1.ChannelService",
                 client: HealthClient::new(channel.clone()),
             },
             Upstream {
                 role: "media-relay",
+                required: true,
                 service: "relaymesh.media_relay.v1.MediaRelayService",
                 client: HealthClient::new(media),
             },
             Upstream {
                 role: "match",
+                required: true,
                 service: "relaymesh.match.v1.Match",
                 client: HealthClient::new(matcher.clone()),
             },
             Upstream {
                 role: "scheduler",
-                service: "relaymesh.scheduler.v1.Scheduler",
+                required: false,
+                service: SCHEDULER_SERVICE,
                 client: HealthClient::new(scheduler.clone()),
             },
         ];
@@ -92,7 +156,8 @@ impl Upstreams {
             query: QueryServiceClient::new(query),
             channel: ChannelServiceClient::new(channel),
             r#match: MatchClient::new(matcher),
-            scheduler: SchedulerClient::new(scheduler),
+            scheduler: SchedulerServiceClient::new(scheduler),
+            _scheduler_follower: scheduler_follower,
             health,
         })
     }
@@ -107,7 +172,11 @@ impl Upstreams {
                 };
                 let answer = tokio::time::timeout(Duration::from_secs(2), client.check(req)).await;
                 let serving = matches!(answer, Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32);
-                UpstreamHealth { role: u.role, serving }
+                UpstreamHealth {
+                    role: u.role,
+                    serving,
+                    required: u.required,
+                }
             }
         });
         futures_util::future::join_all(checks).await

@@ -6,6 +6,8 @@
 #![allow(clippy::all)]
 #![allow(missing_docs)]
 
+pub mod json;
+
 pub mod auth {
     pub mod v1 {
         tonic::include_proto!("relaymesh.auth.v1");

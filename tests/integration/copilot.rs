@@ -10,7 +10,6 @@ use relaymesh_proto::query::v1::query_service_server::{QueryService, QueryServic
 use relaymesh_proto::query::v1::{QueryRequest, QueryResponse};
 use relaymesh_proto::signaling::v1::signaling_service_client::SignalingServiceClient;
 use relaymesh_proto::signaling::v1::{CallClientRequest, CallbackKind, ErrorReason};
-use relaymesh_state::SharedState;
 use relaymesh_wire::json_value::{from_proto, to_proto};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -324,9 +323,7 @@ async fn an_unknown_scenario_is_an_invalid_message() {
 async fn second_signaling(mesh: &Mesh, backend: &Backend, stop: &CancellationToken) -> std::net::SocketAddr {
     let state = match backend {
         Backend::Memory => mesh.state.clone(),
-        Backend::Redis(url) => SharedState::connect(Some(url), &mesh.options().redis_key_prefix)
-            .await
-            .unwrap(),
+        Backend::Redis(_) | Backend::Cluster(_) => mesh.options().connect_state().await.unwrap(),
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

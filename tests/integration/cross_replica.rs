@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use relaymesh_proto::client::v1::ClientProtocol;
-use relaymesh_state::{Delivery, SessionRegistry, SharedState, event_envelope};
+use relaymesh_state::{Delivery, SessionRegistry, event_envelope};
 
 use super::harness::{self, Backend, Client, token};
 
@@ -61,10 +61,7 @@ async fn an_event_published_anywhere_reaches_the_user_on_its_replica() {
         // service replica in another process would have.
         let producer_state = match &backend {
             Backend::Memory => mesh.state.clone(),
-            Backend::Redis(url) => {
-                let prefix = harness_prefix(&mesh);
-                SharedState::connect(Some(url), &prefix).await.unwrap()
-            }
+            Backend::Redis(_) | Backend::Cluster(_) => mesh.options().connect_state().await.unwrap(),
         };
         let registry = SessionRegistry::new(producer_state.clone(), Duration::from_secs(60));
         let delivery = Delivery::new(producer_state, registry);
@@ -86,11 +83,6 @@ async fn an_event_published_anywhere_reaches_the_user_on_its_replica() {
         );
         mesh.shutdown().await.unwrap();
     }
-}
-
-/// The key prefix the test mesh runs under (its state is shared by prefix).
-fn harness_prefix(mesh: &relaymesh::Mesh) -> String {
-    mesh.options().redis_key_prefix.clone()
 }
 
 #[tokio::test]

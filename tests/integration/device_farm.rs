@@ -339,3 +339,102 @@ async fn artifacts_are_stored_under_the_seed_path_with_the_node_secret() {
     let _ = std::fs::remove_dir_all(&dir);
     mesh.shutdown().await.unwrap();
 }
+
+/// A signed frame from `node` with a fresh message_id.
+fn node_frame(node: &str, kind: &str, payload: Value) -> String {
+    let mut f = hello(node, &uuid::Uuid::new_v4().to_string());
+    f["type"] = json!(kind);
+    f["payload"] = payload;
+    signed(f)
+}
+
+/// The next frame of `kind` on a raw node socket, skipping others.
+async fn next_of(c: &mut Client, kind: &str) -> Value {
+    loop {
+        let f = c.recv().await;
+        if f["type"] == kind {
+            return f;
+        }
+    }
+}
+
+/// The state and attempts of the run's only task.
+async fn only_task(gw: SocketAddr, run_id: &str) -> (String, u64) {
+    let (_, r) = operator_call(gw, "GET", &format!("/api/v1/runs/{run_id}"), None).await;
+    let t = &r["tasks"][0];
+    (
+        t["state"].as_str().unwrap_or_default().to_owned(),
+        t["attempts"].as_u64().unwrap_or(0),
+    )
+}
+
+#[tokio::test]
+async fn commands_go_out_only_after_ready_and_a_refused_one_is_requeued_at_once() {
+    let mesh = harness::start(&Backend::Memory, &mesh_flags()).await;
+    let gw = mesh.gateway_addr;
+    let mut c = Client::connect(gw, "/ws/node").await;
+    c.send_text(&signed(hello("node-Q", "m-hello-q"))).await;
+    assert_eq!(c.recv().await["type"], "HELLO_ACK");
+    workflow(gw, "watch").await;
+    // A deadline far away: whatever happens below is not a timeout.
+    let run_id = run(
+        gw,
+        json!({"workflow_id": "watch", "nodes": ["node-Q"], "task_timeout_ms": 600000}),
+    )
+    .await;
+
+    // HELLO alone asks for nothing (a node may still be booting its devices).
+    let early = c.try_recv(Duration::from_millis(700)).await;
+    assert!(early.is_none(), "nothing before READY: {early:?}");
+    c.send_text(&node_frame(
+        "node-Q",
+        "HEARTBEAT",
+        json!({"status": "READY", "free_slots": 20, "running": []}),
+    ))
+    .await;
+    let cmd = next_of(&mut c, "COMMAND").await;
+    let command_id = cmd["payload"]["command_id"].as_str().unwrap().to_owned();
+    assert_eq!(cmd["payload"]["device_serial"], "D1");
+    assert_eq!(cmd["payload"]["command_type"], "WATCH_VIDEO");
+    assert_eq!(cmd["payload"]["params"]["video_id"], "dQw4w9WgXcQ", "{cmd}");
+    assert_eq!(only_task(gw, &run_id).await, ("RUNNING".to_owned(), 1));
+
+    // The node refuses it, naming it: back in the queue now, not at its deadline.
+    c.send_text(&node_frame(
+        "node-Q",
+        "ERROR",
+        json!({"code": "DEVICE_BUSY", "message": "busy", "command_id": command_id}),
+    ))
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while only_task(gw, &run_id).await.0 != "QUEUED" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the refused task was not re-queued"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Sent again once the node says READY again, and it completes once.
+    c.send_text(&node_frame(
+        "node-Q",
+        "HEARTBEAT",
+        json!({"status": "READY", "free_slots": 20, "running": []}),
+    ))
+    .await;
+    let again = next_of(&mut c, "COMMAND").await;
+    assert_eq!(again["payload"]["command_id"], command_id.as_str());
+    c.send_text(&node_frame(
+        "node-Q",
+        "RESULT",
+        json!({"command_id": command_id, "run_id": run_id, "device_serial": "D1", "status": "SUCCESS",
+               "result": {"watched_s": 30}, "started_at": 1, "finished_at": 2}),
+    ))
+    .await;
+    let ack = next_of(&mut c, "ACK").await;
+    assert_eq!(ack["payload"]["command_id"], command_id.as_str());
+    let r = finished(gw, &run_id, 20, Duration::from_secs(10)).await;
+    assert_eq!(r["tasks"][0]["state"], "SUCCEEDED");
+    assert_eq!(r["tasks"][0]["attempts"], 2, "dispatched twice, ran once: {r}");
+    assert_eq!(r["tasks"][0]["result"]["watched_s"], 30, "{r}");
+    mesh.shutdown().await.unwrap();
+}

@@ -51,6 +51,43 @@ async fn readyz_is_503_while_an_upstream_is_down() {
     task.await.unwrap().unwrap();
 }
 
+#[tokio::test]
+async fn readyz_is_200_while_only_the_scheduler_is_down() {
+    // The scheduler runs one active instance; its restart must not take
+    // every gateway out of service.
+    let mesh = harness::start(&harness::Backend::Memory, &[]).await;
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead_url = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let url = |role: &str| {
+        let addr = mesh.services.iter().find(|(r, _)| *r == role).unwrap().1;
+        format!("http://{addr}")
+    };
+    let mut config = harness::options(&harness::Backend::Memory, &[]).gateway;
+    let u = &mut config.upstreams;
+    u.auth_url = url("auth");
+    u.signaling_url = url("signaling");
+    u.channel_url = url("channel");
+    u.media_relay_url = url("media-relay");
+    u.match_url = url("match");
+    u.scheduler_url = dead_url;
+    let (addr, shutdown, task) = lone_gateway(config).await;
+    let (status, body) = http_get(addr, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let scheduler = v["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["role"] == "scheduler")
+        .unwrap();
+    assert_eq!(scheduler["serving"], false, "the scheduler is reported down: {body}");
+    assert_eq!(scheduler["required"], false);
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    mesh.shutdown().await.unwrap();
+}
+
 async fn lone_gateway(
     config: GatewayConfig,
 ) -> (

@@ -14,19 +14,12 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 pub const JWT_SECRET: &str = "integration-test-secret";
 
 /// A shared-state backend a test runs on.
-#[derive(Debug, Clone)]
-pub enum Backend {
-    Memory,
-    Redis(String),
-}
+pub use relaymesh_state::Backend;
 
-/// Memory always; Redis too when REDIS_URL is set (CI sets it).
+/// Memory always; Redis too when REDIS_URL is set, a Redis Cluster too when
+/// REDIS_CLUSTER_URLS is (CI sets both).
 pub fn backends() -> Vec<Backend> {
-    let mut out = vec![Backend::Memory];
-    if let Some(url) = testing::redis_url() {
-        out.push(Backend::Redis(url));
-    }
-    out
+    testing::backend_list()
 }
 
 /// Options for a test mesh: loopback, port 0, a fresh Redis prefix, the
@@ -35,9 +28,10 @@ pub fn options(backend: &Backend, extra: &[&str]) -> MeshOptions {
     let mut args = vec!["--jwt-secret", JWT_SECRET];
     args.extend_from_slice(extra);
     let mut options = MeshOptions::loopback(&args).expect("valid test flags");
-    options.redis_url = match backend {
-        Backend::Memory => None,
-        Backend::Redis(url) => Some(url.clone()),
+    (options.redis_url, options.redis_cluster_urls) = match backend {
+        Backend::Memory => (None, None),
+        Backend::Redis(url) => (Some(url.clone()), None),
+        Backend::Cluster(seeds) => (None, Some(seeds.join(","))),
     };
     options.redis_key_prefix = testing::unique_prefix("mesh");
     options
@@ -64,6 +58,12 @@ pub fn token_with_secret(user: &str, ttl_secs: i64, secret: &str) -> String {
         &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
     )
     .unwrap()
+}
+
+/// As [`http_get`], None when nothing listens yet.
+pub async fn try_http_get(addr: SocketAddr, path: &str) -> Option<u16> {
+    TcpStream::connect(addr).await.ok()?;
+    Some(http_get(addr, path).await.0)
 }
 
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
@@ -153,6 +153,11 @@ impl Client {
                 _ => continue,
             }
         }
+    }
+
+    /// Reads and discards every frame until the socket ends.
+    pub async fn drain(mut self) {
+        while let Some(Ok(_)) = self.ws.next().await {}
     }
 
     /// Reads until the socket ends; panics if a text frame comes first

@@ -60,6 +60,7 @@ async fn a_role_process_serves_health_and_metrics_and_drains_on_sigterm() {
         .env("METRICS_PORT", metrics.to_string())
         .env("DATABASE_URL", "sqlite::memory:")
         .env_remove("REDIS_URL")
+        .env_remove("REDIS_CLUSTER_URLS")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -81,14 +82,23 @@ async fn a_role_process_serves_health_and_metrics_and_drains_on_sigterm() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let service = "relaymesh.scheduler.v1.Scheduler".to_owned();
-    let status = health
-        .check(HealthCheckRequest { service })
-        .await
-        .unwrap()
-        .into_inner()
-        .status;
-    assert_eq!(status, ServingStatus::Serving as i32);
+    // SERVING once it has loaded its state (and, with a lease, holds it).
+    let service = "relaymesh.scheduler.v1.SchedulerService".to_owned();
+    loop {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        if status == ServingStatus::Serving as i32 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "scheduler never served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let (code, body) = super::harness::http_get(format!("127.0.0.1:{metrics}").parse().unwrap(), "/metrics").await;
     assert_eq!(code, 200);

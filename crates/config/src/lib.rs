@@ -9,6 +9,7 @@ use clap::{Args, ValueEnum};
 /// Environment variable names of the public contract, one place to grep.
 pub mod env {
     pub const REDIS_URL: &str = "REDIS_URL";
+    pub const REDIS_CLUSTER_URLS: &str = "REDIS_CLUSTER_URLS";
     pub const REDIS_KEY_PREFIX: &str = "REDIS_KEY_PREFIX";
     pub const LOG_FORMAT: &str = "LOG_FORMAT";
     pub const OTEL_EXPORTER_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
@@ -16,6 +17,10 @@ pub mod env {
     pub const PORT: &str = "PORT";
     pub const GRPC_PORT: &str = "GRPC_PORT";
     pub const METRICS_PORT: &str = "METRICS_PORT";
+    pub const GRPC_TLS_CERT: &str = "GRPC_TLS_CERT";
+    pub const GRPC_TLS_KEY: &str = "GRPC_TLS_KEY";
+    pub const GRPC_TLS_CA: &str = "GRPC_TLS_CA";
+    pub const GRPC_TLS_SERVER_NAME: &str = "GRPC_TLS_SERVER_NAME";
 }
 
 /// Default gRPC port of every service role. In Kubernetes each pod has its own
@@ -29,6 +34,11 @@ pub struct StateArgs {
     /// in-memory state when unset (one process only).
     #[arg(long, env = env::REDIS_URL)]
     pub redis_url: Option<String>,
+
+    /// Redis Cluster seed nodes, comma-separated `redis://host:port` (any
+    /// of its masters); instead of REDIS_URL (both set is refused at start).
+    #[arg(long, env = env::REDIS_CLUSTER_URLS)]
+    pub redis_cluster_urls: Option<String>,
 
     /// Prefix of every Redis key and channel, so deployments can share a Redis.
     #[arg(long, env = env::REDIS_KEY_PREFIX, default_value = "relaymesh:")]
@@ -75,6 +85,30 @@ impl GrpcListenArgs {
     pub fn grpc_addr(&self) -> String {
         join_host_port(&self.host, self.grpc_port)
     }
+}
+
+/// TLS of the mesh's own gRPC (optional; a service mesh doing mTLS is the
+/// other way). Files are PEM, e.g. a mounted cert-manager Secret.
+#[derive(Debug, Clone, Default, Args)]
+pub struct GrpcTlsArgs {
+    /// Certificate chain this role's gRPC server presents; with
+    /// GRPC_TLS_KEY, the server speaks TLS only.
+    #[arg(long, env = env::GRPC_TLS_CERT, requires = "grpc_tls_key")]
+    pub grpc_tls_cert: Option<std::path::PathBuf>,
+
+    /// Private key of GRPC_TLS_CERT.
+    #[arg(long, env = env::GRPC_TLS_KEY, requires = "grpc_tls_cert")]
+    pub grpc_tls_key: Option<std::path::PathBuf>,
+
+    /// CA certificates that service certificates are verified against; calls
+    /// to `https://` service URLs need it.
+    #[arg(long, env = env::GRPC_TLS_CA)]
+    pub grpc_tls_ca: Option<std::path::PathBuf>,
+
+    /// Name every service certificate carries (default: each URL's host).
+    /// Needed where callers dial pod addresses (the media relays).
+    #[arg(long, env = env::GRPC_TLS_SERVER_NAME)]
+    pub grpc_tls_server_name: Option<String>,
 }
 
 /// `host:port`, bracketing IPv6 literals.

@@ -29,7 +29,7 @@ use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream, connect_asyn
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use relaymesh_wire::node::FrameType;
+use relaymesh_wire::node::{FrameType, wire_name};
 use relaymesh_wire::now_ms;
 
 use crate::backoff::Backoff;
@@ -37,10 +37,10 @@ use crate::config::AgentConfig;
 use crate::driver::DeviceDriver;
 use crate::error::AgentError;
 use crate::frames::{
-    Ack, Command, CommandResult, ErrorFrame, FrameCodec, Heartbeat, Hello, HelloAck, Inbound, NodeStatus, ResultStatus,
-    code,
+    Ack, Command, CommandResult, ErrorCode, ErrorFrame, FrameCodec, Heartbeat, Hello, HelloAck, Inbound, NodeStatus,
+    ResultStatus,
 };
-use crate::ids::{DeviceSerial, NodeId};
+use crate::ids::{CommandId, DeviceSerial, NodeId};
 use crate::outbox::Outbox;
 use crate::slots::{Refusal, SlotPool};
 
@@ -64,11 +64,17 @@ const SILENCE_PERIODS: u32 = 3;
 const FLUSH_WAIT: Duration = Duration::from_secs(2);
 /// Longest wait for the hub's answer to our close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
-/// A result unACKed this long (and at least two heartbeat periods) is sent
-/// again on the same connection.
-const RESEND_AFTER: Duration = Duration::from_secs(10);
+/// How often results due again (see `outbox`) are looked for.
+const RESEND_TICK: Duration = Duration::from_secs(1);
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// The one field of a COMMAND read even when the rest does not parse.
+#[derive(serde::Deserialize)]
+struct CommandIdOnly {
+    #[serde(default)]
+    command_id: Option<CommandId>,
+}
 
 /// How a connection ended.
 #[derive(Debug)]
@@ -139,7 +145,16 @@ impl<D: DeviceDriver> Agent<D> {
         let devices = driver.devices().await?;
         let node_id = config.resolved_node_id();
         let key = relaymesh_wire::node::NodeKey::from_secret(config.node_secret.expose());
-        info!(node_id = %node_id, devices = devices.len(), slots = config.slots, "node agent starting");
+        let capacity = usize::try_from(config.result_buffer).unwrap_or(usize::MAX);
+        let outbox = match &config.state_dir {
+            Some(dir) => Outbox::open(capacity, dir, &node_id)?,
+            None => {
+                warn!(node_id = %node_id, "no --state-dir: unacknowledged results do not survive a restart");
+                Outbox::new(capacity)
+            }
+        };
+        info!(node_id = %node_id, devices = devices.len(), slots = config.slots, unacked = outbox.len(),
+            "node agent starting");
         Ok(Self {
             codec: FrameCodec::new(node_id.clone(), key),
             connector,
@@ -147,7 +162,7 @@ impl<D: DeviceDriver> Agent<D> {
             driver: Arc::new(driver),
             devices,
             slots: SlotPool::new(config.slots),
-            outbox: Outbox::new(usize::try_from(config.result_buffer).unwrap_or(usize::MAX)),
+            outbox,
             tasks: JoinSet::new(),
             task_commands: HashMap::new(),
             heartbeat_every: config.heartbeat_interval(),
@@ -248,6 +263,8 @@ impl<D: DeviceDriver> Agent<D> {
         let period = self.heartbeat_every;
         let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut resend_tick = tokio::time::interval_at(Instant::now() + RESEND_TICK, RESEND_TICK);
+        resend_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_heard = Instant::now();
         let far = Instant::now() + Duration::from_secs(86_400 * 365);
         loop {
@@ -282,7 +299,7 @@ impl<D: DeviceDriver> Agent<D> {
                         Some(Ok(Message::Text(text))) => self.on_text(ws, text.as_str()).await?,
                         Some(Ok(Message::Close(frame))) => return Err(self.on_close(frame.as_ref())),
                         Some(Ok(Message::Binary(_))) => {
-                            self.send_error(ws, code::INVALID_FRAME, "binary frames are not accepted", None).await?;
+                            self.send_error(ws, ErrorCode::InvalidFrame, "binary frames are not accepted", None, None).await?;
                         }
                         // tungstenite answers pings itself.
                         Some(Ok(_)) => {}
@@ -293,10 +310,10 @@ impl<D: DeviceDriver> Agent<D> {
                         return Err(SessionEnd::Lost("hub silent for three heartbeat periods".into()));
                     }
                     self.send_heartbeat(ws).await?;
-                    if let Some(cutoff) = Instant::now().checked_sub(RESEND_AFTER.max(period * 2)) {
-                        let due = self.outbox.unacked_since(cutoff);
-                        self.resend(ws, &due).await?;
-                    }
+                }
+                _ = resend_tick.tick() => {
+                    let due = self.outbox.due(Instant::now());
+                    self.resend(ws, &due).await?;
                 }
                 Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
                     if let Some(result) = self.finish(joined) {
@@ -378,7 +395,11 @@ impl<D: DeviceDriver> Agent<D> {
     async fn on_text(&mut self, ws: &mut Ws, text: &str) -> Result<(), SessionEnd> {
         let inbound = match self.codec.decode(text) {
             Ok(inbound) => inbound,
-            Err(e) => return self.send_error(ws, code::INVALID_FRAME, &e.to_string(), None).await,
+            Err(e) => {
+                return self
+                    .send_error(ws, ErrorCode::InvalidFrame, &e.to_string(), None, None)
+                    .await;
+            }
         };
         match inbound.envelope.kind {
             FrameType::Command => self.on_command(ws, &inbound).await,
@@ -386,8 +407,22 @@ impl<D: DeviceDriver> Agent<D> {
             // frame-level refusals) is still worth reading.
             FrameType::Error => {
                 let err: ErrorFrame = inbound.payload().unwrap_or_default();
-                warn!(node_id = %self.node_id, code = %err.code, message = %err.message,
-                    ref_message_id = ?err.ref_message_id, signed = inbound.signature.is_ok(), "hub reported an error");
+                let ref_message_id = err.ref_message_id.as_deref().unwrap_or("");
+                match &err.command_id {
+                    // A RESULT the hub could not record: retry it in seconds.
+                    Some(id) if inbound.signature.is_ok() => {
+                        let retry = self.outbox.mark_refused(id, Instant::now());
+                        let held = self.outbox.get(id);
+                        warn!(node_id = %self.node_id, command_id = %id,
+                            run_id = %held.map_or("", |r| r.run_id.as_str()),
+                            device_serial = %held.map_or("", |r| r.device_serial.as_str()),
+                            code = %err.code, error = %err.message, ref_message_id,
+                            retry_ms = retry.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                            "hub refused a result");
+                    }
+                    _ => warn!(node_id = %self.node_id, code = %err.code, error = %err.message,
+                        ref_message_id, signed = inbound.signature.is_ok(), "hub reported an error"),
+                }
                 Ok(())
             }
             _ if inbound.signature.is_err() => {
@@ -412,7 +447,7 @@ impl<D: DeviceDriver> Agent<D> {
             FrameType::HeartbeatAck | FrameType::HelloAck => Ok(()),
             other @ (FrameType::Hello | FrameType::Heartbeat | FrameType::Result) => {
                 let why = format!("{other:?} is not sent by a hub");
-                self.send_error(ws, code::INVALID_FRAME, &why, inbound.message_id())
+                self.send_error(ws, ErrorCode::InvalidFrame, &why, inbound.message_id(), None)
                     .await
             }
         }
@@ -420,20 +455,31 @@ impl<D: DeviceDriver> Agent<D> {
 
     async fn on_command(&mut self, ws: &mut Ws, inbound: &Inbound) -> Result<(), SessionEnd> {
         let message_id = inbound.message_id();
+        // Every refusal names the command, when it can be read at all, so
+        // the hub re-queues it at once.
+        let claimed: Option<CommandId> = inbound.payload::<CommandIdOnly>().ok().and_then(|p| p.command_id);
         if let Err(e) = &inbound.signature {
-            warn!(node_id = %self.node_id, message_id = ?message_id, error = %e, "command refused: bad signature");
+            warn!(node_id = %self.node_id, message_id = ?message_id, command_id = ?claimed, error = %e,
+                "command refused: bad signature");
             return self
                 .send_error(
                     ws,
-                    code::INVALID_SIGNATURE,
+                    ErrorCode::InvalidSignature,
                     "command signature does not verify",
                     message_id,
+                    claimed.as_ref(),
                 )
                 .await;
         }
         if inbound.envelope.node_id.as_deref() != Some(self.node_id.as_str()) {
             return self
-                .send_error(ws, code::INVALID_FRAME, "command addressed to another node", message_id)
+                .send_error(
+                    ws,
+                    ErrorCode::InvalidFrame,
+                    "command addressed to another node",
+                    message_id,
+                    claimed.as_ref(),
+                )
                 .await;
         }
         let command: Command = match inbound.payload() {
@@ -442,19 +488,28 @@ impl<D: DeviceDriver> Agent<D> {
                 return self
                     .send_error(
                         ws,
-                        code::INVALID_FRAME,
+                        ErrorCode::InvalidFrame,
                         &format!("invalid COMMAND payload: {e}"),
                         message_id,
+                        claimed.as_ref(),
                     )
                     .await;
             }
         };
         let c = &command;
+        let id = Some(&c.command_id);
+        // Finished but not yet ACKed (perhaps before this process started):
+        // the hub evidently missed the result, so send it, never run again.
+        if let Some(result) = self.outbox.get(&c.command_id).cloned() {
+            debug!(run_id = %c.run_id, node_id = %self.node_id, device_serial = %c.device_serial,
+                command_id = %c.command_id, "command already done; result sent again");
+            return self.send_result(ws, &result).await;
+        }
         if self.drain.is_some() {
             info!(run_id = %c.run_id, node_id = %self.node_id, device_serial = %c.device_serial,
                 command_id = %c.command_id, "command refused: shutting down");
             return self
-                .send_error(ws, code::UNAVAILABLE, "agent is shutting down", message_id)
+                .send_error(ws, ErrorCode::Unavailable, "agent is shutting down", message_id, id)
                 .await;
         }
         match self.slots.admit(&c.command_id, &c.device_serial) {
@@ -480,13 +535,13 @@ impl<D: DeviceDriver> Agent<D> {
                 warn!(run_id = %c.run_id, node_id = %self.node_id, device_serial = %c.device_serial,
                     command_id = %c.command_id, running = %holder, "command refused: device busy");
                 let why = format!("device {} is running command {holder}", c.device_serial);
-                self.send_error(ws, code::DEVICE_BUSY, &why, message_id).await
+                self.send_error(ws, ErrorCode::DeviceBusy, &why, message_id, id).await
             }
             Err(Refusal::NoFreeSlot) => {
                 warn!(run_id = %c.run_id, node_id = %self.node_id, device_serial = %c.device_serial,
                     command_id = %c.command_id, "command refused: no free slot");
                 let why = format!("all {} slots are busy", self.config.slots);
-                self.send_error(ws, code::NO_FREE_SLOT, &why, message_id).await
+                self.send_error(ws, ErrorCode::NoFreeSlot, &why, message_id, id).await
             }
         }
     }
@@ -500,7 +555,7 @@ impl<D: DeviceDriver> Agent<D> {
             .map_or_else(|| self.config.task_timeout(), Duration::from_millis);
         let started_at = now_ms();
         info!(run_id = %command.run_id, node_id = %self.node_id, device_serial = %command.device_serial,
-            command_id = %command.command_id, command_type = %command.command_type,
+            command_id = %command.command_id, command_type = wire_name(command.command_type),
             timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX), "task started");
         let driver = Arc::clone(&self.driver);
         let task_command = command.clone();
@@ -668,14 +723,16 @@ impl<D: DeviceDriver> Agent<D> {
     async fn send_error(
         &self,
         ws: &mut Ws,
-        code: &str,
+        code: ErrorCode,
         message: &str,
         ref_message_id: Option<&str>,
+        command_id: Option<&CommandId>,
     ) -> Result<(), SessionEnd> {
         let frame = ErrorFrame {
-            code: code.to_owned(),
+            code,
             message: message.to_owned(),
             ref_message_id: ref_message_id.map(str::to_owned),
+            command_id: command_id.cloned(),
         };
         self.send(ws, FrameType::Error, &frame).await
     }

@@ -22,6 +22,7 @@ pub mod env {
     pub const NODE_HEARTBEAT_INTERVAL_MS: &str = "NODE_HEARTBEAT_INTERVAL_MS";
     pub const NODE_TASK_TIMEOUT_MS: &str = "NODE_TASK_TIMEOUT_MS";
     pub const NODE_RESULT_BUFFER: &str = "NODE_RESULT_BUFFER";
+    pub const NODE_STATE_DIR: &str = "NODE_STATE_DIR";
     pub const NODE_RECONNECT_MIN_MS: &str = "NODE_RECONNECT_MIN_MS";
     pub const NODE_RECONNECT_MAX_MS: &str = "NODE_RECONNECT_MAX_MS";
     pub const NODE_SHUTDOWN_GRACE_MS: &str = "NODE_SHUTDOWN_GRACE_MS";
@@ -106,6 +107,10 @@ pub struct AgentConfig {
     /// Results kept until the hub ACKs them; when full the oldest is dropped.
     #[arg(long, env = env::NODE_RESULT_BUFFER, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub result_buffer: u32,
+    /// Directory where results not yet ACKed are kept (outbox-<node_id>.jsonl),
+    /// so they survive a restart of the agent; unset: kept in memory only.
+    #[arg(long, env = env::NODE_STATE_DIR, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// First reconnect delay; doubles per failed attempt.
     #[arg(long, env = env::NODE_RECONNECT_MIN_MS, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub reconnect_min_ms: u64,
@@ -228,6 +233,7 @@ mod tests {
         assert_eq!(c.sim_jitter_ms, 100);
         assert!(c.sim_fail_rate.abs() < f64::EPSILON);
         assert!(c.sim_hang_serials.is_empty());
+        assert_eq!(c.state_dir, None);
     }
 
     #[test]

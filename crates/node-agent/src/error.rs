@@ -17,6 +17,9 @@ pub enum AgentError {
     /// `--hub-ca-file` could not be read or holds no usable certificate.
     #[error("hub CA file {path:?}: {why}")]
     HubCa { path: String, why: String },
+    /// `--state-dir` cannot hold the result outbox.
+    #[error(transparent)]
+    Outbox(#[from] crate::outbox::OutboxFileError),
     /// The TLS client configuration could not be built.
     #[error("TLS setup failed: {0}")]
     Tls(String),

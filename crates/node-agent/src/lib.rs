@@ -18,7 +18,7 @@ pub mod config;
 pub mod driver;
 mod error;
 pub mod frames;
-pub mod ids;
+pub use relaymesh_wire::node::ids;
 mod outbox;
 mod slots;
 mod tls;

@@ -396,3 +396,83 @@ async fn shutdown_finishes_running_commands_and_flushes_their_results() {
     assert_eq!(conn.closed_with, Some(1000));
     agent.finished().await.unwrap();
 }
+
+#[tokio::test]
+async fn unacknowledged_results_survive_a_restart_of_the_agent_itself() {
+    let dir = std::env::temp_dir().join(format!("rm-agent-state-{}", uuid::Uuid::new_v4().simple()));
+    let dir_s = dir.display().to_string();
+    let hub = FakeHub::bind().await;
+    let flags = ["--sim-task-ms", "10", "--state-dir", dir_s.as_str()];
+    let agent = start(config(&hub, &flags));
+    let mut conn = hub.accept().await;
+    conn.handshake().await;
+    conn.command("kept", &serial(1), None).await;
+    assert_eq!(conn.expect("RESULT").await.str("command_id"), "kept");
+    // Never acknowledged; the agent stops (as in an upgrade or a crash).
+    agent.shutdown.cancel();
+    drop(conn);
+    agent.finished().await.unwrap();
+
+    let agent = start(config(&hub, &flags));
+    let mut conn = hub.accept().await;
+    conn.handshake().await;
+    let again = conn.expect("RESULT").await;
+    assert_eq!(again.str("command_id"), "kept", "the new agent process resends it");
+    assert_eq!(again.str("status"), "SUCCESS");
+    conn.ack_result(&again).await;
+    // A shutdown waits for outstanding ACKs; let it read ours, then close.
+    agent.shutdown.cancel();
+    while conn.recv().await.is_some() {}
+    agent.finished().await.unwrap();
+
+    // Acknowledged now: a third start has nothing to resend.
+    let agent = start(config(&hub, &flags));
+    let mut conn = hub.accept().await;
+    conn.handshake().await;
+    let frames = conn.collect_for(Duration::from_millis(300)).await;
+    assert!(frames.iter().all(|f| f.kind != "RESULT"), "{frames:?}");
+    agent.shutdown.cancel();
+    drop(conn);
+    agent.finished().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn a_result_the_hub_refuses_is_retried_within_seconds_and_refusals_name_the_command() {
+    let hub = FakeHub::bind().await;
+    // Heartbeats far apart: the retry must not wait for them.
+    let agent = start(config(
+        &hub,
+        &["--sim-task-ms", "10", "--heartbeat-interval-ms", "60000"],
+    ));
+    let mut conn = hub.accept().await;
+    conn.handshake().await;
+    conn.command("c1", &serial(1), None).await;
+    let first = conn.expect("RESULT").await;
+    let refused_at = tokio::time::Instant::now();
+    conn.send(
+        FrameType::Error,
+        json!({"code": "UNAVAILABLE", "message": "scheduler restarting", "ref_message_id": first.str("message_id"), "command_id": "c1"}),
+    )
+    .await;
+    let again = conn.expect("RESULT").await;
+    assert_eq!(again.str("command_id"), "c1");
+    assert!(
+        refused_at.elapsed() < Duration::from_secs(5),
+        "retried after {:?}, not at the next heartbeat",
+        refused_at.elapsed()
+    );
+    conn.ack_result(&again).await;
+
+    // A COMMAND for a busy device is refused with its command_id.
+    conn.command("long", &serial(2), Some(60_000)).await;
+    conn.command("same-device", &serial(2), None).await;
+    let err = conn.expect("ERROR").await;
+    assert_eq!(
+        (err.str("code"), err.payload["command_id"].as_str()),
+        ("DEVICE_BUSY", Some("same-device"))
+    );
+    agent.shutdown.cancel();
+    drop(conn);
+    let _ = agent.finished().await;
+}

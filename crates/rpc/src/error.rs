@@ -48,6 +48,16 @@ pub enum RpcError {
         #[source]
         source: tonic::transport::Error,
     },
+    #[error("invalid upstream target {url:?}: expected scheme://host[:port][,…]")]
+    InvalidTarget { url: String },
+    #[error("{url}: an https:// service needs GRPC_TLS_CA")]
+    TlsNotConfigured { url: String },
+    #[error("reading {path}: {source}")]
+    TlsFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("grpc transport: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("grpc reflection: {0}")]

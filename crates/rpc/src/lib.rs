@@ -4,7 +4,9 @@
 //!   timeout, a concurrency limit, a request span whose parent is the
 //!   caller's trace context, and per-method metrics; it drains on shutdown.
 //! - [`client`]: lazily connected channels that inject the current trace
-//!   context into every call.
+//!   context into every call; balanced ones spread calls over every replica
+//!   a name resolves to.
+//! - [`tls`]: optional TLS of the mesh's own gRPC.
 //! - [`ServiceError`]: the one mapping from a service's error enum to a
 //!   `tonic::Status`.
 
@@ -12,8 +14,11 @@ pub mod client;
 mod error;
 mod metrics_layer;
 mod server;
+pub mod tls;
 
-pub use client::{RpcChannel, TracedChannel, connect_lazy};
+pub use client::{
+    BalanceOptions, DnsResolver, Resolve, RpcChannel, TracedChannel, connect_active, connect_balanced, connect_lazy,
+};
 pub use error::{RpcError, ServiceError, reason_of};
 pub use metrics_layer::RpcMetricsLayer;
 pub use server::{GrpcServer, ServeOptions};

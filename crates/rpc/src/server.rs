@@ -2,6 +2,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::body::Body;
 use tonic::server::NamedService;
@@ -22,6 +23,8 @@ pub struct ServeOptions {
     pub max_concurrent_requests: usize,
     /// Requests in flight on one HTTP/2 connection.
     pub max_concurrent_per_connection: usize,
+    /// Serve TLS only (default: what the process installed, see [`crate::tls`]).
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 impl Default for ServeOptions {
@@ -30,6 +33,7 @@ impl Default for ServeOptions {
             request_timeout: Duration::from_secs(30),
             max_concurrent_requests: 4096,
             max_concurrent_per_connection: 512,
+            tls: crate::tls::installed_server(),
         }
     }
 }
@@ -40,6 +44,8 @@ impl Default for ServeOptions {
 pub struct GrpcServer {
     routes: RoutesBuilder,
     names: Vec<&'static str>,
+    /// When set, health follows it instead of saying SERVING from the start.
+    serving: Option<watch::Receiver<bool>>,
 }
 
 impl GrpcServer {
@@ -59,6 +65,14 @@ impl GrpcServer {
         self
     }
 
+    /// Health says SERVING only while `serving` holds `true` (a standby
+    /// replica says NOT_SERVING, so load balancers and the gateway route to
+    /// the active one).
+    pub fn health_follows(mut self, serving: watch::Receiver<bool>) -> Self {
+        self.serving = Some(serving);
+        self
+    }
+
     /// Serves on `listener` until `shutdown` is cancelled, then flips health
     /// to NOT_SERVING and drains the requests in flight.
     pub async fn serve(
@@ -69,9 +83,39 @@ impl GrpcServer {
     ) -> Result<(), RpcError> {
         relaymesh_telemetry::metrics::handle();
         let (health, health_service) = tonic_health::server::health_reporter();
-        for name in &self.names {
-            health.set_service_status(*name, ServingStatus::Serving).await;
+        if self.serving.is_some() {
+            // The server as a whole ("") follows too, for checks that name no service.
+            self.names.push("");
         }
+        let initially = self.serving.as_ref().is_none_or(|s| *s.borrow());
+        for name in &self.names {
+            let status = if initially {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            health.set_service_status(*name, status).await;
+        }
+        let follow = {
+            let (health, names, serving) = (health.clone(), self.names.clone(), self.serving.take());
+            async move {
+                let Some(mut serving) = serving else {
+                    return std::future::pending().await;
+                };
+                // Ends with the sender; health then stays where it is.
+                while serving.changed().await.is_ok() {
+                    let status = if *serving.borrow_and_update() {
+                        ServingStatus::Serving
+                    } else {
+                        ServingStatus::NotServing
+                    };
+                    for name in &names {
+                        health.set_service_status(*name, status).await;
+                    }
+                }
+                std::future::pending::<()>().await;
+            }
+        };
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(relaymesh_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -93,7 +137,11 @@ impl GrpcServer {
             }
             tracing::info!(services = ?names, "grpc server draining");
         };
-        Server::builder()
+        let mut builder = Server::builder();
+        if let Some(tls) = opts.tls {
+            builder = builder.tls_config(tls)?;
+        }
+        let server = builder
             .timeout(opts.request_timeout)
             .concurrency_limit_per_connection(opts.max_concurrent_per_connection)
             .trace_fn(request_span)
@@ -102,8 +150,11 @@ impl GrpcServer {
             .add_routes(self.routes.routes())
             // With an incoming stream tonic applies none of its TCP settings;
             // without TCP_NODELAY small HTTP/2 frames wait behind Nagle.
-            .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), drain)
-            .await?;
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), drain);
+        tokio::select! {
+            served = server => served?,
+            () = follow => {}
+        }
         Ok(())
     }
 }

@@ -1,18 +1,24 @@
 //! Shared session state: one interface, two backends.
 //!
 //! [`SharedState`] is Redis when `REDIS_URL` is set (several replicas share
-//! it) and in-memory otherwise (one process, `relaymesh up`). Both offer the
-//! same small set of operations: keys with TTL, sets, hashes, windowed
-//! counters, and topic pub/sub. On top of it:
+//! it), a Redis Cluster when `REDIS_CLUSTER_URLS` is, and in-memory otherwise
+//! (one process, `relaymesh up`). All offer the same small set of
+//! operations: keys with TTL, sets, hashes, windowed counters, and topic
+//! pub/sub. On top of it:
 //!
 //! - [`SessionRegistry`]: which gateway replica holds which connection of
 //!   which user;
-//! - [`Delivery`]: how an event raised anywhere reaches that connection.
+//! - [`Delivery`]: how an event raised anywhere reaches that connection;
+//! - [`GatewayLiveness`]: which gateway replicas are alive, and the sessions
+//!   a dead one held, handed to exactly one cleaner.
 //!
-//! This crate never holds a lock across an `.await`.
+//! On a cluster every operation touches one key, or keys that share a hash
+//! tag (see [`hash_tag`]), so it stays in one slot; an `MGET` over many slots
+//! is split by the client. This crate never holds a lock across an `.await`.
 
 mod delivery;
 mod ids;
+mod liveness;
 mod memory;
 mod redis_store;
 mod registry;
@@ -23,10 +29,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 pub use delivery::{Delivery, GatewayInbox, close_envelope, event_envelope, nudge_envelope};
 pub use ids::{ConnectionId, GatewayId};
+pub use liveness::{Beat, GatewayLiveness};
 pub use memory::MemoryStore;
 pub use redis_store::RedisStore;
 pub use registry::{SessionRegistry, protocol_key};
@@ -40,6 +47,50 @@ pub enum StateError {
     Corrupt(String),
     #[error("key {0:?} holds another kind of value")]
     WrongType(String),
+    #[error("REDIS_URL and REDIS_CLUSTER_URLS are both set; give one")]
+    TwoBackends,
+}
+
+/// Where shared state lives.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Backend {
+    /// In this process only.
+    #[default]
+    Memory,
+    /// One Redis server (`REDIS_URL`).
+    Redis(String),
+    /// A Redis Cluster, found through any of these seed nodes
+    /// (`REDIS_CLUSTER_URLS`, comma-separated).
+    Cluster(Vec<String>),
+}
+
+impl Backend {
+    /// The backend the two settings name: neither is memory, both is an
+    /// error. `cluster_urls` is a comma-separated list; blanks are ignored.
+    pub fn from_settings(redis_url: Option<&str>, cluster_urls: Option<&str>) -> Result<Self> {
+        let redis_url = redis_url.map(str::trim).filter(|u| !u.is_empty());
+        let seeds: Vec<String> = cluster_urls
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect();
+        match (redis_url, seeds.is_empty()) {
+            (Some(_), false) => Err(StateError::TwoBackends),
+            (Some(url), true) => Ok(Self::Redis(url.to_owned())),
+            (None, false) => Ok(Self::Cluster(seeds)),
+            (None, true) => Ok(Self::Memory),
+        }
+    }
+}
+
+/// `{tag}:rest`: keys built with the same `tag` share a Redis Cluster slot,
+/// so one atomic operation (a `MULTI`, a script) may touch all of them.
+/// Tags spread keys over the cluster; a tag on everything would put
+/// everything on one node.
+pub fn hash_tag(tag: &str, rest: &str) -> String {
+    format!("{{{tag}}}:{rest}")
 }
 
 pub type Result<T, E = StateError> = std::result::Result<T, E>;
@@ -92,8 +143,28 @@ impl SharedState {
     /// one Redis without seeing each other.
     pub async fn connect(redis_url: Option<&str>, prefix: &str) -> Result<Self> {
         match redis_url {
-            Some(url) => Ok(Self::Redis(RedisStore::connect(url, prefix).await?)),
+            Some(url) => Self::open(&Backend::Redis(url.to_owned()), prefix).await,
             None => Ok(Self::memory()),
+        }
+    }
+
+    /// Connects to what `REDIS_URL` and `REDIS_CLUSTER_URLS` name (see
+    /// [`Backend::from_settings`]).
+    pub async fn connect_settings(
+        redis_url: Option<&str>,
+        redis_cluster_urls: Option<&str>,
+        prefix: &str,
+    ) -> Result<Self> {
+        Self::open(&Backend::from_settings(redis_url, redis_cluster_urls)?, prefix).await
+    }
+
+    /// Connects to `backend`. `prefix` is put before every key and topic; on
+    /// a cluster it must not contain `{`, or every key would share one slot.
+    pub async fn open(backend: &Backend, prefix: &str) -> Result<Self> {
+        match backend {
+            Backend::Memory => Ok(Self::memory()),
+            Backend::Redis(url) => Ok(Self::Redis(RedisStore::connect(url, prefix).await?)),
+            Backend::Cluster(seeds) => Ok(Self::Redis(RedisStore::connect_cluster(seeds, prefix).await?)),
         }
     }
 
@@ -104,7 +175,19 @@ impl SharedState {
     pub fn backend_name(&self) -> &'static str {
         match self {
             Self::Memory(_) => "memory",
+            Self::Redis(r) if r.is_cluster() => "redis-cluster",
             Self::Redis(_) => "redis",
+        }
+    }
+
+    /// Changes each time the backend's connections came back after a drop
+    /// (a Redis restart, a network cut): whoever keeps state in it that a
+    /// restarted Redis may have lost (live sessions, liveness) writes it
+    /// again on each change. Never changes in memory.
+    pub fn reconnected(&self) -> watch::Receiver<u64> {
+        match self {
+            Self::Memory(m) => m.reconnected(),
+            Self::Redis(r) => r.reconnected(),
         }
     }
 
@@ -112,6 +195,17 @@ impl SharedState {
         match self {
             Self::Memory(m) => m.get(key),
             Self::Redis(r) => r.get(key).await,
+        }
+    }
+
+    /// The values at `keys`, in order, in one round trip.
+    pub async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self {
+            Self::Memory(m) => keys.iter().map(|k| m.get(k)).collect(),
+            Self::Redis(r) => r.get_many(keys).await,
         }
     }
 
@@ -129,6 +223,16 @@ impl SharedState {
         match self {
             Self::Memory(m) => m.set_nx(key, value, ttl),
             Self::Redis(r) => r.set_nx(key, value, ttl).await,
+        }
+    }
+
+    /// Extends `key`'s expiry to `ttl` only while it still holds `value`
+    /// (compare and extend, atomically); true when extended. With
+    /// [`SharedState::set_nx`] it makes a lease that only its holder renews.
+    pub async fn renew_if(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool> {
+        match self {
+            Self::Memory(m) => m.renew_if(key, value, ttl),
+            Self::Redis(r) => r.renew_if(key, value, ttl).await,
         }
     }
 
@@ -216,6 +320,24 @@ impl SharedState {
         match self {
             Self::Memory(m) => m.hash_all(key),
             Self::Redis(r) => r.hash_all(key).await,
+        }
+    }
+
+    /// Removes the hash at `key` and returns what it held, atomically: of
+    /// two racing callers one gets the fields, the other nothing.
+    /// Deletes `key` only while it holds `value`, atomically: releases a
+    /// lease without removing one that passed to another holder.
+    pub async fn delete_if_eq(&self, key: &str, value: &[u8]) -> Result<bool> {
+        match self {
+            Self::Memory(m) => m.delete_if_eq(key, value),
+            Self::Redis(r) => r.delete_if_eq(key, value).await,
+        }
+    }
+
+    pub async fn hash_take_all(&self, key: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        match self {
+            Self::Memory(m) => m.hash_take_all(key),
+            Self::Redis(r) => r.hash_take_all(key).await,
         }
     }
 

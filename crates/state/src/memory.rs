@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::{RateDecision, Result, SUBSCRIPTION_BUFFER, StateError, Subscription, offer};
 
@@ -33,11 +33,24 @@ impl Entry {
     }
 }
 
-#[derive(Default)]
 pub struct MemoryStore {
     data: Mutex<HashMap<String, Entry>>,
     topics: Mutex<HashMap<String, Vec<mpsc::Sender<Bytes>>>>,
     writes: AtomicU64,
+    /// Never bumped: memory is never lost while the process lives. Kept so
+    /// receivers wait forever instead of seeing a closed channel.
+    reconnected: watch::Sender<u64>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self {
+            data: Mutex::default(),
+            topics: Mutex::default(),
+            writes: AtomicU64::default(),
+            reconnected: watch::Sender::new(0),
+        }
+    }
 }
 
 fn wrong_type(key: &str) -> StateError {
@@ -93,6 +106,19 @@ impl MemoryStore {
         Ok(())
     }
 
+    pub fn renew_if(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool> {
+        self.with_data(|data, now| match Self::live(data, key, now) {
+            Some(Entry {
+                value: Value::Bytes(v),
+                expires,
+            }) if v.as_slice() == value => {
+                *expires = Some(now + ttl);
+                Ok(true)
+            }
+            _ => Ok(false),
+        })
+    }
+
     pub fn set_nx(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<bool> {
         let set = self.with_data(|data, now| {
             if Self::live(data, key, now).is_some() {
@@ -116,6 +142,17 @@ impl MemoryStore {
             let existed = Self::live(data, key, now).is_some();
             data.remove(key);
             existed
+        }))
+    }
+
+    pub fn delete_if_eq(&self, key: &str, value: &[u8]) -> Result<bool> {
+        Ok(self.with_data(|data, now| {
+            let held =
+                matches!(Self::live(data, key, now), Some(e) if matches!(&e.value, Value::Bytes(v) if v == value));
+            if held {
+                data.remove(key);
+            }
+            held
         }))
     }
 
@@ -293,6 +330,25 @@ impl MemoryStore {
         Ok(self
             .with_hash(key, false, |h| h.iter().map(|(k, v)| (k.clone(), v.clone())).collect())?
             .unwrap_or_default())
+    }
+
+    pub fn hash_take_all(&self, key: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        self.with_data(|data, now| match Self::live(data, key, now) {
+            None => Ok(Vec::new()),
+            Some(Entry {
+                value: Value::Hash(_), ..
+            }) => match data.remove(key) {
+                Some(Entry {
+                    value: Value::Hash(h), ..
+                }) => Ok(h.into_iter().collect()),
+                _ => Ok(Vec::new()),
+            },
+            Some(_) => Err(wrong_type(key)),
+        })
+    }
+
+    pub fn reconnected(&self) -> watch::Receiver<u64> {
+        self.reconnected.subscribe()
     }
 
     pub fn publish(&self, topic: &str, payload: Bytes) {

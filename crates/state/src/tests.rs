@@ -172,7 +172,8 @@ async fn delivery_routes_to_the_gateway_holding_the_connection() {
 #[tokio::test]
 async fn expired_sessions_are_pruned_from_the_user_index() {
     for s in backends("prune").await {
-        let registry = SessionRegistry::new(s.clone(), Duration::from_millis(50));
+        // Long enough to read it back on a loaded machine, short to wait out.
+        let registry = SessionRegistry::new(s.clone(), Duration::from_millis(400));
         let entry = SessionEntry {
             connection_id: "gone".into(),
             gateway_id: "dead-replica".into(),
@@ -185,7 +186,7 @@ async fn expired_sessions_are_pruned_from_the_user_index() {
             registry.sessions_of(ClientProtocol::Signal, "bob").await.unwrap().len(),
             1
         );
-        tokio::time::sleep(Duration::from_millis(120)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
         assert!(
             registry
                 .sessions_of(ClientProtocol::Signal, "bob")
@@ -279,5 +280,423 @@ async fn racing_rate_limit_callers_get_exactly_the_limit() {
             .filter(|d| d.as_ref().unwrap().allowed)
             .count();
         assert_eq!(allowed, 10, "{s:?}");
+    }
+}
+
+#[tokio::test]
+async fn lookup_many_answers_in_order_with_gaps() {
+    for s in backends("lookup_many").await {
+        let registry = SessionRegistry::new(s.clone(), Duration::from_secs(60));
+        assert!(registry.lookup_many(&[]).await.unwrap().is_empty(), "{s:?}");
+        let entries: Vec<SessionEntry> = (0..5)
+            .map(|i| SessionEntry {
+                connection_id: format!("c{i}"),
+                gateway_id: format!("gw{}", i % 2),
+                protocol: ClientProtocol::Livechat as i32,
+                user_id: format!("u{i}"),
+                connected_at_ms: i,
+            })
+            .collect();
+        for e in &entries {
+            registry.register(e).await.unwrap();
+        }
+        registry.unregister(&entries[3]).await.unwrap();
+        let ids: Vec<ConnectionId> = ["c4", "missing", "c0", "c3", "c1", "c0"]
+            .into_iter()
+            .map(ConnectionId::new)
+            .collect();
+        let got = registry.lookup_many(&ids).await.unwrap();
+        let want = vec![
+            Some(entries[4].clone()),
+            None,
+            Some(entries[0].clone()),
+            None,
+            Some(entries[1].clone()),
+            Some(entries[0].clone()),
+        ];
+        assert_eq!(got, want, "{s:?}");
+        s.set(&crate::registry::session_key("bad"), b"\xff\xff\xff", None)
+            .await
+            .unwrap();
+        assert!(
+            registry.lookup_many(&[ConnectionId::new("bad")]).await.is_err(),
+            "{s:?}: a corrupt entry is an error"
+        );
+    }
+}
+
+#[tokio::test]
+async fn hash_take_all_hands_the_fields_to_one_taker() {
+    for s in backends("hashtake").await {
+        s.hash_set("h", "a", b"1").await.unwrap();
+        s.hash_set("h", "b", b"2").await.unwrap();
+        let (x, y) = tokio::join!(s.hash_take_all("h"), s.hash_take_all("h"));
+        let (mut x, y) = (x.unwrap(), y.unwrap());
+        let mut got = if x.is_empty() { y } else { std::mem::take(&mut x) };
+        got.sort();
+        assert_eq!(
+            got,
+            vec![("a".into(), b"1".to_vec()), ("b".into(), b"2".to_vec())],
+            "{s:?}"
+        );
+        assert!(x.is_empty(), "{s:?}: the other taker gets nothing");
+        assert!(s.hash_all("h").await.unwrap().is_empty(), "{s:?}");
+    }
+}
+
+fn entry(conn: &str, gateway: &str, user: &str) -> SessionEntry {
+    SessionEntry {
+        connection_id: conn.into(),
+        gateway_id: gateway.into(),
+        protocol: ClientProtocol::Livechat as i32,
+        user_id: user.into(),
+        connected_at_ms: 1,
+    }
+}
+
+#[tokio::test]
+async fn a_dead_gateways_sessions_go_to_exactly_one_cleaner() {
+    for s in backends("liveness").await {
+        let ttl = Duration::from_secs(1);
+        let registry = |_: &str| SessionRegistry::new(s.clone(), Duration::from_secs(60));
+        let dead = GatewayLiveness::new(registry("dead"), GatewayId::new("gw-dead")).with_ttl(ttl);
+        let cleaners: Vec<GatewayLiveness> = ["gw-a", "gw-b", "gw-c"]
+            .into_iter()
+            .map(|g| GatewayLiveness::new(registry(g), GatewayId::new(g)).with_ttl(ttl))
+            .collect();
+        assert_eq!(dead.heartbeat().await.unwrap(), Beat::Started, "{s:?}");
+        assert_eq!(dead.heartbeat().await.unwrap(), Beat::Alive, "{s:?}");
+        let dead_registry = registry("dead");
+        let held = [entry("d1", "gw-dead", "ann"), entry("d2", "gw-dead", "bob")];
+        for e in &held {
+            dead_registry.register(e).await.unwrap();
+        }
+        // A session of another gateway is not the dead one's.
+        cleaners[0]
+            .registry_for_test()
+            .register(&entry("a1", "gw-a", "cid"))
+            .await
+            .unwrap();
+        for c in &cleaners {
+            c.heartbeat().await.unwrap();
+        }
+        assert!(
+            cleaners[0].dead_gateways().await.unwrap().is_empty(),
+            "{s:?}: all alive"
+        );
+        assert_eq!(
+            cleaners[0].claim_cleanup(&GatewayId::new("gw-dead")).await.unwrap(),
+            None,
+            "{s:?}: an alive gateway is not cleaned up"
+        );
+
+        // gw-dead stops beating; the others keep beating.
+        tokio::time::sleep(ttl + Duration::from_millis(300)).await;
+        for c in &cleaners {
+            c.heartbeat().await.unwrap();
+        }
+        for c in &cleaners {
+            assert_eq!(
+                c.dead_gateways().await.unwrap(),
+                vec![GatewayId::new("gw-dead")],
+                "{s:?}"
+            );
+        }
+        let gw_dead = GatewayId::new("gw-dead");
+        let claims = futures_util::future::join_all(cleaners.iter().map(|c| c.claim_cleanup(&gw_dead))).await;
+        let mut won: Vec<Vec<SessionEntry>> = claims.into_iter().filter_map(|c| c.unwrap()).collect();
+        assert_eq!(won.len(), 1, "{s:?}: exactly one cleaner");
+        let mut sessions = won.remove(0);
+        sessions.sort_by(|a, b| a.connection_id.cmp(&b.connection_id));
+        assert_eq!(sessions, held.to_vec(), "{s:?}");
+        assert_eq!(
+            registry("x")
+                .lookup_many(&[ConnectionId::new("d1"), ConnectionId::new("d2")])
+                .await
+                .unwrap(),
+            vec![None, None],
+            "{s:?}: the dead sessions left the registry"
+        );
+        assert!(
+            registry("x")
+                .sessions_of(ClientProtocol::Livechat, "ann")
+                .await
+                .unwrap()
+                .is_empty(),
+            "{s:?}"
+        );
+        assert!(
+            registry("x").lookup(&ConnectionId::new("a1")).await.unwrap().is_some(),
+            "{s:?}"
+        );
+        assert!(
+            cleaners[1].dead_gateways().await.unwrap().is_empty(),
+            "{s:?}: forgotten once cleaned"
+        );
+        assert_eq!(
+            cleaners[2].claim_cleanup(&GatewayId::new("gw-dead")).await.unwrap(),
+            None
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_gateway_that_stalled_past_its_ttl_registers_its_sessions_again() {
+    for s in backends("revive").await {
+        let ttl = Duration::from_secs(1);
+        let stalled_registry = SessionRegistry::new(s.clone(), Duration::from_secs(60));
+        let stalled = GatewayLiveness::new(stalled_registry.clone(), GatewayId::new("gw-slow")).with_ttl(ttl);
+        let other = GatewayLiveness::new(
+            SessionRegistry::new(s.clone(), Duration::from_secs(60)),
+            GatewayId::new("gw-other"),
+        )
+        .with_ttl(ttl);
+        stalled.heartbeat().await.unwrap();
+        let e = entry("s1", "gw-slow", "dan");
+        stalled_registry.register(&e).await.unwrap();
+        tokio::time::sleep(ttl + Duration::from_millis(300)).await;
+        other.heartbeat().await.unwrap();
+        let cleaned = other.claim_cleanup(&GatewayId::new("gw-slow")).await.unwrap();
+        assert_eq!(cleaned, Some(vec![e.clone()]), "{s:?}");
+        assert_eq!(stalled.heartbeat().await.unwrap(), Beat::Revived, "{s:?}");
+        assert_eq!(
+            other
+                .registry_for_test()
+                .lookup(&ConnectionId::new("s1"))
+                .await
+                .unwrap(),
+            Some(e),
+            "{s:?}: the live session is back"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_retired_gateway_is_dead_at_once_and_unregister_forgets_sessions() {
+    for s in backends("retire").await {
+        let registry = SessionRegistry::new(s.clone(), Duration::from_secs(60));
+        let leaving = GatewayLiveness::new(registry.clone(), GatewayId::new("gw-leaving"));
+        let staying = GatewayLiveness::new(registry.clone(), GatewayId::new("gw-staying"));
+        leaving.heartbeat().await.unwrap();
+        staying.heartbeat().await.unwrap();
+        let (a, b) = (entry("r1", "gw-leaving", "eve"), entry("r2", "gw-leaving", "fay"));
+        registry.register(&a).await.unwrap();
+        registry.register(&b).await.unwrap();
+        registry.unregister(&a).await.unwrap();
+        assert_eq!(registry.held_sessions(), vec![b.clone()], "{s:?}");
+        leaving.retire().await.unwrap();
+        assert_eq!(
+            staying.dead_gateways().await.unwrap(),
+            vec![GatewayId::new("gw-leaving")]
+        );
+        assert_eq!(
+            staying.claim_cleanup(&GatewayId::new("gw-leaving")).await.unwrap(),
+            Some(vec![b]),
+            "{s:?}: only what was still registered"
+        );
+    }
+}
+
+#[tokio::test]
+async fn every_configured_backend_is_under_test() {
+    let names: Vec<&str> = backends("names").await.iter().map(SharedState::backend_name).collect();
+    let want: Vec<&str> = testing::backend_list()
+        .iter()
+        .map(|b| match b {
+            Backend::Memory => "memory",
+            Backend::Redis(_) => "redis",
+            Backend::Cluster(_) => "redis-cluster",
+        })
+        .collect();
+    assert_eq!(names, want);
+}
+
+#[test]
+fn backend_settings() {
+    assert_eq!(Backend::from_settings(None, None).unwrap(), Backend::Memory);
+    assert_eq!(Backend::from_settings(Some(" "), Some(",")).unwrap(), Backend::Memory);
+    assert_eq!(
+        Backend::from_settings(Some("redis://r:6379"), None).unwrap(),
+        Backend::Redis("redis://r:6379".into())
+    );
+    assert_eq!(
+        Backend::from_settings(None, Some("redis://a:7000, redis://b:7001,")).unwrap(),
+        Backend::Cluster(vec!["redis://a:7000".into(), "redis://b:7001".into()])
+    );
+    assert!(matches!(
+        Backend::from_settings(Some("redis://r"), Some("redis://a:7000")),
+        Err(StateError::TwoBackends)
+    ));
+}
+
+/// A gateway's view of a backend about to be restarted: live sessions,
+/// its inbox, and its upkeep task (`GatewayLiveness::run`).
+struct Gateway {
+    state: SharedState,
+    registry: SessionRegistry,
+    delivery: Delivery,
+    inbox: GatewayInbox,
+    live: Vec<ConnectionId>,
+    reconnected: tokio::sync::watch::Receiver<u64>,
+    epoch: u64,
+    stop: tokio_util::sync::CancellationToken,
+    upkeep: tokio::task::JoinHandle<()>,
+}
+
+impl Gateway {
+    async fn start(state: SharedState, sessions: usize) -> Self {
+        let registry = SessionRegistry::new(state.clone(), Duration::from_secs(60));
+        let delivery = Delivery::new(state.clone(), registry.clone());
+        let gw = GatewayId::new("gw-restart");
+        let inbox = delivery.inbox(&gw).await.unwrap();
+        let mut live = Vec::new();
+        for i in 0..sessions {
+            let e = entry(&format!("live-{i}"), gw.as_str(), "gus");
+            registry.register(&e).await.unwrap();
+            live.push(ConnectionId::new(e.connection_id));
+        }
+        let stop = tokio_util::sync::CancellationToken::new();
+        let upkeep = tokio::spawn(GatewayLiveness::new(registry.clone(), gw).run(stop.clone()));
+        let mut reconnected = state.reconnected();
+        let epoch = *reconnected.borrow_and_update();
+        Self {
+            state,
+            registry,
+            delivery,
+            inbox,
+            live,
+            reconnected,
+            epoch,
+            stop,
+            upkeep,
+        }
+    }
+
+    /// Asserts that the first command after the restart succeeds, every
+    /// live session is registered again and the inbox receives; returns
+    /// how long after `restarted` the sessions were back.
+    async fn check_recovered(mut self, restarted: tokio::time::Instant) -> Duration {
+        self.state
+            .set("after", b"1", None)
+            .await
+            .expect("the first command after the restart");
+        let back = loop {
+            let got = self.registry.lookup_many(&self.live).await;
+            if got.is_ok_and(|got| got.iter().all(Option::is_some)) {
+                break restarted.elapsed();
+            }
+            assert!(
+                restarted.elapsed() < Duration::from_secs(10),
+                "sessions not registered again"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert!(
+            *self.reconnected.borrow_and_update() > self.epoch,
+            "reconnected() was bumped"
+        );
+        assert_eq!(
+            self.registry
+                .sessions_of(ClientProtocol::Livechat, "gus")
+                .await
+                .unwrap()
+                .len(),
+            self.live.len(),
+            "the user index is back too"
+        );
+        let sent = self
+            .delivery
+            .send_to_connection(&self.live[0], close_envelope(CloseCode::GoingAway, "after restart"))
+            .await
+            .unwrap();
+        assert!(sent);
+        let env = tokio::time::timeout(Duration::from_secs(5), self.inbox.recv())
+            .await
+            .expect("the inbox receives after the restart")
+            .expect("inbox open");
+        assert!(matches!(env.body, Some(Body::Close(ref c)) if c.reason == "after restart"));
+        self.stop.cancel();
+        self.upkeep.await.unwrap();
+        back
+    }
+}
+
+/// A Redis restart (kill -9, start again empty on the same port) under a
+/// gateway's upkeep task: the first command after it succeeds, the
+/// gateway's live session is registered again without waiting for a
+/// heartbeat, and its inbox subscription keeps receiving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_loses_no_live_session_and_no_subscription() {
+    let server = testing::RedisServer::start();
+    let state = SharedState::connect(Some(&server.url()), &testing::unique_prefix("restart"))
+        .await
+        .unwrap();
+    let gateway = Gateway::start(state.clone(), 1).await;
+    // A client issuing commands all along, to count what the outage costs.
+    let probing = tokio_util::sync::CancellationToken::new();
+    let probe = tokio::spawn({
+        let probing = probing.clone();
+        async move {
+            let (mut ok, mut failed) = (0u32, 0u32);
+            while !probing.is_cancelled() {
+                match state.get("probe").await {
+                    Ok(_) => ok += 1,
+                    Err(_) => failed += 1,
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (ok, failed)
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let server = server.restarted().await;
+    let back = gateway.check_recovered(tokio::time::Instant::now()).await;
+    probing.cancel();
+    let (ok, failed) = probe.await.unwrap();
+    eprintln!(
+        "redis: sessions registered again {} ms after the restart; probe commands {ok} ok, {failed} failed",
+        back.as_millis()
+    );
+    // The session refresh heartbeat is 30 s; only the reconnect hook can
+    // have written it this soon.
+    assert!(back < Duration::from_secs(1), "re-registered in {back:?}");
+    drop(server);
+}
+
+/// The same on a Redis Cluster whose three masters are all killed and
+/// started again empty (keeping their ids and slots).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_restart_loses_no_live_session_and_no_subscription() {
+    let cluster = testing::RedisCluster::start();
+    let state = SharedState::open(&Backend::Cluster(cluster.urls()), &testing::unique_prefix("crestart"))
+        .await
+        .unwrap();
+    let gateway = Gateway::start(state, 8).await;
+    let cluster = cluster.restarted().await;
+    let back = gateway.check_recovered(tokio::time::Instant::now()).await;
+    eprintln!(
+        "cluster: sessions registered again {} ms after the cluster served again",
+        back.as_millis()
+    );
+    drop(cluster);
+}
+
+#[tokio::test]
+async fn a_topic_dropped_by_its_last_subscriber_can_be_subscribed_again() {
+    for s in backends("resub").await {
+        let first = s.subscribe("t").await.unwrap();
+        drop(first);
+        // Delivery to the dropped subscriber finds it gone and unsubscribes
+        // the topic in the background; a new subscriber must not lose to that.
+        for round in 0..5u8 {
+            s.publish("t", Bytes::from(vec![round])).await.unwrap();
+            let mut again = s.subscribe("t").await.unwrap();
+            s.publish("t", Bytes::from_static(b"live")).await.unwrap();
+            let mut got = recv(&mut again).await;
+            while got.as_ref() != b"live" {
+                got = recv(&mut again).await;
+            }
+            drop(again);
+        }
     }
 }

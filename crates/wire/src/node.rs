@@ -6,9 +6,16 @@
 //! Python does, for the auth service and the node agent alike.
 
 pub mod canonical;
+pub mod ids;
+pub mod payload;
 pub mod signature;
 
 pub use canonical::{CanonicalError, CanonicalFrame};
+pub use ids::{CommandId, DeviceSerial, NodeId, RunId};
+pub use payload::{
+    Ack, Command, CommandResult, ErrorCode, ErrorFrame, Heartbeat, Hello, HelloAck, WireEnum, parse_wire_name,
+    wire_name,
+};
 pub use signature::{NodeKey, SignatureError};
 
 use serde::{Deserialize, Serialize};
@@ -46,18 +53,6 @@ impl FrameType {
             _ => return None,
         })
     }
-}
-
-/// Error codes carried in hub `ERROR` frames.
-pub mod code {
-    pub const INVALID_FRAME: &str = "INVALID_FRAME";
-    pub const UNKNOWN_TYPE: &str = "UNKNOWN_TYPE";
-    pub const FRAME_TOO_LARGE: &str = "FRAME_TOO_LARGE";
-    pub const INVALID_SIGNATURE: &str = "INVALID_SIGNATURE";
-    pub const REPLAYED: &str = "REPLAYED";
-    pub const NOT_REGISTERED: &str = "NOT_REGISTERED";
-    pub const UNAVAILABLE: &str = "UNAVAILABLE";
-    pub const INTERNAL: &str = "INTERNAL";
 }
 
 #[derive(Debug, Deserialize)]
@@ -136,35 +131,23 @@ impl<'a, P: Serialize> OutFrame<'a, P> {
     }
 }
 
-#[derive(Debug, Serialize)]
-pub struct ErrorPayload<'a> {
-    pub code: &'a str,
-    pub message: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ref_message_id: Option<&'a str>,
-}
-
-/// An unsigned hub `ERROR` frame.
-pub fn error(node_id: &str, code: &str, message: &str, ref_message_id: Option<&str>) -> String {
-    OutFrame::new(
-        FrameType::Error,
-        node_id,
-        ErrorPayload {
-            code,
-            message,
-            ref_message_id,
-        },
-    )
-    .to_text()
+/// An unsigned `ERROR` frame.
+pub fn error(node_id: &str, payload: &ErrorFrame) -> String {
+    OutFrame::new(FrameType::Error, node_id, payload).to_text()
 }
 
 pub fn frame_error(err: &FrameError) -> String {
-    let c = match err {
-        FrameError::UnknownType(_) => code::UNKNOWN_TYPE,
-        FrameError::TooLarge { .. } => code::FRAME_TOO_LARGE,
-        _ => code::INVALID_FRAME,
+    let code = match err {
+        FrameError::UnknownType(_) => ErrorCode::UnknownType,
+        FrameError::TooLarge { .. } => ErrorCode::FrameTooLarge,
+        _ => ErrorCode::InvalidFrame,
     };
-    error("hub", c, &err.to_string(), None)
+    let payload = ErrorFrame {
+        code,
+        message: err.to_string(),
+        ..ErrorFrame::default()
+    };
+    error("hub", &payload)
 }
 
 /// `2025-01-07T14:30:00.000Z`, the seed's timestamp format.

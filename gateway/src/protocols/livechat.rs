@@ -15,12 +15,22 @@ use relaymesh_wire::livechat as wire;
 use tonic::Status;
 
 use super::{Ctx, Protocol};
-use crate::identity::{self, AuthFailure};
+use crate::identity::{self, AuthFailure, Identity};
 use crate::ws::WsCodec;
 
 #[derive(Debug, Default)]
 pub struct LivechatProtocol {
     user_id: Option<String>,
+}
+
+impl LivechatProtocol {
+    /// A session identified before it opened (a gRPC stream with a bearer
+    /// token): READY follows HELLO without an IDENTIFY.
+    pub fn identified(who: Identity) -> Self {
+        Self {
+            user_id: Some(who.user_id),
+        }
+    }
 }
 
 /// The seed's error code for a channel service refusal: one table.

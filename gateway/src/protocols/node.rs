@@ -4,94 +4,81 @@
 //! timestamp window) before anything else; a node that fails before its
 //! HELLO is accepted cannot hold the socket (4001). Outbound frames are
 //! signed by the auth service, which alone holds the key.
-
-use relaymesh_proto::auth::v1::{SignNodeFrameRequest, VerifyNodeFrameRequest};
-use relaymesh_proto::scheduler::v1::{
-    Command, NodeDisconnectedRequest, NodeHeartbeatRequest, PullCommandsRequest, RegisterNodeRequest,
-    ReportResultRequest,
-};
-use relaymesh_wire::node::{self as wire, Envelope, FrameType, OutFrame, code};
-use relaymesh_wire::{FrameError, JsonText};
-use serde::{Deserialize, Serialize};
-use tonic::{Code, Status};
+//!
+//! Payloads are the shared types of `relaymesh_wire::node::payload` (the
+//! node agent uses the same ones); this module converts them to and from the
+//! scheduler's typed contract. Commands go out only after the node's
+//! `HEARTBEAT status=READY` (the scheduler enforces it for every path).
 
 use axum::extract::ws::Utf8Bytes;
 use relaymesh_proto::auth::v1::ErrorReason as AuthReason;
+use relaymesh_proto::auth::v1::{SignNodeFrameRequest, VerifyNodeFrameRequest};
 use relaymesh_proto::client::v1::{ClientProtocol, CloseCode};
 use relaymesh_proto::delivery::v1::NudgeReason;
+use relaymesh_proto::json::{struct_to_json, value_from_json};
 use relaymesh_proto::scheduler::v1::ErrorReason as SchedulerReason;
+use relaymesh_proto::scheduler::v1::{
+    self as pb, NodeDisconnectedRequest, NodeHeartbeatRequest, PullCommandsRequest, RegisterNodeRequest,
+    RejectCommandRequest, RejectReason, ReportResultRequest,
+};
+use relaymesh_wire::FrameError;
+use relaymesh_wire::node::{
+    self as wire, Ack, Command, CommandId, CommandResult, DeviceSerial, Envelope, ErrorCode, ErrorFrame, FrameType,
+    Heartbeat, Hello, HelloAck, NodeId, OutFrame, RunId,
+};
+use serde::Serialize;
+use tonic::{Code, Status};
 
 use super::{Ctx, Protocol};
 use crate::ws::WsCodec;
 
 #[derive(Debug, Default)]
 pub struct NodeProtocol {
-    node_id: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct HelloPayload {
-    #[serde(default)]
-    devices: Vec<String>,
-    #[serde(default)]
-    slots: Option<u32>,
-}
-
-#[derive(Debug, Deserialize)]
-struct HeartbeatPayload {
-    #[serde(default)]
-    status: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct ResultPayload {
-    command_id: String,
-    status: String,
-    #[serde(default)]
-    error: Option<String>,
-    #[serde(default)]
-    result: Option<JsonText>,
-}
-
-#[derive(Serialize)]
-struct HelloAck {
-    heartbeat_interval_s: u32,
-    devices: usize,
-}
-
-#[derive(Serialize)]
-struct AckPayload<'a> {
-    ref_message_id: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    command_id: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct CommandPayload<'a> {
-    command_id: &'a str,
-    run_id: &'a str,
-    device_serial: &'a str,
-    command_type: &'a str,
-    params: &'a serde_json::value::RawValue,
-    timeout_ms: u32,
+    node_id: Option<NodeId>,
+    /// The accepted HELLO, repeated to the scheduler with each heartbeat so
+    /// a scheduler that restarted can attach this node without a new HELLO.
+    hello: Hello,
 }
 
 /// The hub's ERROR code for a refused frame, from the service's reason.
-fn refusal_code(status: &Status) -> &'static str {
+fn refusal_code(status: &Status) -> ErrorCode {
     if let Some(reason) = relaymesh_rpc::reason_of::<AuthReason>(status) {
         return match reason {
-            AuthReason::InvalidSignature => code::INVALID_SIGNATURE,
-            AuthReason::Replayed | AuthReason::StaleTimestamp => code::REPLAYED,
-            AuthReason::InvalidFrame => code::INVALID_FRAME,
-            _ if status.code() == Code::Unavailable => code::UNAVAILABLE,
-            _ => code::INTERNAL,
+            AuthReason::InvalidSignature => ErrorCode::InvalidSignature,
+            AuthReason::Replayed | AuthReason::StaleTimestamp => ErrorCode::Replayed,
+            AuthReason::InvalidFrame => ErrorCode::InvalidFrame,
+            _ if status.code() == Code::Unavailable => ErrorCode::Unavailable,
+            _ => ErrorCode::Internal,
         };
     }
     match relaymesh_rpc::reason_of::<SchedulerReason>(status) {
-        Some(SchedulerReason::InvalidArgument | SchedulerReason::UnknownCommandType) => code::INVALID_FRAME,
-        Some(SchedulerReason::UnknownNode) => code::NOT_REGISTERED,
-        _ if status.code() == Code::Unavailable => code::UNAVAILABLE,
-        _ => code::INTERNAL,
+        Some(SchedulerReason::InvalidArgument | SchedulerReason::UnknownCommandType) => ErrorCode::InvalidFrame,
+        Some(SchedulerReason::UnknownNode) => ErrorCode::NotRegistered,
+        _ if status.code() == Code::Unavailable => ErrorCode::Unavailable,
+        _ => ErrorCode::Internal,
+    }
+}
+
+/// The COMMAND frame's payload for a scheduler command.
+fn command_payload(c: pb::Command) -> Command {
+    let command_type = c.command_type();
+    Command {
+        command_id: CommandId::from(c.command_id),
+        run_id: RunId::from(c.run_id),
+        device_serial: DeviceSerial::from(c.device_serial),
+        command_type,
+        params: serde_json::Value::Object(c.params.map(struct_to_json).unwrap_or_default()),
+        timeout_ms: Some(u64::from(c.timeout_ms)),
+    }
+}
+
+/// Why the node refused a command, as the scheduler records it.
+fn reject_reason(code: ErrorCode) -> RejectReason {
+    match code {
+        ErrorCode::DeviceBusy => RejectReason::DeviceBusy,
+        ErrorCode::NoFreeSlot => RejectReason::NoFreeSlot,
+        ErrorCode::Unavailable => RejectReason::Unavailable,
+        _ => RejectReason::Unspecified,
     }
 }
 
@@ -114,45 +101,56 @@ impl NodeProtocol {
         }
     }
 
+    fn node(&self) -> &str {
+        self.node_id.as_ref().map_or("hub", NodeId::as_str)
+    }
+
     async fn send<P: Serialize>(&self, cx: &mut Ctx<String>, kind: FrameType, payload: P) {
-        let node = self.node_id.as_deref().unwrap_or("hub");
-        let text = OutFrame::new(kind, node, payload).to_text();
+        let text = OutFrame::new(kind, self.node(), payload).to_text();
         let signed = Self::signed(cx, text).await;
         cx.send(signed);
     }
 
-    async fn error(&self, cx: &mut Ctx<String>, code: &str, message: &str, ref_id: Option<&str>) {
-        metrics::counter!("gateway_node_frames_refused_total", "code" => code.to_owned()).increment(1);
-        let node = self.node_id.as_deref().unwrap_or("hub");
-        let signed = Self::signed(cx, wire::error(node, code, message, ref_id)).await;
+    async fn error(
+        &self,
+        cx: &mut Ctx<String>,
+        code: ErrorCode,
+        message: &str,
+        ref_id: Option<&str>,
+        command_id: Option<&CommandId>,
+    ) {
+        metrics::counter!("gateway_node_frames_refused_total", "code" => code.as_str()).increment(1);
+        let payload = ErrorFrame {
+            code,
+            message: message.to_owned(),
+            ref_message_id: ref_id.map(str::to_owned),
+            command_id: command_id.cloned(),
+        };
+        let signed = Self::signed(cx, wire::error(self.node(), &payload)).await;
         cx.send(signed);
     }
 
-    async fn send_commands(&self, cx: &mut Ctx<String>, commands: Vec<Command>) {
-        let Some(node_id) = self.node_id.clone() else { return };
+    async fn send_commands(&self, cx: &mut Ctx<String>, commands: Vec<pb::Command>) {
         for c in commands {
-            let params = serde_json::value::RawValue::from_string(c.params_json.clone())
-                .unwrap_or_else(|_| serde_json::value::RawValue::from_string("{}".into()).unwrap_or_default());
-            tracing::info!(run_id = %c.run_id, node_id = %node_id, device_serial = %c.device_serial,
-                command_id = %c.command_id, "command sent");
-            let payload = CommandPayload {
-                command_id: &c.command_id,
-                run_id: &c.run_id,
-                device_serial: &c.device_serial,
-                command_type: &c.command_type,
-                params: &params,
-                timeout_ms: c.timeout_ms,
-            };
+            let payload = command_payload(c);
+            tracing::info!(run_id = %payload.run_id, node_id = %self.node(), device_serial = %payload.device_serial,
+                command_id = %payload.command_id, "command sent");
             self.send(cx, FrameType::Command, payload).await;
         }
     }
 
     async fn hello(&mut self, cx: &mut Ctx<String>, env: &Envelope, node_id: String) {
-        let p: HelloPayload = match payload("HELLO", env) {
+        let p: Hello = match payload("HELLO", env) {
             Ok(p) => p,
             Err(err) => {
                 return self
-                    .error(cx, code::INVALID_FRAME, &err.to_string(), env.message_id.as_deref())
+                    .error(
+                        cx,
+                        ErrorCode::InvalidFrame,
+                        &err.to_string(),
+                        env.message_id.as_deref(),
+                        None,
+                    )
                     .await;
             }
         };
@@ -162,9 +160,10 @@ impl NodeProtocol {
             return self
                 .error(
                     cx,
-                    code::UNAVAILABLE,
+                    ErrorCode::Unavailable,
                     "session registry unavailable",
                     env.message_id.as_deref(),
+                    None,
                 )
                 .await;
         }
@@ -172,23 +171,32 @@ impl NodeProtocol {
         let req = RegisterNodeRequest {
             node_id: node_id.clone(),
             connection_id: cx.id.to_string(),
-            device_serials: p.devices.clone(),
-            slots: p.slots.unwrap_or(0),
+            device_serials: p.devices.iter().map(|d| d.as_str().to_owned()).collect(),
+            slots: p.slots,
         };
         match scheduler.register_node(req).await {
             Ok(r) => {
-                self.node_id = Some(node_id.clone());
                 tracing::info!(node_id = %node_id, devices = p.devices.len(), "node registered");
                 let ack = HelloAck {
-                    heartbeat_interval_s: r.into_inner().heartbeat_interval_s,
-                    devices: p.devices.len(),
+                    heartbeat_interval_s: Some(f64::from(r.into_inner().heartbeat_interval_s)),
+                    devices: Some(p.devices.len() as u64),
                 };
+                self.node_id = Some(NodeId::from(node_id));
+                self.hello = p;
+                // No COMMAND yet: the node asks for work with HEARTBEAT READY.
                 self.send(cx, FrameType::HelloAck, ack).await;
-                self.pull(cx).await;
             }
             Err(status) => {
-                self.error(cx, refusal_code(&status), status.message(), env.message_id.as_deref())
-                    .await
+                tracing::warn!(node_id = %node_id, code = %refusal_code(&status), error = %status.message(),
+                    "node registration refused");
+                self.error(
+                    cx,
+                    refusal_code(&status),
+                    status.message(),
+                    env.message_id.as_deref(),
+                    None,
+                )
+                .await
             }
         }
     }
@@ -196,35 +204,47 @@ impl NodeProtocol {
     async fn pull(&self, cx: &mut Ctx<String>) {
         let Some(node_id) = self.node_id.clone() else { return };
         let mut scheduler = cx.gw.upstreams.scheduler.clone();
-        match scheduler.pull_commands(PullCommandsRequest { node_id }).await {
+        match scheduler
+            .pull_commands(PullCommandsRequest {
+                node_id: node_id.to_string(),
+            })
+            .await
+        {
             Ok(r) => self.send_commands(cx, r.into_inner().commands).await,
-            Err(status) => tracing::warn!(error = %status.message(), "pull commands failed"),
+            Err(status) => tracing::warn!(node_id = %node_id, error = %status.message(), "pull commands failed"),
         }
     }
 
     async fn heartbeat(&self, cx: &mut Ctx<String>, env: &Envelope, node_id: String) {
-        let p: HeartbeatPayload = payload("HEARTBEAT", env).unwrap_or(HeartbeatPayload { status: String::new() });
+        let ref_id = env.message_id.clone().unwrap_or_default();
+        let p: Heartbeat = match payload("HEARTBEAT", env) {
+            Ok(p) => p,
+            Err(err) => {
+                return self
+                    .error(cx, ErrorCode::InvalidFrame, &err.to_string(), Some(&ref_id), None)
+                    .await;
+            }
+        };
         let mut scheduler = cx.gw.upstreams.scheduler.clone();
         let reply = scheduler
             .node_heartbeat(NodeHeartbeatRequest {
                 node_id,
-                status: p.status,
+                status: p.status as i32,
+                connection_id: cx.id.to_string(),
+                device_serials: self.hello.devices.iter().map(|d| d.as_str().to_owned()).collect(),
+                slots: self.hello.slots,
+                running: p.running.iter().map(|c| c.as_str().to_owned()).collect(),
             })
             .await;
-        let ref_id = env.message_id.clone().unwrap_or_default();
-        self.send(
-            cx,
-            FrameType::HeartbeatAck,
-            AckPayload {
-                ref_message_id: &ref_id,
-                command_id: None,
-            },
-        )
-        .await;
+        let ack = Ack {
+            ref_message_id: Some(ref_id.clone()),
+            command_id: None,
+        };
+        self.send(cx, FrameType::HeartbeatAck, ack).await;
         match reply {
             Ok(r) => self.send_commands(cx, r.into_inner().commands).await,
             Err(status) => {
-                self.error(cx, refusal_code(&status), status.message(), Some(&ref_id))
+                self.error(cx, refusal_code(&status), status.message(), Some(&ref_id), None)
                     .await
             }
         }
@@ -232,46 +252,79 @@ impl NodeProtocol {
 
     async fn result(&self, cx: &mut Ctx<String>, env: &Envelope, node_id: String) {
         let ref_id = env.message_id.clone().unwrap_or_default();
-        let p: ResultPayload = match payload("RESULT", env) {
+        let p: CommandResult = match payload("RESULT", env) {
             Ok(p) => p,
             Err(err) => {
                 return self
-                    .error(cx, code::INVALID_FRAME, &err.to_string(), Some(&ref_id))
+                    .error(cx, ErrorCode::InvalidFrame, &err.to_string(), Some(&ref_id), None)
                     .await;
             }
         };
         let mut scheduler = cx.gw.upstreams.scheduler.clone();
         let req = ReportResultRequest {
-            node_id,
-            command_id: p.command_id.clone(),
-            status: p.status,
-            error: p.error.unwrap_or_default(),
-            result_json: p.result.map(|r| r.get().to_owned()).unwrap_or_default(),
+            node_id: node_id.clone(),
+            command_id: p.command_id.to_string(),
+            status: p.status as i32,
+            error: p.error.clone().unwrap_or_default(),
+            result: p.result.clone().map(value_from_json),
+        };
+        let ack = Ack {
+            ref_message_id: Some(ref_id.clone()),
+            command_id: Some(p.command_id.clone()),
         };
         match scheduler.report_result(req).await {
             Ok(r) => {
-                let ack = AckPayload {
-                    ref_message_id: &ref_id,
-                    command_id: Some(&p.command_id),
-                };
                 self.send(cx, FrameType::Ack, ack).await;
                 self.send_commands(cx, r.into_inner().commands).await;
             }
             // An unknown command will never be known: acknowledge it so the
             // node stops resending, and say why.
             Err(status) if status.code() == Code::NotFound => {
-                let ack = AckPayload {
-                    ref_message_id: &ref_id,
-                    command_id: Some(&p.command_id),
-                };
+                tracing::warn!(run_id = %p.run_id, node_id = %node_id, device_serial = %p.device_serial,
+                    command_id = %p.command_id, "result for an unknown command acknowledged and dropped");
                 self.send(cx, FrameType::Ack, ack).await;
-                self.error(cx, code::INVALID_FRAME, status.message(), Some(&ref_id))
-                    .await;
+                self.error(
+                    cx,
+                    ErrorCode::InvalidFrame,
+                    status.message(),
+                    Some(&ref_id),
+                    Some(&p.command_id),
+                )
+                .await;
             }
+            // Not recorded (the scheduler is restarting, or failing over):
+            // the node keeps the result and retries it within seconds.
             Err(status) => {
-                self.error(cx, refusal_code(&status), status.message(), Some(&ref_id))
+                let code = refusal_code(&status);
+                tracing::warn!(run_id = %p.run_id, node_id = %node_id, device_serial = %p.device_serial,
+                    command_id = %p.command_id, code = %code, error = %status.message(),
+                    "result not recorded; node told to retry");
+                self.error(cx, code, status.message(), Some(&ref_id), Some(&p.command_id))
                     .await
             }
+        }
+    }
+
+    /// An ERROR from the node. One naming a command is a refused COMMAND:
+    /// the scheduler re-queues it at once instead of waiting for its deadline.
+    async fn node_error(&self, cx: &mut Ctx<String>, env: &Envelope, node_id: String) {
+        let err: ErrorFrame = payload("ERROR", env).unwrap_or_default();
+        let Some(command_id) = err.command_id else {
+            tracing::warn!(node_id = %node_id, code = %err.code, error = %err.message,
+                ref_message_id = err.ref_message_id.as_deref().unwrap_or(""), "node reported an error");
+            return;
+        };
+        tracing::warn!(node_id = %node_id, command_id = %command_id, code = %err.code, error = %err.message,
+            "node refused a command");
+        let mut scheduler = cx.gw.upstreams.scheduler.clone();
+        let req = RejectCommandRequest {
+            node_id: node_id.clone(),
+            command_id: command_id.to_string(),
+            reason: reject_reason(err.code) as i32,
+        };
+        if let Err(status) = scheduler.reject_command(req).await {
+            tracing::warn!(node_id = %node_id, command_id = %command_id, error = %status.message(),
+                "refused command not re-queued; it waits for its deadline");
         }
     }
 }
@@ -311,10 +364,10 @@ impl Protocol for NodeProtocol {
                 let c = refusal_code(&status);
                 tracing::warn!(
                     node_id = env.node_id.as_deref().unwrap_or(""),
-                    code = c,
+                    code = %c,
                     "node frame refused"
                 );
-                self.error(cx, c, status.message(), ref_id.as_deref()).await;
+                self.error(cx, c, status.message(), ref_id.as_deref(), None).await;
                 if self.node_id.is_none() && status.code() == Code::Unauthenticated {
                     cx.close(CloseCode::AuthFailed, "node authentication failed");
                 }
@@ -322,14 +375,15 @@ impl Protocol for NodeProtocol {
             }
         };
         if let Some(mine) = &self.node_id
-            && *mine != verified.node_id
+            && mine.as_str() != verified.node_id
         {
             return self
                 .error(
                     cx,
-                    code::INVALID_FRAME,
+                    ErrorCode::InvalidFrame,
                     "node_id differs from this socket's node",
                     ref_id.as_deref(),
+                    None,
                 )
                 .await;
         }
@@ -337,21 +391,26 @@ impl Protocol for NodeProtocol {
         match env.kind {
             FrameType::Hello => self.hello(cx, &env, node_id).await,
             _ if self.node_id.is_none() => {
-                self.error(cx, code::NOT_REGISTERED, "send HELLO first", ref_id.as_deref())
-                    .await
+                self.error(
+                    cx,
+                    ErrorCode::NotRegistered,
+                    "send HELLO first",
+                    ref_id.as_deref(),
+                    None,
+                )
+                .await
             }
             FrameType::Heartbeat => self.heartbeat(cx, &env, node_id).await,
             FrameType::Result => self.result(cx, &env, node_id).await,
             FrameType::Ack => tracing::debug!(node_id = %node_id, "node ack"),
-            FrameType::Error => {
-                tracing::warn!(node_id = %node_id, payload = env.payload.as_deref().unwrap_or(""), "node reported an error")
-            }
+            FrameType::Error => self.node_error(cx, &env, node_id).await,
             FrameType::HelloAck | FrameType::HeartbeatAck | FrameType::Command => {
                 self.error(
                     cx,
-                    code::INVALID_FRAME,
+                    ErrorCode::InvalidFrame,
                     "that frame type goes from hub to node",
                     ref_id.as_deref(),
+                    None,
                 )
                 .await
             }
@@ -366,7 +425,7 @@ impl Protocol for NodeProtocol {
         if let Some(node_id) = self.node_id.take() {
             let mut scheduler = cx.gw.upstreams.scheduler.clone();
             let req = NodeDisconnectedRequest {
-                node_id: node_id.clone(),
+                node_id: node_id.to_string(),
                 connection_id: cx.id.to_string(),
             };
             if let Err(status) = scheduler.node_disconnected(req).await {

@@ -3,7 +3,9 @@
 //! Relays announce themselves in shared state (`media-relay:<id>` records,
 //! ids in the `media-relays` set). A channel is assigned one live relay on
 //! first join (`chan-relay:<channel>`), so all its members' RTP meets in one
-//! process; a channel whose relay died is reassigned on the next join.
+//! process; a channel whose relay died is reassigned on the next join. A
+//! relay whose registration says `draining` keeps the channels it has but
+//! is given no new ones.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -48,17 +50,23 @@ impl RelayDirectory {
         {
             return Ok(Some(reg));
         }
-        let mut live = Vec::new();
+        let (mut live, mut draining) = (Vec::new(), Vec::new());
         let mut ids = self.state.set_members("media-relays").await?;
         ids.sort();
         for id in ids {
             match self.registration(&id).await? {
+                Some(reg) if reg.draining => draining.push(reg),
                 Some(reg) => live.push(reg),
                 None => self.state.set_remove("media-relays", &id).await?,
             }
         }
         if live.is_empty() {
-            return Ok(None);
+            // Better a relay that will stop than no media at all.
+            if draining.is_empty() {
+                return Ok(None);
+            }
+            tracing::warn!(channel_id = %channel_id, "every media relay is draining; assigning one anyway");
+            live = draining;
         }
         // Spread channels over relays by a stable hash of the channel id.
         let pick = channel_id
@@ -92,5 +100,66 @@ impl RelayDirectory {
         let client = MediaRelayServiceClient::new(channel);
         clients.insert(reg.grpc_url.clone(), client.clone());
         Ok(client)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn register(state: &SharedState, relay_id: &str, draining: bool) {
+        let reg = RelayRegistration {
+            relay_id: relay_id.to_owned(),
+            grpc_url: format!("http://{relay_id}:50051"),
+            media_addr: format!("{relay_id}:5004"),
+            refreshed_at_ms: 1,
+            draining,
+        };
+        state
+            .set(&format!("media-relay:{relay_id}"), &reg.encode_to_vec(), None)
+            .await
+            .unwrap();
+        state.set_add("media-relays", relay_id, None).await.unwrap();
+    }
+
+    use relaymesh_state::testing::backends;
+
+    #[tokio::test]
+    async fn new_channels_skip_a_draining_relay() {
+        for state in backends("relays-skip-draining").await {
+            register(&state, "a", true).await;
+            register(&state, "b", false).await;
+            let dir = RelayDirectory::new(state.clone());
+            for i in 0..20 {
+                let reg = dir.for_channel(&format!("room-{i}")).await.unwrap().unwrap();
+                assert_eq!(
+                    reg.relay_id,
+                    "b",
+                    "{}: room-{i} went to a draining relay",
+                    state.backend_name()
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_channel_keeps_its_relay_while_that_relay_drains() {
+        for state in backends("relays-keep-draining").await {
+            register(&state, "a", false).await;
+            let dir = RelayDirectory::new(state.clone());
+            assert_eq!(dir.for_channel("room").await.unwrap().unwrap().relay_id, "a");
+            register(&state, "a", true).await;
+            register(&state, "b", false).await;
+            assert_eq!(dir.for_channel("room").await.unwrap().unwrap().relay_id, "a");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_draining_relay_is_used_when_no_other_is_registered() {
+        for state in backends("relays-only-draining").await {
+            register(&state, "a", true).await;
+            let dir = RelayDirectory::new(state);
+            assert_eq!(dir.for_channel("room").await.unwrap().unwrap().relay_id, "a");
+        }
     }
 }

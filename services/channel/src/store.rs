@@ -5,10 +5,13 @@
 //! `chan-floor:<id>` floor, `sess-chans:<session>` set of channel ids,
 //! `chan-lock:<id>` the short lock that serialises changes to one channel.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use relaymesh_state::SharedState;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use tokio_util::sync::CancellationToken;
 
 use crate::error::{ChannelError, Result};
 use crate::floor::{Floor, FloorPolicy};
@@ -33,17 +36,27 @@ pub struct MemberRecord {
 #[derive(Clone, Debug)]
 pub struct ChannelStore {
     state: SharedState,
+    /// Per-channel queues of this process: requests for one channel wait
+    /// here in order, so only one of them at a time competes for the shared
+    /// lock (no polling storm when a thousand users join at once).
+    local: Arc<Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>>,
 }
 
-/// Held while one operation changes one channel. Released explicitly; if
-/// the holder dies the TTL frees it.
+/// Held while one operation changes one channel; released by
+/// [`ChannelStore::unlock`]. Its lease is renewed while held, so a slow
+/// operation keeps it; if the holder dies the TTL frees it.
 pub struct ChannelLock {
     key: String,
     token: String,
+    renewal: tokio_util::sync::DropGuard,
+    _queue: tokio::sync::OwnedMutexGuard<()>,
 }
 
+/// The lease: long enough to survive a stall, short enough that a dead
+/// holder's channel recovers quickly. Renewed every third of it.
 const LOCK_TTL: Duration = Duration::from_secs(5);
-const LOCK_TRIES: u32 = 400;
+/// How long a request waits for the lock before it is refused as contended.
+const LOCK_WAIT: Duration = Duration::from_secs(30);
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     serde_json::from_slice(bytes).map_err(|e| ChannelError::State(relaymesh_state::StateError::Corrupt(e.to_string())))
@@ -55,30 +68,58 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 
 impl ChannelStore {
     pub fn new(state: SharedState) -> Self {
-        Self { state }
+        Self {
+            state,
+            local: Arc::default(),
+        }
     }
 
-    /// Waits (bounded) for the channel's lock: capacity checks and member
-    /// changes must not interleave across replicas.
+    fn local_queue(&self, channel_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.local.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(q) = map.get(channel_id).and_then(Weak::upgrade) {
+            return q;
+        }
+        if map.len() > 1024 {
+            map.retain(|_, q| q.strong_count() > 0);
+        }
+        let q = Arc::new(tokio::sync::Mutex::new(()));
+        map.insert(channel_id.to_owned(), Arc::downgrade(&q));
+        q
+    }
+
+    /// Takes the channel's lock: capacity checks and member changes must
+    /// not interleave across replicas. Requests of this process queue in
+    /// order; replicas compete for a shared lease with jittered backoff.
     pub async fn lock(&self, channel_id: &str) -> Result<ChannelLock> {
+        let queue = self.local_queue(channel_id).lock_owned().await;
         let key = format!("chan-lock:{channel_id}");
         let token = uuid::Uuid::new_v4().simple().to_string();
-        for _ in 0..LOCK_TRIES {
-            if self.state.set_nx(&key, token.as_bytes(), Some(LOCK_TTL)).await? {
-                return Ok(ChannelLock { key, token });
+        let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+        let mut backoff = Duration::from_millis(1);
+        while !self.state.set_nx(&key, token.as_bytes(), Some(LOCK_TTL)).await? {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ChannelError::Contended(channel_id.to_owned()));
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            let jitter = Duration::from_micros(fastrand::u64(0..=backoff.as_micros() as u64));
+            tokio::time::sleep(backoff + jitter).await;
+            backoff = (backoff * 2).min(Duration::from_millis(50));
         }
-        Err(ChannelError::Contended(channel_id.to_owned()))
+        let stop = CancellationToken::new();
+        tokio::spawn(renew(self.state.clone(), key.clone(), token.clone(), stop.clone()));
+        Ok(ChannelLock {
+            key,
+            token,
+            renewal: stop.drop_guard(),
+            _queue: queue,
+        })
     }
 
     pub async fn unlock(&self, lock: ChannelLock) {
-        // Only our own token is removed, so an expired lock re-taken by
-        // someone else stays theirs.
-        if let Ok(Some(v)) = self.state.get(&lock.key).await
-            && v == lock.token.as_bytes()
-        {
-            let _ = self.state.delete(&lock.key).await;
+        drop(lock.renewal);
+        // Only our own token is removed (atomically), so a lease that
+        // expired and passed to someone else stays theirs.
+        if let Err(err) = self.state.delete_if_eq(&lock.key, lock.token.as_bytes()).await {
+            tracing::warn!(key = %lock.key, error = %err, "channel lock not released; it expires");
         }
     }
 
@@ -172,5 +213,24 @@ impl ChannelStore {
             .state
             .set(&format!("chan-floor:{id}"), &encode(floor), None)
             .await?)
+    }
+}
+
+/// Renews a held lease until `stop` (the lock's release or drop).
+async fn renew(state: SharedState, key: String, token: String, stop: CancellationToken) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + LOCK_TTL / 3, LOCK_TTL / 3);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match state.renew_if(&key, token.as_bytes(), LOCK_TTL).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(key, "channel lock lost while held");
+                return;
+            }
+            Err(err) => tracing::warn!(key, error = %err, "channel lock not renewed"),
+        }
     }
 }

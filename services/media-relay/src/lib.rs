@@ -10,11 +10,15 @@
 //! - [`forward`]: the per-packet loop on the UDP socket;
 //! - [`sweep`]: eviction of peers that went silent;
 //! - [`registration`]: the record that lets the channel service find us;
+//! - [`advertise`]: the address clients are told to send to;
+//! - [`drain`]: keeping channels alive through a shutdown;
 //! - [`service`]: the gRPC API.
 //!
 //! Talks to other services only through their gRPC contracts and shared
 //! state.
 
+mod advertise;
+mod drain;
 mod error;
 mod forward;
 mod registration;
@@ -25,7 +29,9 @@ mod sweep;
 mod table;
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use relaymesh_config::join_host_port;
 use relaymesh_proto::media_relay::v1::RelayRegistration;
@@ -57,6 +63,27 @@ pub struct MediaRelayConfig {
     /// the bind address, or 127.0.0.1 when bound to all interfaces).
     #[arg(long, env = "MEDIA_PUBLIC_HOST")]
     pub media_public_host: Option<String>,
+
+    /// Port announced to clients (default: the bound UDP port); for a
+    /// NodePort or a load balancer that maps another port to it.
+    #[arg(long, env = "MEDIA_PUBLIC_PORT")]
+    pub media_public_port: Option<u16>,
+
+    /// Directory of one file per key holding the address (`host` or
+    /// `host:port`) clients are told, e.g. a ConfigMap mapping node names
+    /// to their external addresses; read with MEDIA_PUBLIC_ADDR_KEY.
+    /// Without a file for the key, MEDIA_PUBLIC_HOST applies.
+    #[arg(long, env = "MEDIA_PUBLIC_ADDR_DIR", requires = "media_public_addr_key")]
+    pub media_public_addr_dir: Option<PathBuf>,
+
+    /// This instance's key in MEDIA_PUBLIC_ADDR_DIR (its node or pod name).
+    #[arg(long, env = "MEDIA_PUBLIC_ADDR_KEY")]
+    pub media_public_addr_key: Option<String>,
+
+    /// On shutdown, keep forwarding for the channels served until they are
+    /// empty or this long has passed (new channels go to other relays).
+    #[arg(long, env = "MEDIA_DRAIN_TIMEOUT_MS", default_value_t = 25_000)]
+    pub media_drain_timeout_ms: u64,
 
     /// This instance's id in shared state (random when unset).
     #[arg(long, env = "MEDIA_RELAY_ID")]
@@ -95,11 +122,31 @@ impl MediaRelayConfig {
             _ => bind.to_owned(),
         }
     }
+
+    /// `host:port` clients send RTP to, given the port the socket bound.
+    fn media_addr(&self, bound_port: u16) -> std::io::Result<String> {
+        let mapped = match (&self.media_public_addr_dir, &self.media_public_addr_key) {
+            (Some(dir), Some(key)) => {
+                let found = advertise::lookup(dir, key)?;
+                if found.is_none() {
+                    tracing::warn!(dir = %dir.display(), key = %key, "no media address for this key; using the public host");
+                }
+                found
+            }
+            _ => None,
+        };
+        Ok(advertise::media_addr(
+            mapped.as_deref(),
+            &self.public_host(),
+            self.media_public_port,
+            bound_port,
+        ))
+    }
 }
 
 /// Binds the media socket, then serves the media-relay API on `listener`
-/// and relays RTP until `shutdown`; returns once every task has stopped and
-/// the registration is withdrawn.
+/// and relays RTP until `shutdown`; then drains (see [`drain`]) and
+/// returns once every task has stopped and the registration is withdrawn.
 pub async fn serve(
     listener: TcpListener,
     config: MediaRelayConfig,
@@ -113,7 +160,7 @@ pub async fn serve(
     .await?;
     let socket = &sockets[0];
     let public_host = config.public_host();
-    let media_addr = join_host_port(&public_host, socket.local_addr()?.port());
+    let media_addr = config.media_addr(socket.local_addr()?.port())?;
     let relay_id = config
         .media_relay_id
         .clone()
@@ -133,8 +180,10 @@ pub async fn serve(
 
     let table = Arc::new(RelayTable::new());
     let counters = Arc::new(RelayCounters::default());
-    // The tasks stop with the server, also when it fails rather than drains.
-    let stop = shutdown.child_token();
+    // The tasks stop with the server, also when it fails rather than drains;
+    // the server stops once the drain after `shutdown` is over.
+    let stop = CancellationToken::new();
+    let drained = CancellationToken::new();
     let mut tasks = JoinSet::new();
     for socket in sockets {
         let (table, counters, stop) = (table.clone(), counters.clone(), stop.clone());
@@ -154,15 +203,21 @@ pub async fn serve(
             grpc_url,
             media_addr: media_addr.clone(),
             refreshed_at_ms: 0,
+            draining: false,
         };
-        let stop = stop.clone();
-        tasks.spawn(async move { registration::keep_registered(&state, registration, stop).await });
+        let (draining, stop) = (shutdown.clone(), stop.clone());
+        tasks.spawn(async move { registration::keep_registered(&state, registration, draining, stop).await });
+    }
+    {
+        let (table, stop, drained) = (table.clone(), stop.clone(), drained.clone());
+        let timeout = Duration::from_millis(config.media_drain_timeout_ms);
+        tasks.spawn(async move { drain::drain_then_stop(&table, timeout, shutdown, drained, stop).await });
     }
 
     let service = MediaRelayService::new(table, counters, media_addr, config.media_peer_idle_timeout_ms);
     let served = GrpcServer::new()
         .add_service(MediaRelayServiceServer::new(service))
-        .serve(listener, ServeOptions::default(), shutdown)
+        .serve(listener, ServeOptions::default(), drained)
         .await;
     stop.cancel();
     while let Some(joined) = tasks.join_next().await {
@@ -222,6 +277,10 @@ mod tests {
             media_udp_host: host.to_owned(),
             media_udp_port: 0,
             media_public_host: public.map(str::to_owned),
+            media_public_port: None,
+            media_public_addr_dir: None,
+            media_public_addr_key: None,
+            media_drain_timeout_ms: 0,
             media_relay_id: None,
             media_grpc_advertise: None,
             media_peer_idle_timeout_ms: 30_000,

@@ -6,6 +6,9 @@
 //! ids whose record is gone. A relay that stops cleanly removes both at once.
 //! A failed write is logged and retried on the next tick, never fatal: the
 //! relay keeps forwarding for the channels it already serves.
+//!
+//! When the relay starts draining the record is rewritten at once with
+//! `draining` set, and kept fresh until the relay stops.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -26,20 +29,27 @@ pub fn registration_key(relay_id: &str) -> String {
     format!("media-relay:{relay_id}")
 }
 
-/// Writes `registration` now and every [`REFRESH_EVERY`] until `shutdown`,
-/// then withdraws it.
-pub async fn keep_registered(state: &SharedState, mut registration: RelayRegistration, shutdown: CancellationToken) {
+/// Writes `registration` now and every [`REFRESH_EVERY`] until `stop`,
+/// then withdraws it; from `draining` on, the record says so.
+pub async fn keep_registered(
+    state: &SharedState,
+    mut registration: RelayRegistration,
+    draining: CancellationToken,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(REFRESH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tick.tick() => {
-                registration.refreshed_at_ms = unix_ms();
-                if let Err(e) = register(state, &registration).await {
-                    tracing::warn!(relay_id = %registration.relay_id, error = %e, "media relay registration failed");
-                }
+            _ = tick.tick() => {}
+            () = draining.cancelled(), if !registration.draining => {
+                registration.draining = true;
             }
-            () = shutdown.cancelled() => break,
+            () = stop.cancelled() => break,
+        }
+        registration.refreshed_at_ms = unix_ms();
+        if let Err(e) = register(state, &registration).await {
+            tracing::warn!(relay_id = %registration.relay_id, error = %e, "media relay registration failed");
         }
     }
     if let Err(e) = withdraw(state, &registration.relay_id).await {

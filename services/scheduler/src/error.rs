@@ -25,6 +25,11 @@ pub enum SchedulerError {
     Store(String),
     #[error("artifact storage: {0}")]
     Artifact(String),
+    /// This instance is a standby: another scheduler holds the lease.
+    #[error("this scheduler is a standby; another one is active")]
+    Standby,
+    #[error("scheduler lease: {0}")]
+    Lease(String),
 }
 
 impl From<sqlx::Error> for SchedulerError {
@@ -43,7 +48,7 @@ impl ServiceError for SchedulerError {
             }
             Self::UnknownCommandType(_) | Self::UnknownDevice(_) | Self::Invalid(_) => Code::InvalidArgument,
             Self::WrongNode(_) => Code::PermissionDenied,
-            Self::Store(_) | Self::Artifact(_) => Code::Unavailable,
+            Self::Store(_) | Self::Artifact(_) | Self::Standby | Self::Lease(_) => Code::Unavailable,
         }
     }
 
@@ -59,6 +64,8 @@ impl ServiceError for SchedulerError {
             Self::WrongNode(_) => ErrorReason::WrongNode,
             Self::Store(_) => ErrorReason::StoreUnavailable,
             Self::Artifact(_) => ErrorReason::ArtifactStore,
+            Self::Standby => ErrorReason::Standby,
+            Self::Lease(_) => ErrorReason::LeaseLost,
         }
     }
 }

@@ -5,6 +5,8 @@
 //! The store is the source of truth across restarts; the in-memory queues
 //! (`core`) are rebuilt from it at start.
 
+use relaymesh_proto::scheduler::v1::{CommandType, TaskState};
+use relaymesh_wire::node::{parse_wire_name, wire_name};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
@@ -43,10 +45,10 @@ pub struct TaskRow {
     pub seq: i64,
     pub node_id: String,
     pub device_serial: String,
-    pub command_type: String,
+    pub command_type: CommandType,
     pub params_json: String,
     pub timeout_ms: i64,
-    pub state: String,
+    pub state: TaskState,
     pub attempts: i64,
     pub error: Option<String>,
     pub result_json: Option<String>,
@@ -61,6 +63,15 @@ pub struct NodeRow {
     pub last_heartbeat_ms: i64,
 }
 
+/// Enums are stored by their wire names (`QUEUED`, `WATCH_VIDEO`).
+fn stored<E: relaymesh_wire::node::WireEnum>(r: &AnyRow, column: &str) -> std::result::Result<E, sqlx::Error> {
+    let name: String = r.try_get(column)?;
+    parse_wire_name(&name).ok_or_else(|| sqlx::Error::ColumnDecode {
+        index: column.to_owned(),
+        source: format!("unknown value {name:?}").into(),
+    })
+}
+
 fn task_row(r: &AnyRow) -> std::result::Result<TaskRow, sqlx::Error> {
     Ok(TaskRow {
         task_id: r.try_get("task_id")?,
@@ -68,10 +79,10 @@ fn task_row(r: &AnyRow) -> std::result::Result<TaskRow, sqlx::Error> {
         seq: r.try_get("seq")?,
         node_id: r.try_get("node_id")?,
         device_serial: r.try_get("device_serial")?,
-        command_type: r.try_get("command_type")?,
+        command_type: stored(r, "command_type")?,
         params_json: r.try_get("params_json")?,
         timeout_ms: r.try_get("timeout_ms")?,
-        state: r.try_get("state")?,
+        state: stored(r, "state")?,
         attempts: r.try_get("attempts")?,
         error: r.try_get("error")?,
         result_json: r.try_get("result_json")?,
@@ -170,10 +181,10 @@ impl Store {
             .bind(t.seq)
             .bind(&t.node_id)
             .bind(&t.device_serial)
-            .bind(&t.command_type)
+            .bind(wire_name(t.command_type))
             .bind(&t.params_json)
             .bind(t.timeout_ms)
-            .bind(&t.state)
+            .bind(wire_name(t.state))
             .bind(t.attempts)
             .execute(&mut *tx)
             .await?;
@@ -231,6 +242,18 @@ impl Store {
         Ok(rows.iter().map(task_row).collect::<std::result::Result<_, _>>()?)
     }
 
+    /// Puts a dispatched task back in its queue (the node refused it).
+    pub async fn mark_queued(&self, task_id: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE tasks SET state = 'QUEUED', dispatched_at_ms = NULL, deadline_ms = NULL \
+             WHERE task_id = $1 AND state = 'DISPATCHED'",
+        )
+        .bind(task_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     pub async fn mark_dispatched(&self, task_id: &str, attempts: i64, now_ms: i64, deadline_ms: i64) -> Result<()> {
         sqlx::query(
             "UPDATE tasks SET state = 'DISPATCHED', attempts = $2, dispatched_at_ms = $3, deadline_ms = $4 \
@@ -249,7 +272,7 @@ impl Store {
     pub async fn finish(
         &self,
         task_id: &str,
-        state: &str,
+        state: TaskState,
         error: Option<&str>,
         result_json: Option<&str>,
         now_ms: i64,
@@ -259,7 +282,7 @@ impl Store {
              WHERE task_id = $1 AND state IN ('QUEUED', 'DISPATCHED')",
         )
         .bind(task_id)
-        .bind(state)
+        .bind(wire_name(state))
         .bind(error)
         .bind(result_json)
         .bind(now_ms)

@@ -5,10 +5,10 @@
 
 mod harness;
 
-use relaymesh_proto::scheduler::v1::scheduler_client::SchedulerClient;
+use relaymesh_proto::scheduler::v1::scheduler_service_client::SchedulerServiceClient;
 use relaymesh_proto::scheduler::v1::{
-    CreateRunRequest, CreateWorkflowRequest, GetRunRequest, ListNodesRequest, PullCommandsRequest, RegisterNodeRequest,
-    ReportResultRequest, TaskState,
+    CommandType, CreateRunRequest, CreateWorkflowRequest, GetRunRequest, ListNodesRequest, NodeHeartbeatRequest,
+    NodeStatus, Recipe, RegisterNodeRequest, ReportResultRequest, ResultStatus, RunStatus, TaskState,
 };
 use sqlx::Executor;
 use tokio_util::sync::CancellationToken;
@@ -31,7 +31,13 @@ async fn databases() -> Vec<String> {
     out
 }
 
-async fn start(db: &str) -> (SchedulerClient<Channel>, CancellationToken, tokio::task::JoinHandle<()>) {
+async fn start(
+    db: &str,
+) -> (
+    SchedulerServiceClient<Channel>,
+    CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
     harness::start(&["--database-url", db, "--timeout-sweep-ms", "50"]).await
 }
 
@@ -42,6 +48,29 @@ fn register(conn: &str) -> RegisterNodeRequest {
         device_serials: vec!["D1".into(), "D2".into()],
         slots: 1,
     }
+}
+
+/// The node says READY on `conn`; returns the commands it gets.
+async fn ready(c: &mut SchedulerServiceClient<Channel>, conn: &str) -> Vec<relaymesh_proto::scheduler::v1::Command> {
+    c.node_heartbeat(NodeHeartbeatRequest {
+        node_id: "node-1".into(),
+        status: NodeStatus::Ready as i32,
+        connection_id: conn.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .commands
+}
+
+fn recipe(t: CommandType) -> Option<Recipe> {
+    let params = serde_json::json!({"video_id": "v"});
+    Some(Recipe {
+        command_type: t as i32,
+        params: params.as_object().cloned().map(relaymesh_proto::json::struct_from_json),
+        ..Default::default()
+    })
 }
 
 fn states(run: &relaymesh_proto::scheduler::v1::Run) -> Vec<(String, i32)> {
@@ -55,15 +84,15 @@ async fn queued_and_running_tasks_survive_a_scheduler_restart() {
     for db in databases().await {
         let (mut c, stop, task) = start(&db).await;
         c.register_node(register("conn-1")).await.unwrap();
-        let recipe = r#"{"command_type":"WATCH_VIDEO","params":{"video_id":"v"}}"#;
         let wf = CreateWorkflowRequest {
             workflow_id: "w".into(),
             name: "w".into(),
-            recipe_json: recipe.into(),
+            recipe: recipe(CommandType::WatchVideo),
         };
-        assert_eq!(c.create_workflow(wf.clone()).await.unwrap().into_inner().version, 1);
+        let version = |r: relaymesh_proto::scheduler::v1::CreateWorkflowResponse| r.workflow.unwrap().version;
+        assert_eq!(version(c.create_workflow(wf.clone()).await.unwrap().into_inner()), 1);
         assert_eq!(
-            c.create_workflow(wf).await.unwrap().into_inner().version,
+            version(c.create_workflow(wf).await.unwrap().into_inner()),
             2,
             "{db}: versions increase"
         );
@@ -72,16 +101,10 @@ async fn queued_and_running_tasks_survive_a_scheduler_restart() {
             node_ids: vec!["node-1".into()],
             ..Default::default()
         };
-        let run_id = c.create_run(run).await.unwrap().into_inner().run_id;
-        let first = c
-            .pull_commands(PullCommandsRequest {
-                node_id: "node-1".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(first.commands.len(), 1, "{db}: one slot");
-        let running = first.commands[0].clone();
+        let run_id = c.create_run(run).await.unwrap().into_inner().run.unwrap().run_id;
+        let first = ready(&mut c, "conn-1").await;
+        assert_eq!(first.len(), 1, "{db}: one slot");
+        let running = first[0].clone();
 
         // Restart: a new scheduler process on the same database.
         stop.cancel();
@@ -91,7 +114,9 @@ async fn queued_and_running_tasks_survive_a_scheduler_restart() {
             .get_run(GetRunRequest { run_id: run_id.clone() })
             .await
             .unwrap()
-            .into_inner();
+            .into_inner()
+            .run
+            .unwrap();
         let other = if running.device_serial == "D1" { "D2" } else { "D1" };
         assert_eq!(
             states(&run),
@@ -115,10 +140,19 @@ async fn queued_and_running_tasks_survive_a_scheduler_restart() {
         // The node comes back and delivers the result it finished meanwhile:
         // the freed slot is refilled with the queued task at once.
         c.register_node(register("conn-2")).await.unwrap();
+        // Its heartbeat does not list the in-flight command: it is sent
+        // again (the node runs an id once, or answers with its result),
+        // and nothing new goes out while the one slot is taken.
+        let again: Vec<String> = ready(&mut c, "conn-2")
+            .await
+            .into_iter()
+            .map(|c| c.command_id)
+            .collect();
+        assert_eq!(again, std::slice::from_ref(&running.command_id), "{db}");
         let report = |id: &str| ReportResultRequest {
             node_id: "node-1".into(),
             command_id: id.to_owned(),
-            status: "SUCCESS".into(),
+            status: ResultStatus::Success as i32,
             ..Default::default()
         };
         let r = c.report_result(report(&running.command_id)).await.unwrap().into_inner();
@@ -128,8 +162,14 @@ async fn queued_and_running_tasks_survive_a_scheduler_restart() {
         let again = c.report_result(report(&running.command_id)).await.unwrap().into_inner();
         assert!(!again.recorded, "{db}: a resent result is recorded once");
         c.report_result(report(&r.commands[0].command_id)).await.unwrap();
-        let run = c.get_run(GetRunRequest { run_id }).await.unwrap().into_inner();
-        assert_eq!(run.status, "finished", "{db}");
+        let run = c
+            .get_run(GetRunRequest { run_id })
+            .await
+            .unwrap()
+            .into_inner()
+            .run
+            .unwrap();
+        assert_eq!(run.status(), RunStatus::Finished, "{db}");
         assert!(
             run.tasks
                 .iter()
@@ -148,7 +188,7 @@ async fn unknown_devices_nodes_and_command_types_are_refused() {
     let bad = CreateWorkflowRequest {
         workflow_id: "x".into(),
         name: String::new(),
-        recipe_json: r#"{"command_type":"ROOT"}"#.into(),
+        recipe: recipe(CommandType::Unspecified),
     };
     assert_eq!(
         c.create_workflow(bad).await.unwrap_err().code(),
@@ -157,7 +197,7 @@ async fn unknown_devices_nodes_and_command_types_are_refused() {
     let ok = CreateWorkflowRequest {
         workflow_id: "w".into(),
         name: String::new(),
-        recipe_json: r#"{"command_type":"SYNC_STATE"}"#.into(),
+        recipe: recipe(CommandType::SyncState),
     };
     c.create_workflow(ok).await.unwrap();
     let run = CreateRunRequest {

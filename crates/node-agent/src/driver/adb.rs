@@ -28,6 +28,9 @@ use tokio::process::Command as Process;
 use super::{DeviceDriver, DriverError};
 use crate::frames::{Command, CommandType};
 use crate::ids::DeviceSerial;
+#[cfg(test)]
+use relaymesh_wire::node::parse_wire_name;
+use relaymesh_wire::node::wire_name;
 
 /// Pause after opening a page before tapping on it.
 const SETTLE: Duration = Duration::from_secs(3);
@@ -278,7 +281,7 @@ pub fn plan(serial: &DeviceSerial, command: &Command) -> Result<Vec<AdbStep>, Dr
                 .collect::<Result<_, _>>()?
         }
         CommandType::SyncState => vec![shell(vec!["getprop".into()])],
-        CommandType::Other(name) => return Err(DriverError::Unsupported(name.clone())),
+        CommandType::Unspecified => return Err(DriverError::Unsupported(wire_name(*kind).to_owned())),
     })
 }
 
@@ -288,7 +291,7 @@ fn params<T: DeserializeOwned>(command: &Command) -> Result<T, DriverError> {
 
 fn invalid(kind: &CommandType, why: &str) -> DriverError {
     DriverError::InvalidParams {
-        command_type: kind.to_string(),
+        command_type: wire_name(*kind).to_owned(),
         why: why.to_owned(),
     }
 }
@@ -320,7 +323,7 @@ mod tests {
             command_id: CommandId::from("c1"),
             run_id: RunId::from("r1"),
             device_serial: DeviceSerial::from("ABC123"),
-            command_type: CommandType::from(kind.to_owned()),
+            command_type: parse_wire_name(kind).unwrap_or(CommandType::Unspecified),
             params,
             timeout_ms: None,
         }

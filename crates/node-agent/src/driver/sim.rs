@@ -13,6 +13,7 @@ use super::{DeviceDriver, DriverError};
 use crate::config::AgentConfig;
 use crate::frames::{Command, CommandType};
 use crate::ids::DeviceSerial;
+use relaymesh_wire::node::wire_name;
 
 /// Simulated device farm.
 #[derive(Debug, Clone)]
@@ -97,8 +98,8 @@ impl DeviceDriver for SimDriver {
         if !self.inner.known.contains(serial) {
             return Err(DriverError::UnknownDevice(serial.clone()));
         }
-        if let CommandType::Other(name) = &command.command_type {
-            return Err(DriverError::Unsupported(name.clone()));
+        if command.command_type == CommandType::Unspecified {
+            return Err(DriverError::Unsupported(wire_name(command.command_type).to_owned()));
         }
         if self.inner.hang.contains(serial) {
             // A wedged device: only the agent's timeout ends this.
@@ -111,7 +112,7 @@ impl DeviceDriver for SimDriver {
         }
         Ok(json!({
             "simulated": true,
-            "command_type": command.command_type.as_str(),
+            "command_type": wire_name(command.command_type),
             "duration_ms": u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
         }))
     }
@@ -179,7 +180,7 @@ mod tests {
             Err(DriverError::UnknownDevice(_))
         ));
         let mut cmd = command("c", "SIM-0001");
-        cmd.command_type = CommandType::Other("DANCE".into());
+        cmd.command_type = CommandType::Unspecified;
         assert!(matches!(
             d.run(&"SIM-0001".into(), &cmd).await,
             Err(DriverError::Unsupported(_))

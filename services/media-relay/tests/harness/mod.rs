@@ -21,8 +21,8 @@ pub struct Relay {
     pub client: MediaRelayServiceClient<RpcChannel>,
     pub state: SharedState,
     pub grpc_addr: SocketAddr,
-    shutdown: CancellationToken,
-    task: JoinHandle<Result<(), RpcError>>,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<Result<(), RpcError>>,
 }
 
 pub fn config(idle_timeout_ms: u64) -> MediaRelayConfig {
@@ -30,6 +30,10 @@ pub fn config(idle_timeout_ms: u64) -> MediaRelayConfig {
         media_udp_host: "127.0.0.1".into(),
         media_udp_port: 0,
         media_public_host: None,
+        media_public_port: None,
+        media_public_addr_dir: None,
+        media_public_addr_key: None,
+        media_drain_timeout_ms: 0,
         media_relay_id: None,
         media_grpc_advertise: None,
         media_peer_idle_timeout_ms: idle_timeout_ms,

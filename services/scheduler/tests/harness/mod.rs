@@ -4,7 +4,8 @@
 use std::net::SocketAddr;
 
 use clap::Parser;
-use relaymesh_proto::scheduler::v1::scheduler_client::SchedulerClient;
+use relaymesh_proto::scheduler::v1::ListNodesRequest;
+use relaymesh_proto::scheduler::v1::scheduler_service_client::SchedulerServiceClient;
 use relaymesh_scheduler::SchedulerConfig;
 use relaymesh_state::SharedState;
 use tokio_util::sync::CancellationToken;
@@ -24,7 +25,13 @@ pub fn sqlite_url() -> String {
 
 /// Starts a scheduler configured by the command-line `flags` (the
 /// environment fills the rest, as in production) and connects to it.
-pub async fn start(flags: &[&str]) -> (SchedulerClient<Channel>, CancellationToken, tokio::task::JoinHandle<()>) {
+pub async fn start(
+    flags: &[&str],
+) -> (
+    SchedulerServiceClient<Channel>,
+    CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
     let config = Flags::try_parse_from(std::iter::once("scheduler").chain(flags.iter().copied()))
         .expect("valid scheduler flags")
         .config;
@@ -46,7 +53,10 @@ pub async fn start(flags: &[&str]) -> (SchedulerClient<Channel>, CancellationTok
             !task.is_finished(),
             "the scheduler stopped before serving (see the panic above)"
         );
-        if let Ok(c) = SchedulerClient::connect(format!("http://{addr}")).await {
+        // Serving once it holds the lease and has loaded its state.
+        if let Ok(mut c) = SchedulerServiceClient::connect(format!("http://{addr}")).await
+            && c.list_nodes(ListNodesRequest {}).await.is_ok()
+        {
             break c;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
