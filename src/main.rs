@@ -69,35 +69,39 @@ async fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-/// Cancels the returned token on SIGINT (Ctrl-C) or SIGTERM.
-fn shutdown_on_signal() -> CancellationToken {
+/// Cancels the returned token on SIGINT (Ctrl-C) or SIGTERM. The handlers
+/// are installed before this returns, so a signal that arrives while the
+/// process is still starting is seen (not the default action: death).
+fn shutdown_on_signal() -> anyhow::Result<CancellationToken> {
     let token = CancellationToken::new();
     let t = token.clone();
-    tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
+    #[cfg(unix)]
+    let signals = {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        async move {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
             }
-        };
-        #[cfg(not(unix))]
-        let term = std::future::pending::<()>();
-        tokio::select! {
-            _ = ctrl_c => {}
-            () = term => {}
         }
+    };
+    #[cfg(not(unix))]
+    let signals = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    tokio::spawn(async move {
+        signals.await;
         tracing::info!("shutdown signal received; draining");
         t.cancel();
     });
-    token
+    Ok(token)
 }
 
 async fn up(args: UpArgs) -> anyhow::Result<()> {
-    let _telemetry = relaymesh_telemetry::init(&args.telemetry, "relaymesh")?;
+    let _telemetry = relaymesh_telemetry::init_mesh(&args.telemetry)?;
+    let signal = shutdown_on_signal()?;
     let options = args.into_options();
     let mut mesh = Mesh::start(options).await?;
     println!("relaymesh up (state: {})", mesh.state.backend_name());
@@ -112,22 +116,22 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         println!("  media (RTP)  udp://{addr}");
     }
     println!("  ready:       curl http://{}/readyz", mesh.gateway_addr);
-    let signal = shutdown_on_signal();
-    let token = mesh.shutdown_token();
-    tokio::spawn(async move {
-        signal.cancelled().await;
-        token.cancel();
-    });
-    let outcome = mesh.run_until_stopped().await;
+    // Roles see the signal only through `mesh.shutdown()`, so a role that
+    // stops after the signal cannot be taken for one that failed.
+    let outcome = tokio::select! {
+        biased;
+        () = signal.cancelled() => Ok(()),
+        outcome = mesh.run_until_stopped() => outcome,
+    };
     mesh.shutdown().await?;
     println!("relaymesh stopped");
     outcome
 }
 
 async fn gateway(args: GatewayRole) -> anyhow::Result<()> {
-    let _telemetry = relaymesh_telemetry::init(&args.telemetry, "relaymesh-gateway")?;
+    let _telemetry = relaymesh_telemetry::init(&args.telemetry, "gateway")?;
     relaymesh_rpc::tls::install(relaymesh_rpc::tls::load(&args.tls)?);
-    let shutdown = shutdown_on_signal();
+    let shutdown = shutdown_on_signal()?;
     let state = SharedState::connect_settings(
         args.state.redis_url.as_deref(),
         args.state.redis_cluster_urls.as_deref(),
@@ -153,7 +157,7 @@ where
     let _telemetry = relaymesh_telemetry::init(&args.telemetry, role)?;
     // Before any server or channel is built: they read it.
     relaymesh_rpc::tls::install(relaymesh_rpc::tls::load(&args.tls)?);
-    let shutdown = shutdown_on_signal();
+    let shutdown = shutdown_on_signal()?;
     if args.listen.metrics_port != 0 {
         let addr = relaymesh_config::join_host_port(&args.listen.host, args.listen.metrics_port);
         let addr = addr.parse().with_context(|| format!("metrics address {addr}"))?;
@@ -174,8 +178,8 @@ where
 }
 
 async fn node_agent(args: NodeAgentRole) -> anyhow::Result<()> {
-    let _telemetry = relaymesh_telemetry::init(&args.telemetry, "relaymesh-node-agent")?;
-    let shutdown = shutdown_on_signal();
+    let _telemetry = relaymesh_telemetry::init(&args.telemetry, "node-agent")?;
+    let shutdown = shutdown_on_signal()?;
     relaymesh_node_agent::run(args.agent, shutdown).await?;
     Ok(())
 }

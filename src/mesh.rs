@@ -287,15 +287,23 @@ impl Mesh {
     }
 
     /// Waits until a role stops by itself (an error) or `shutdown` fires.
+    ///
+    /// A role that ends after `shutdown` fired is stopping as asked, not
+    /// unexpectedly: the signal and a role's exit race (a gateway drains in
+    /// milliseconds), so the outcome is judged by the token, not by which
+    /// branch won. Its error, if any, is reported by [`Mesh::shutdown`].
     pub async fn run_until_stopped(&mut self) -> anyhow::Result<()> {
-        tokio::select! {
-            () = self.shutdown.cancelled() => Ok(()),
-            joined = self.tasks.join_next() => match joined {
-                Some(Ok((role, Err(err)))) => Err(err.context(format!("{role} failed"))),
-                Some(Ok((role, Ok(())))) => anyhow::bail!("{role} stopped unexpectedly"),
-                Some(Err(join)) => Err(anyhow::Error::new(join).context("role task panicked")),
-                None => Ok(()),
-            },
+        let joined = tokio::select! {
+            biased;
+            () = self.shutdown.cancelled() => return Ok(()),
+            joined = self.tasks.join_next() => joined,
+        };
+        match joined {
+            Some(Ok((role, Err(err)))) => Err(err.context(format!("{role} failed"))),
+            Some(Ok(_)) | None if self.shutdown.is_cancelled() => Ok(()),
+            Some(Ok((role, Ok(())))) => anyhow::bail!("{role} stopped unexpectedly"),
+            Some(Err(join)) => Err(anyhow::Error::new(join).context("role task panicked")),
+            None => Ok(()),
         }
     }
 

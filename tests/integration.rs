@@ -18,6 +18,7 @@ mod integration {
     mod livechat_channels;
     mod livechat_media;
     mod livechat_session;
+    mod observability;
     mod python_client;
     mod redis_restart;
     mod relay_process;

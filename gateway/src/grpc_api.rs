@@ -24,10 +24,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use crate::Shared;
 use crate::identity::{self, AuthFailure, Identity};
-use crate::protocols::{Ctx, LivechatProtocol, Protocol, protocol_name};
+use crate::protocols::{Ctx, LivechatProtocol, Protocol, frame_span, protocol_name, record_user};
 use crate::ws::{ConnHandle, Outbound, Transport};
 
 /// How a protocol's typed events travel on a gRPC stream.
@@ -150,6 +151,9 @@ impl GatewayApi {
     }
 }
 
+/// This transport's name in traces.
+const TRANSPORT: &str = "grpc";
+
 /// Runs one stream connection to its end: the gRPC twin of `ws::run`.
 #[allow(clippy::too_many_arguments)]
 async fn run_stream<P, O>(
@@ -173,7 +177,8 @@ async fn run_stream<P, O>(
         cfg.heartbeat_interval(),
     );
     metrics::gauge!("relaymesh_gateway_grpc_streams", "protocol" => name).increment(1.0);
-    Box::pin(proto.on_open(&mut cx)).await;
+    let span = frame_span(P::NAME, TRANSPORT, "open", &cx);
+    Box::pin(proto.on_open(&mut cx)).instrument(span).await;
     let mut open = flush(&mut cx, &out, wrap, cfg.send_timeout()).await;
     while open && !cx.closing() {
         tokio::select! {
@@ -188,9 +193,16 @@ async fn run_stream<P, O>(
                     }
                 }
                 Some(Outbound::Close(code, reason)) => cx.close(code, reason),
-                Some(Outbound::Nudge(reason)) => Box::pin(proto.on_nudge(&mut cx, reason)).await,
+                Some(Outbound::Nudge(reason)) => {
+                    let span = frame_span(P::NAME, TRANSPORT, "nudge", &cx);
+                    Box::pin(proto.on_nudge(&mut cx, reason)).instrument(span).await;
+                }
                 Some(Outbound::Forwarded(f)) => match P::from_forwarded(f) {
-                    Some(req) => Box::pin(proto.on_request(&mut cx, req)).await,
+                    Some(req) => {
+                        let span = frame_span(P::NAME, TRANSPORT, P::op_name(&req), &cx);
+                        Box::pin(proto.on_request(&mut cx, req)).instrument(span.clone()).await;
+                        record_user(&span, &cx);
+                    }
                     None => tracing::debug!(connection_id = %id, "forwarded request of another protocol"),
                 },
                 // Rendered text is for WebSockets.
@@ -200,7 +212,9 @@ async fn run_stream<P, O>(
             req = inbound.next() => match req {
                 Some(Ok(req)) => {
                     metrics::counter!("relaymesh_gateway_frames_in_total", "protocol" => name).increment(1);
-                    Box::pin(proto.on_request(&mut cx, req)).await;
+                    let span = frame_span(P::NAME, TRANSPORT, P::op_name(&req), &cx);
+                    Box::pin(proto.on_request(&mut cx, req)).instrument(span.clone()).await;
+                    record_user(&span, &cx);
                 }
                 // The client ended its side, or the stream broke.
                 Some(Err(_)) | None => break,
@@ -214,8 +228,13 @@ async fn run_stream<P, O>(
         let _ = out.try_send(Err(close_status(code, &reason)));
     }
     gw.table.remove(&id);
-    Box::pin(proto.on_close(&mut cx)).await;
-    cx.unregister().await;
+    let span = frame_span(P::NAME, TRANSPORT, "close", &cx);
+    async {
+        Box::pin(proto.on_close(&mut cx)).await;
+        cx.unregister().await;
+    }
+    .instrument(span)
+    .await;
     metrics::gauge!("relaymesh_gateway_grpc_streams", "protocol" => name).decrement(1.0);
 }
 

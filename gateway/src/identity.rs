@@ -61,7 +61,7 @@ pub async fn verify(gw: &Shared, token: Option<&str>) -> Result<Identity, AuthFa
             }
         }
         Err(status) => {
-            tracing::warn!(code = ?status.code(), message = status.message(), "token check failed");
+            tracing::warn!(code = ?status.code(), status_message = status.message(), "token check failed");
             Err(AuthFailure::Unavailable)
         }
     }

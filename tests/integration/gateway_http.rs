@@ -119,7 +119,10 @@ async fn metrics_are_prometheus_text_with_gateway_and_grpc_series() {
         "{body}"
     );
     assert!(
-        body.contains("grpc_server_requests_total{method=\"/relaymesh.auth.v1.AuthService/VerifyToken\"}"),
+        body.lines()
+            .any(|l| l.starts_with("relaymesh_grpc_server_requests_total{")
+                && l.contains("grpc_service=\"relaymesh.auth.v1.AuthService\"")
+                && l.contains("grpc_method=\"VerifyToken\"")),
         "{body}"
     );
     mesh.shutdown().await.unwrap();

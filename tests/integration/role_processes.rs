@@ -103,7 +103,7 @@ async fn a_role_process_serves_health_and_metrics_and_drains_on_sigterm() {
     let (code, body) = super::harness::http_get(format!("127.0.0.1:{metrics}").parse().unwrap(), "/metrics").await;
     assert_eq!(code, 200);
     assert!(
-        body.contains("grpc_server_requests_total"),
+        body.contains("relaymesh_grpc_server_requests_total"),
         "the process's own metrics: {body}"
     );
 

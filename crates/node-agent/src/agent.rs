@@ -426,7 +426,7 @@ impl<D: DeviceDriver> Agent<D> {
                 Ok(())
             }
             _ if inbound.signature.is_err() => {
-                warn!(node_id = %self.node_id, kind = ?inbound.envelope.kind, message_id = ?inbound.message_id(),
+                warn!(node_id = %self.node_id, kind = ?inbound.envelope.kind, message_id = inbound.message_id(),
                     "dropping hub frame with a bad signature");
                 Ok(())
             }
@@ -459,7 +459,7 @@ impl<D: DeviceDriver> Agent<D> {
         // the hub re-queues it at once.
         let claimed: Option<CommandId> = inbound.payload::<CommandIdOnly>().ok().and_then(|p| p.command_id);
         if let Err(e) = &inbound.signature {
-            warn!(node_id = %self.node_id, message_id = ?message_id, command_id = ?claimed, error = %e,
+            warn!(node_id = %self.node_id, message_id, command_id = claimed.as_ref().map(|c| c.0.as_str()), error = %e,
                 "command refused: bad signature");
             return self
                 .send_error(

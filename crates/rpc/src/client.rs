@@ -299,26 +299,6 @@ async fn keep_resolved<R: Resolve>(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn targets_are_a_comma_separated_list_of_urls() {
-        let t = parse_targets("http://auth:50051, http://[::1]:7,https://x").unwrap();
-        assert_eq!(t.len(), 3);
-        assert_eq!((t[0].host.as_str(), t[0].port), ("auth", 50051));
-        assert_eq!((t[1].host.as_str(), t[1].port), ("::1", 7));
-        assert_eq!((t[2].scheme.as_str(), t[2].port), ("https", 443));
-    }
-
-    #[test]
-    fn an_empty_or_hostless_target_is_refused() {
-        assert!(parse_targets("").is_err());
-        assert!(parse_targets("auth:50051").is_err());
-    }
-}
-
 /// How often [`connect_active`] asks each replica whether it is the active one.
 const ACTIVE_CHECK_EVERY: Duration = Duration::from_millis(500);
 
@@ -390,5 +370,25 @@ async fn follow_active(
             current = active;
         }
         tokio::time::sleep(ACTIVE_CHECK_EVERY).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_are_a_comma_separated_list_of_urls() {
+        let t = parse_targets("http://auth:50051, http://[::1]:7,https://x").unwrap();
+        assert_eq!(t.len(), 3);
+        assert_eq!((t[0].host.as_str(), t[0].port), ("auth", 50051));
+        assert_eq!((t[1].host.as_str(), t[1].port), ("::1", 7));
+        assert_eq!((t[2].scheme.as_str(), t[2].port), ("https", 443));
+    }
+
+    #[test]
+    fn an_empty_or_hostless_target_is_refused() {
+        assert!(parse_targets("").is_err());
+        assert!(parse_targets("auth:50051").is_err());
     }
 }

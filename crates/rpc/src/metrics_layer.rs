@@ -7,8 +7,15 @@ use std::time::Instant;
 
 use tower::{Layer, Service};
 
-/// Records `grpc_server_requests_total{method}` and
-/// `grpc_server_request_duration_seconds{method}` for every call.
+/// Records `relaymesh_grpc_server_requests_total{grpc_service, grpc_method,
+/// grpc_code}` and `relaymesh_grpc_server_handling_seconds{grpc_service,
+/// grpc_method}` for every call, and the status code on the call's span
+/// (`rpc.grpc.status_code`).
+///
+/// The code is the `grpc-status` of the response head: a handler's error is
+/// there (a trailers-only response); a call answered with a message has its
+/// status in the trailers, which for a unary call is OK. A stream that fails
+/// after its first message counts as OK.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RpcMetricsLayer;
 
@@ -24,9 +31,9 @@ pub struct RpcMetrics<S> {
     inner: S,
 }
 
-impl<S, B> Service<http::Request<B>> for RpcMetrics<S>
+impl<S, B, RB> Service<http::Request<B>> for RpcMetrics<S>
 where
-    S: Service<http::Request<B>>,
+    S: Service<http::Request<B>, Response = http::Response<RB>>,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -55,16 +62,86 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<F: Future> Future for Timed<F> {
+impl<F, RB, E> Future for Timed<F>
+where
+    F: Future<Output = Result<http::Response<RB>, E>>,
+{
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let out = std::task::ready!(this.inner.poll(cx));
-        let method = std::mem::take(this.method);
-        metrics::histogram!("grpc_server_request_duration_seconds", "method" => method.clone())
-            .record(this.start.elapsed().as_secs_f64());
-        metrics::counter!("grpc_server_requests_total", "method" => method).increment(1);
+        let code = match &out {
+            Ok(response) => response
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<i32>().ok())
+                .map_or(tonic::Code::Ok, tonic::Code::from_i32),
+            Err(_) => tonic::Code::Unknown,
+        };
+        // The request span is current here (tonic polls the call inside it).
+        tracing::Span::current().record("rpc.grpc.status_code", code as i32);
+        let (service, method) = split_path(this.method);
+        let (service, method) = (service.to_owned(), method.to_owned());
+        metrics::histogram!("relaymesh_grpc_server_handling_seconds",
+            "grpc_service" => service.clone(), "grpc_method" => method.clone())
+        .record(this.start.elapsed().as_secs_f64());
+        metrics::counter!("relaymesh_grpc_server_requests_total",
+            "grpc_service" => service, "grpc_method" => method, "grpc_code" => code_name(code))
+        .increment(1);
         Poll::Ready(out)
+    }
+}
+
+/// `(service, method)` of a gRPC path `/package.Service/Method`.
+pub(crate) fn split_path(path: &str) -> (&str, &str) {
+    let path = path.strip_prefix('/').unwrap_or(path);
+    path.split_once('/').unwrap_or((path, ""))
+}
+
+/// The canonical name of a gRPC status code (`OK`, `NOT_FOUND`…), as
+/// grpc-go and the OpenTelemetry conventions spell it.
+pub(crate) fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_split_into_service_and_method() {
+        assert_eq!(
+            split_path("/relaymesh.channel.v1.ChannelService/Join"),
+            ("relaymesh.channel.v1.ChannelService", "Join")
+        );
+        assert_eq!(split_path("/odd"), ("odd", ""));
+    }
+
+    #[test]
+    fn codes_are_named_as_grpc_spells_them() {
+        assert_eq!(code_name(tonic::Code::Ok), "OK");
+        assert_eq!(code_name(tonic::Code::ResourceExhausted), "RESOURCE_EXHAUSTED");
+        assert_eq!(code_name(tonic::Code::from_i32(99)), "UNKNOWN");
     }
 }

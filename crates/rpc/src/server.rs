@@ -159,10 +159,51 @@ impl GrpcServer {
     }
 }
 
-/// The span of one incoming call: named for its method, child of the
-/// caller's span when the call carries a `traceparent`.
+/// The span of one incoming call, as the OpenTelemetry RPC conventions name
+/// it (`package.Service/Method`, `rpc.system`, `rpc.service`, `rpc.method`,
+/// `rpc.grpc.status_code` when it ends); child of the caller's span when the
+/// call carries a `traceparent`. Its `relaymesh.role` is the service's
+/// (`relaymesh.channel.v1.…` is `channel`), so inside `relaymesh up` it is
+/// exported under that role's `service.name`.
 fn request_span(req: &http::Request<()>) -> tracing::Span {
-    let span = tracing::info_span!("grpc.request", rpc.method = %req.uri().path());
+    let (service, method) = crate::metrics_layer::split_path(req.uri().path());
+    let span = tracing::info_span!(
+        "grpc.request",
+        otel.name = %format_args!("{service}/{method}"),
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = service,
+        rpc.method = method,
+        rpc.grpc.status_code = tracing::field::Empty,
+        relaymesh.role = role_of(service),
+    );
     relaymesh_telemetry::propagation::set_parent_from(&span, req.headers());
     span
+}
+
+/// The role serving `service`, from its package (`relaymesh.<role>.v1`);
+/// the gateway serves the client API; `grpc` for health and reflection.
+fn role_of(service: &str) -> &'static str {
+    match service.split('.').nth(1).unwrap_or_default() {
+        "auth" => "auth",
+        "signaling" => "signaling",
+        "channel" => "channel",
+        "media_relay" => "media-relay",
+        "match" => "match",
+        "scheduler" => "scheduler",
+        "client" => "gateway",
+        _ => "grpc",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::role_of;
+
+    #[test]
+    fn a_service_is_served_by_the_role_its_package_names() {
+        assert_eq!(role_of("relaymesh.channel.v1.ChannelService"), "channel");
+        assert_eq!(role_of("relaymesh.media_relay.v1.MediaRelay"), "media-relay");
+        assert_eq!(role_of("grpc.health.v1.Health"), "grpc");
+    }
 }

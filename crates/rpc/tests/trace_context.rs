@@ -49,8 +49,8 @@ async fn server_span_is_a_child_of_the_callers_span() {
     let caller = spans.iter().find(|s| s.name == "caller").expect("caller span exported");
     let server_span = spans
         .iter()
-        .find(|s| s.name == "grpc.request")
-        .expect("server span exported");
+        .find(|s| s.name == "grpc.health.v1.Health/Check")
+        .expect("server span exported, named package.Service/Method");
     assert_eq!(
         server_span.span_context.trace_id(),
         caller.span_context.trace_id(),
@@ -61,4 +61,15 @@ async fn server_span_is_a_child_of_the_callers_span() {
         caller.span_context.span_id(),
         "server span's parent is the caller"
     );
+    let attr = |key: &str| {
+        server_span
+            .attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| kv.value.to_string())
+    };
+    assert_eq!(attr("rpc.system").as_deref(), Some("grpc"));
+    assert_eq!(attr("rpc.service").as_deref(), Some("grpc.health.v1.Health"));
+    assert_eq!(attr("rpc.method").as_deref(), Some("Check"));
+    assert_eq!(attr("rpc.grpc.status_code").as_deref(), Some("0"));
 }

@@ -38,6 +38,7 @@ impl Delivery {
     }
 
     /// Publishes `envelope`, already addressed, to replica `gateway`.
+    /// Callers stamp it first ([`traced`]).
     async fn publish(&self, gateway: &str, envelope: &Envelope) -> Result<()> {
         self.state
             .publish(&inbox_topic(gateway), Bytes::from(envelope.encode_to_vec()))
@@ -45,7 +46,8 @@ impl Delivery {
     }
 
     /// Sends `envelope` to the connection of `entry`.
-    pub async fn send_to_session(&self, entry: &SessionEntry, mut envelope: Envelope) -> Result<()> {
+    pub async fn send_to_session(&self, entry: &SessionEntry, envelope: Envelope) -> Result<()> {
+        let mut envelope = traced(envelope);
         envelope.connection_ids = vec![entry.connection_id.clone()];
         self.publish(&entry.gateway_id, &envelope).await
     }
@@ -59,11 +61,8 @@ impl Delivery {
     /// Sends `envelope` to every connection in `conns`: one registry read for
     /// all of them and one publish per replica that holds any (not one per
     /// connection). Returns the connections no replica holds any more.
-    pub async fn send_to_connections(
-        &self,
-        conns: &[ConnectionId],
-        mut envelope: Envelope,
-    ) -> Result<Vec<ConnectionId>> {
+    pub async fn send_to_connections(&self, conns: &[ConnectionId], envelope: Envelope) -> Result<Vec<ConnectionId>> {
+        let mut envelope = traced(envelope);
         let entries = self.registry.lookup_many(conns).await?;
         let mut by_gateway: HashMap<String, Vec<String>> = HashMap::new();
         let mut gone = Vec::new();
@@ -98,6 +97,16 @@ impl Delivery {
             sub: self.state.subscribe(&inbox_topic(gateway.as_str())).await?,
         })
     }
+}
+
+/// `envelope` carrying the trace context of the span that raised it (the
+/// current span, unless the producer already set one, as a queued fan-out
+/// does), so the receiving gateway's delivery joins the same trace.
+pub fn traced(mut envelope: Envelope) -> Envelope {
+    if envelope.traceparent.is_empty() {
+        envelope.traceparent = relaymesh_telemetry::propagation::current_traceparent();
+    }
+    envelope
 }
 
 /// An envelope carrying one event of a client protocol.

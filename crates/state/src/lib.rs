@@ -31,7 +31,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
-pub use delivery::{Delivery, GatewayInbox, close_envelope, event_envelope, nudge_envelope};
+pub use delivery::{Delivery, GatewayInbox, close_envelope, event_envelope, nudge_envelope, traced};
 pub use ids::{ConnectionId, GatewayId};
 pub use liveness::{Beat, GatewayLiveness};
 pub use memory::MemoryStore;
@@ -110,7 +110,7 @@ pub struct RateDecision {
 /// Messages published on a topic, in order, for one subscriber.
 ///
 /// Bounded: a subscriber that falls `SUBSCRIPTION_BUFFER` messages behind
-/// loses the newest ones (counted in `state_pubsub_dropped_total`) rather than
+/// loses the newest ones (counted in `relaymesh_state_pubsub_dropped_total`) rather than
 /// stalling the publisher or the shared connection.
 pub struct Subscription {
     rx: mpsc::Receiver<Bytes>,
@@ -376,7 +376,7 @@ pub(crate) fn offer(tx: &mpsc::Sender<Bytes>, payload: Bytes) -> bool {
     match tx.try_send(payload) {
         Ok(()) => true,
         Err(mpsc::error::TrySendError::Full(_)) => {
-            metrics::counter!("state_pubsub_dropped_total").increment(1);
+            metrics::counter!("relaymesh_state_pubsub_dropped_total").increment(1);
             true
         }
         Err(mpsc::error::TrySendError::Closed(_)) => false,

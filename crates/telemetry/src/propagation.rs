@@ -51,6 +51,21 @@ pub fn set_parent_from(span: &tracing::Span, headers: &HeaderMap) {
     }
 }
 
+/// Makes the W3C `traceparent` carried by a message, if any, the parent of
+/// `span`.
+pub fn set_parent_from_traceparent(span: &tracing::Span, traceparent: &str) {
+    if let Ok(value) = http::HeaderValue::from_str(traceparent) {
+        let mut headers = HeaderMap::new();
+        headers.insert("traceparent", value);
+        set_parent_from(span, &headers);
+    }
+}
+
+/// The W3C `traceparent` of the current span; empty when not traced.
+pub fn current_traceparent() -> String {
+    traceparent(&tracing::Span::current())
+}
+
 /// The W3C `traceparent` of `span`, for carrying it through a message
 /// (a delivery envelope) rather than a header. Empty when not traced.
 pub fn traceparent(span: &tracing::Span) -> String {

@@ -181,6 +181,18 @@ impl Protocol for CopilotProtocol {
         ));
     }
 
+    fn op_name(req: &CopilotRequest) -> &'static str {
+        match req.request {
+            Some(Request::Query(_)) => "query",
+            Some(Request::Ping(_)) => "ping",
+            Some(Request::Pong(_)) => "pong",
+            Some(Request::AvailableData(_)) => "available_data",
+            Some(Request::ApiResult(_)) => "api_result",
+            Some(Request::HumanResponse(_)) => "human_response",
+            None => "request",
+        }
+    }
+
     async fn on_request(&mut self, cx: &mut Ctx<CopilotResponse>, req: CopilotRequest) {
         match req.request {
             Some(Request::Ping(_)) => cx.send(wire::pong()),
@@ -224,6 +236,11 @@ impl WsCodec for CopilotProtocol {
 
     fn ping(&self) -> Option<Message> {
         wire::render(&wire::ping()).map(|t| Message::Text(t.into()))
+    }
+
+    /// Seed 001: a `pong` within PONG_TIMEOUT_MS of each `ping`.
+    fn pong_deadline(&self) -> bool {
+        true
     }
 
     /// Seed 001: only a `pong` answers the server's `ping`.

@@ -243,6 +243,13 @@ impl Protocol for LivechatProtocol {
     type Request = LivechatRequest;
     type Event = LivechatResponse;
 
+    fn op_name(req: &LivechatRequest) -> &'static str {
+        req.request.as_ref().map_or("EMPTY", |r| {
+            let name = wire::request_op(r).as_str_name();
+            name.strip_prefix("REQUEST_OP_").unwrap_or(name)
+        })
+    }
+
     async fn on_open(&mut self, cx: &mut Ctx<LivechatResponse>) {
         cx.send(wire::event(Event::Hello(client::Hello {
             heartbeat_interval: cx.gw.config.heartbeat_interval_ms,

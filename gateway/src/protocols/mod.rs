@@ -38,6 +38,11 @@ pub trait Protocol: Send + 'static {
     /// Sends the first events (HELLO, connected…).
     fn on_open(&mut self, cx: &mut Ctx<Self::Event>) -> impl Future<Output = ()> + Send;
 
+    /// The request's name in traces (`MESSAGE_CREATE`, `join_lobby`…).
+    fn op_name(_req: &Self::Request) -> &'static str {
+        "request"
+    }
+
     /// Handles one request.
     fn on_request(&mut self, cx: &mut Ctx<Self::Event>, req: Self::Request) -> impl Future<Output = ()> + Send;
 
@@ -55,6 +60,40 @@ pub trait Protocol: Send + 'static {
 /// The registry's name of a protocol, for logs and metric labels.
 pub fn protocol_name(p: ClientProtocol) -> &'static str {
     protocol_key(p)
+}
+
+/// The span of one thing a connection does (a frame, its open, a nudge, its
+/// close): the parent of every RPC the handler makes, so one frame is one
+/// trace across the services. Run the handler inside it
+/// (`tracing::Instrument`), then [`record_user`].
+pub fn frame_span<E>(
+    protocol: ClientProtocol,
+    transport: &'static str,
+    op: &'static str,
+    cx: &Ctx<E>,
+) -> tracing::Span {
+    let name = protocol_name(protocol);
+    let span = tracing::info_span!(
+        "gateway.frame",
+        otel.name = %format_args!("{name} {op}"),
+        otel.kind = "server",
+        relaymesh.role = "gateway",
+        relaymesh.protocol = name,
+        relaymesh.transport = transport,
+        relaymesh.op = op,
+        relaymesh.connection_id = %cx.id,
+        enduser.id = tracing::field::Empty,
+    );
+    record_user(&span, cx);
+    span
+}
+
+/// Records the connection's user on its frame span, once known (IDENTIFY
+/// learns it while the span is open).
+pub fn record_user<E>(span: &tracing::Span, cx: &Ctx<E>) {
+    if let Some(session) = cx.session() {
+        span.record("enduser.id", session.user_id.as_str());
+    }
 }
 
 /// What a protocol handler may do with its connection.

@@ -119,7 +119,7 @@ impl NodeProtocol {
         ref_id: Option<&str>,
         command_id: Option<&CommandId>,
     ) {
-        metrics::counter!("gateway_node_frames_refused_total", "code" => code.as_str()).increment(1);
+        metrics::counter!("relaymesh_gateway_node_frames_refused_total", "code" => code.as_str()).increment(1);
         let payload = ErrorFrame {
             code,
             message: message.to_owned(),

@@ -17,11 +17,12 @@ use relaymesh_state::ConnectionId;
 use relaymesh_wire::FrameError;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 pub use table::{ConnHandle, ConnectionTable, Offered, Outbound, Transport};
 
 use crate::Shared;
-use crate::protocols::{Ctx, Protocol, protocol_name};
+use crate::protocols::{Ctx, Protocol, frame_span, protocol_name, record_user};
 
 /// How a protocol looks as JSON text frames on a WebSocket: the one place
 /// its frames are parsed and rendered.
@@ -42,13 +43,20 @@ pub trait WsCodec: Protocol {
         None
     }
 
-    /// Whether `req` answers the server's ping. Where the server pings, a
-    /// ping is missed unless such a request arrives within PONG_TIMEOUT_MS;
-    /// by default any request does.
+    /// Whether each [`Self::ping`] must be answered within PONG_TIMEOUT_MS
+    /// (seed 001) rather than any frame within the heartbeat period.
+    fn pong_deadline(&self) -> bool {
+        false
+    }
+
+    /// With [`Self::pong_deadline`], whether `req` answers the server's ping.
     fn answers_ping(_req: &Self::Request) -> bool {
         true
     }
 }
+
+/// This transport's name in traces.
+const TRANSPORT: &str = "websocket";
 
 /// Runs one connection to its end. The caller has already inserted its
 /// handle into the [`ConnectionTable`].
@@ -76,7 +84,8 @@ pub async fn run<P: WsCodec>(
 
     // Handler futures are boxed so the idle connection's future stays small:
     // it is allocated for the socket's whole life, a handler only while it runs.
-    Box::pin(proto.on_open(&mut cx)).await;
+    let span = frame_span(P::NAME, TRANSPORT, "open", &cx);
+    Box::pin(proto.on_open(&mut cx)).instrument(span).await;
     let mut open = flush::<P>(&mut socket, &mut cx, &mut pending, cfg.send_timeout()).await;
 
     while open && !cx.closing() {
@@ -87,7 +96,10 @@ pub async fn run<P: WsCodec>(
             out = rx.recv() => match out {
                 Some(Outbound::Text(text)) => pending.push(text),
                 Some(Outbound::Close(code, reason)) => cx.close(code, reason),
-                Some(Outbound::Nudge(reason)) => Box::pin(proto.on_nudge(&mut cx, reason)).await,
+                Some(Outbound::Nudge(reason)) => {
+                    let span = frame_span(P::NAME, TRANSPORT, "nudge", &cx);
+                    Box::pin(proto.on_nudge(&mut cx, reason)).instrument(span).await;
+                }
                 // Typed events and forwarded requests are for gRPC streams.
                 Some(Outbound::Event(_) | Outbound::Forwarded(_)) => {}
                 None => break,
@@ -102,10 +114,12 @@ pub async fn run<P: WsCodec>(
                     } else {
                         match proto.parse(text.as_str()) {
                             Ok(req) => {
-                                if P::answers_ping(&req) {
+                                if proto.pong_deadline() && P::answers_ping(&req) {
                                     (missed, pong_due) = (0, None);
                                 }
-                                Box::pin(proto.on_request(&mut cx, req)).await;
+                                let span = frame_span(P::NAME, TRANSPORT, P::op_name(&req), &cx);
+                                Box::pin(proto.on_request(&mut cx, req)).instrument(span.clone()).await;
+                                record_user(&span, &cx);
                             }
                             Err(error_event) => {
                                 metrics::counter!("relaymesh_gateway_frames_refused_total", "protocol" => name).increment(1);
@@ -141,18 +155,29 @@ pub async fn run<P: WsCodec>(
                 }
             }
             _ = heartbeat.tick() => {
-                if let Some(ping) = proto.ping() {
-                    // The server pings: misses are counted by pong deadline.
-                    open = send(&mut socket, ping, cfg.send_timeout()).await;
+                if proto.pong_deadline() {
+                    // Misses are counted by pong deadline; a deadline that
+                    // falls on this tick counts here, before the next ping.
+                    if pong_due.take().is_some() {
+                        missed += 1;
+                    }
+                    if missed >= cfg.heartbeat_max_missed {
+                        cx.close(CloseCode::HeartbeatLost, "heartbeat lost: pongs missed");
+                    } else if let Some(ping) = proto.ping() {
+                        open = send(&mut socket, ping, cfg.send_timeout()).await;
+                    }
                     pong_due = Some(tokio::time::Instant::now() + cfg.pong_timeout());
                     cx.refresh_session().await;
                 } else {
-                    // The client heartbeats: a period without a frame is a miss.
+                    // A heartbeat period without a frame is a miss.
                     missed = if heard { 0 } else { missed + 1 };
                     heard = false;
                     if missed >= cfg.heartbeat_max_missed {
                         cx.close(CloseCode::HeartbeatLost, "heartbeat lost");
                     } else {
+                        if let Some(ping) = proto.ping() {
+                            open = send(&mut socket, ping, cfg.send_timeout()).await;
+                        }
                         cx.refresh_session().await;
                     }
                 }
@@ -176,8 +201,13 @@ pub async fn run<P: WsCodec>(
     }
     drop(socket);
     gw.table.remove(&id);
-    Box::pin(proto.on_close(&mut cx)).await;
-    cx.unregister().await;
+    let span = frame_span(P::NAME, TRANSPORT, "close", &cx);
+    async {
+        Box::pin(proto.on_close(&mut cx)).await;
+        cx.unregister().await;
+    }
+    .instrument(span)
+    .await;
     metrics::gauge!("relaymesh_gateway_connections", "protocol" => name).decrement(1.0);
 }
 

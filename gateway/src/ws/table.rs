@@ -127,7 +127,22 @@ impl ConnectionTable {
 
     /// Hands a delivery envelope to its connections. An event is rendered
     /// at most once, however many WebSocket connections here receive it.
+    ///
+    /// An envelope raised inside a trace continues it: its delivery here is
+    /// a child of the span that raised it (the service call, on whichever
+    /// replica). Untraced envelopes cost no span.
     pub fn deliver(&self, env: Envelope) {
+        let span = (!env.traceparent.is_empty()).then(|| {
+            let span = tracing::info_span!(
+                "gateway.deliver",
+                otel.name = "gateway deliver",
+                relaymesh.role = "gateway",
+                relaymesh.connections = env.connection_ids.len(),
+            );
+            relaymesh_telemetry::propagation::set_parent_from_traceparent(&span, &env.traceparent);
+            span
+        });
+        let _entered = span.as_ref().map(tracing::Span::enter);
         let Some(body) = env.body else { return };
         let ids: Vec<ConnectionId> = env.connection_ids.into_iter().map(ConnectionId::new).collect();
         let map = self.lock();

@@ -42,7 +42,7 @@ impl AuthService {
 
 /// Counts a refused node frame by reason, then turns it into a status.
 fn refuse_node_frame(e: AuthError) -> Status {
-    metrics::counter!("auth_node_frames_refused_total", "reason" => e.reason().as_str_name()).increment(1);
+    metrics::counter!("relaymesh_auth_node_frames_refused_total", "reason" => e.reason().as_str_name()).increment(1);
     e.into_status()
 }
 
@@ -50,7 +50,7 @@ fn refuse_node_frame(e: AuthError) -> Status {
 impl auth_service_server::AuthService for AuthService {
     async fn verify_token(&self, req: Request<VerifyTokenRequest>) -> Result<Response<VerifyTokenResponse>, Status> {
         let claims = self.tokens.verify(&req.get_ref().token).map_err(|e| {
-            metrics::counter!("auth_token_refused_total", "reason" => e.reason().as_str_name()).increment(1);
+            metrics::counter!("relaymesh_auth_token_refused_total", "reason" => e.reason().as_str_name()).increment(1);
             e.into_status()
         })?;
         Ok(Response::new(VerifyTokenResponse {

@@ -27,6 +27,9 @@ pub struct FanoutJob {
     /// Session (connection) ids of the recipients.
     pub recipients: Vec<ConnectionId>,
     pub event: LivechatResponse,
+    /// The trace context of the call that raised the event: the fan-out
+    /// runs on its own task, where that call's span is not current.
+    pub traceparent: String,
 }
 
 /// What the worker reports back: recipients that no gateway holds any more.
@@ -90,7 +93,8 @@ async fn run_shard(
         };
         let Some(job) = job else { break };
         let started = std::time::Instant::now();
-        let envelope = event_envelope(job.event, false);
+        let mut envelope = event_envelope(job.event, false);
+        envelope.traceparent = job.traceparent;
         match delivery.send_to_connections(&job.recipients, envelope).await {
             Ok(missing) => {
                 for conn in missing {

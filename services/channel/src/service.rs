@@ -183,6 +183,7 @@ impl ChannelService {
                 channel_id: channel_id.to_owned(),
                 recipients,
                 event: LivechatResponse { event: Some(event) },
+                traceparent: relaymesh_telemetry::propagation::current_traceparent(),
             })
             .await;
     }

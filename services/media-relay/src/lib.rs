@@ -45,6 +45,16 @@ pub use error::MediaRelayError;
 pub use registration::{RELAYS_SET, registration_key};
 pub use service::MediaRelayService;
 
+/// The forwarding engine without the gRPC service around it, for the
+/// allocation test and the benchmarks; not a stable API.
+#[doc(hidden)]
+pub mod engine {
+    pub use crate::forward::Forwarder;
+    pub use crate::rtp::Ssrc;
+    pub use crate::stats::RelayCounters;
+    pub use crate::table::RelayTable;
+}
+
 use crate::stats::RelayCounters;
 use crate::table::RelayTable;
 
@@ -99,9 +109,9 @@ pub struct MediaRelayConfig {
     pub media_peer_idle_timeout_ms: u64,
 
     /// UDP sockets bound to the media port with SO_REUSEPORT (Linux), each
-    /// with its own forwarding task; the kernel spreads senders over them
-    /// by flow hash. 1 (the default) binds one plain socket: measured on a
-    /// 2-core box, a second socket did not pay (see src/forward.rs).
+    /// with its own forwarding thread; the kernel spreads senders over them
+    /// by flow hash. Set it to the cores the relay may use; 1 (the default)
+    /// binds one plain socket (see docs/media-relay-performance.md).
     #[arg(long, env = "MEDIA_UDP_SOCKETS", default_value_t = 1,
           value_parser = clap::value_parser!(u16).range(1..=64))]
     pub media_udp_sockets: u16,
@@ -187,7 +197,7 @@ pub async fn serve(
     let mut tasks = JoinSet::new();
     for socket in sockets {
         let (table, counters, stop) = (table.clone(), counters.clone(), stop.clone());
-        tasks.spawn(async move { forward::run(&socket, &table, &counters, &stop).await });
+        tasks.spawn(forward::run(socket, table, counters, stop));
     }
     {
         let (table, stop, timeout) = (table.clone(), stop.clone(), config.media_peer_idle_timeout_ms);

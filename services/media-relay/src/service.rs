@@ -36,7 +36,7 @@ impl MediaRelayService {
 }
 
 fn refuse(e: MediaRelayError) -> Status {
-    metrics::counter!("media_rpc_refused_total", "reason" => e.reason().as_str_name()).increment(1);
+    metrics::counter!("relaymesh_media_rpc_refused_total", "reason" => e.reason().as_str_name()).increment(1);
     e.into_status()
 }
 

@@ -116,16 +116,16 @@ impl RelayCounters {
 
     fn publish(&self, table: &RelayTable) {
         let s = self.snapshot(table);
-        metrics::counter!("media_packets_in_total").absolute(s.packets_in);
-        metrics::counter!("media_bytes_in_total").absolute(s.bytes_in);
-        metrics::counter!("media_packets_out_total").absolute(s.packets_out);
-        metrics::counter!("media_bytes_out_total").absolute(s.bytes_out);
-        metrics::counter!("media_dropped_total", "reason" => "malformed").absolute(s.dropped_malformed);
-        metrics::counter!("media_dropped_total", "reason" => "unknown_ssrc").absolute(s.dropped_unknown_ssrc);
-        metrics::counter!("media_dropped_total", "reason" => "no_floor").absolute(s.dropped_no_floor);
-        metrics::counter!("media_send_errors_total").absolute(self.send_errors.load(Ordering::Relaxed));
-        metrics::gauge!("media_peers").set(f64::from(s.peers));
-        metrics::gauge!("media_channels").set(f64::from(s.channels));
+        metrics::counter!("relaymesh_media_packets_in_total").absolute(s.packets_in);
+        metrics::counter!("relaymesh_media_bytes_in_total").absolute(s.bytes_in);
+        metrics::counter!("relaymesh_media_packets_out_total").absolute(s.packets_out);
+        metrics::counter!("relaymesh_media_bytes_out_total").absolute(s.bytes_out);
+        metrics::counter!("relaymesh_media_dropped_total", "reason" => "malformed").absolute(s.dropped_malformed);
+        metrics::counter!("relaymesh_media_dropped_total", "reason" => "unknown_ssrc").absolute(s.dropped_unknown_ssrc);
+        metrics::counter!("relaymesh_media_dropped_total", "reason" => "no_floor").absolute(s.dropped_no_floor);
+        metrics::counter!("relaymesh_media_send_errors_total").absolute(self.send_errors.load(Ordering::Relaxed));
+        metrics::gauge!("relaymesh_media_peers").set(f64::from(s.peers));
+        metrics::gauge!("relaymesh_media_channels").set(f64::from(s.channels));
     }
 }
 

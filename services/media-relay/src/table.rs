@@ -1,12 +1,17 @@
 //! The relay table: which SSRC belongs to which channel, where each member
 //! was last heard from, and who may speak.
 //!
-//! The forwarding loop asks [`RelayTable::route`] once per packet: one
-//! SSRC lookup and one channel lookup under a read lock, `last_seen`
-//! stored atomically, destinations copied into the caller's reused buffer.
-//! Only a changed source address (first packet, NAT rebinding) takes the
-//! write lock. The table holds no I/O and never blocks on anything but its
-//! own lock, which is never held across an `.await`.
+//! Two views of one table. The control plane (AddPeer, RemovePeer,
+//! SetFloor, the idle sweep) edits [`Tables`] under a mutex and then
+//! publishes an immutable [`Routes`] copy. The forwarding loops read only
+//! their own [`RoutesReader`]: per batch one atomic load tells whether a
+//! newer copy exists, so a packet takes no lock and writes no shared cache
+//! line except its sender's `last_seen`, and that at most once a
+//! millisecond. Only a changed source address (first packet, NAT
+//! rebinding) goes through the mutex, to latch it and publish again.
+//!
+//! Publishing rebuilds the whole copy: O(peers) per change, some tens of
+//! microseconds per thousand peers, paid by control-plane calls only.
 //!
 //! The SSRC is the only identity a packet carries, so whoever sends with a
 //! member's SSRC moves that member's latched address. SRTP at the endpoints
@@ -16,7 +21,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use crate::error::{MediaRelayError, Result};
@@ -25,7 +30,7 @@ use crate::rtp::Ssrc;
 /// What to do with one packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
-    /// Send it to the addresses written into the destination buffer.
+    /// Send it to the addresses handed to the caller.
     Forward,
     /// No member holds this SSRC.
     UnknownSsrc,
@@ -53,9 +58,9 @@ struct Peer {
     channel_id: Arc<str>,
     user_id: String,
     addr: Option<SocketAddr>,
-    /// Milliseconds since the table's epoch; stored by the forwarding loop
-    /// under the read lock, so it must be atomic.
-    last_seen_ms: AtomicU64,
+    /// Milliseconds since the table's epoch; shared with every published
+    /// copy, where the forwarding loops store it.
+    last_seen_ms: Arc<AtomicU64>,
 }
 
 /// A channel member as the forwarding loop needs it: the address is copied
@@ -70,17 +75,51 @@ struct Channel {
     floor: Floor,
 }
 
+/// The control plane's view, behind the mutex.
 #[derive(Default)]
 struct Tables {
     peers: HashMap<Ssrc, Peer>,
     channels: HashMap<Arc<str>, Channel>,
 }
 
-/// SSRC -> peer and channel -> members, shared by the forwarding loop, the
+/// The forwarding loops' view: an immutable copy of [`Tables`].
+#[derive(Default)]
+pub struct Routes {
+    peers: HashMap<Ssrc, PeerRoute>,
+}
+
+struct PeerRoute {
+    channel: Arc<ChannelRoute>,
+    addr: Option<SocketAddr>,
+    last_seen_ms: Arc<AtomicU64>,
+}
+
+struct ChannelRoute {
+    floor: Floor,
+    /// Latched members only: (ssrc, address).
+    members: Box<[(Ssrc, SocketAddr)]>,
+}
+
+/// The last published [`Routes`] and its generation, bumped under the
+/// same mutex so the two are read together.
+struct Published {
+    routes: Mutex<(u64, Arc<Routes>)>,
+    /// Readable without the mutex: has anything changed since generation g?
+    generation: AtomicU64,
+}
+
+/// SSRC -> peer and channel -> members, shared by the forwarding loops, the
 /// gRPC service and the idle sweeper.
 pub struct RelayTable {
-    tables: RwLock<Tables>,
+    tables: Mutex<Tables>,
+    published: Published,
     epoch: Instant,
+}
+
+/// One forwarding loop's copy of the routes.
+pub struct RoutesReader {
+    generation: u64,
+    routes: Arc<Routes>,
 }
 
 impl Default for RelayTable {
@@ -92,7 +131,11 @@ impl Default for RelayTable {
 impl RelayTable {
     pub fn new() -> Self {
         Self {
-            tables: RwLock::default(),
+            tables: Mutex::default(),
+            published: Published {
+                routes: Mutex::new((0, Arc::default())),
+                generation: AtomicU64::new(0),
+            },
             epoch: Instant::now(),
         }
     }
@@ -105,38 +148,46 @@ impl RelayTable {
 
     // A writer that panicked left every map consistent (each operation
     // mutates after all checks), so a poisoned lock is still usable.
-    fn read(&self) -> RwLockReadGuard<'_, Tables> {
-        self.tables.read().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, Tables> {
+        self.tables.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, Tables> {
-        self.tables.write().unwrap_or_else(PoisonError::into_inner)
+    /// Publishes `tables` as the routes every reader picks up next.
+    fn publish(&self, tables: &Tables) {
+        let routes = Arc::new(tables.routes());
+        let mut published = self.published.routes.lock().unwrap_or_else(PoisonError::into_inner);
+        published.0 += 1;
+        published.1 = routes;
+        self.published.generation.store(published.0, Ordering::Release);
     }
 
-    /// Decides where a packet from `ssrc` at `from` goes, marks the sender
-    /// seen and latches its address. `dests` is cleared and filled with
-    /// every other member's latched address.
-    ///
-    /// A packet refused for lack of the floor still latches and refreshes
-    /// its sender: in a push-to-talk channel listeners send keepalives
-    /// precisely so the relay learns where to reach them.
-    pub fn route(&self, ssrc: Ssrc, from: SocketAddr, now_ms: u64, dests: &mut Vec<SocketAddr>) -> Route {
-        dests.clear();
-        {
-            let tables = self.read();
-            let Some(peer) = tables.peers.get(&ssrc) else {
-                return Route::UnknownSsrc;
-            };
-            peer.last_seen_ms.store(now_ms, Ordering::Relaxed);
-            if peer.addr == Some(from) {
-                return tables.collect(ssrc, &peer.channel_id, dests);
-            }
+    /// A reader holding the current routes.
+    pub fn reader(&self) -> RoutesReader {
+        let published = self.published.routes.lock().unwrap_or_else(PoisonError::into_inner);
+        RoutesReader {
+            generation: published.0,
+            routes: Arc::clone(&published.1),
         }
-        let mut tables = self.write();
-        // The peer may have been removed between the two locks.
+    }
+
+    /// Brings `reader` up to date: one atomic load when nothing changed.
+    pub fn refresh(&self, reader: &mut RoutesReader) {
+        if self.published.generation.load(Ordering::Acquire) != reader.generation {
+            *reader = self.reader();
+        }
+    }
+
+    /// Latches `ssrc` at `from` (its packets now come from there) and
+    /// publishes the change.
+    fn latch(&self, ssrc: Ssrc, from: SocketAddr) {
+        let mut tables = self.lock();
+        // The peer may have been removed since the reader's copy was made.
         let Some(peer) = tables.peers.get_mut(&ssrc) else {
-            return Route::UnknownSsrc;
+            return;
         };
+        if peer.addr == Some(from) {
+            return;
+        }
         peer.addr = Some(from);
         let channel_id = Arc::clone(&peer.channel_id);
         if let Some(member) = tables
@@ -146,7 +197,16 @@ impl RelayTable {
         {
             member.addr = Some(from);
         }
-        tables.collect(ssrc, &channel_id, dests)
+        self.publish(&tables);
+    }
+
+    /// Decides where a packet from `ssrc` at `from` goes, marks the sender
+    /// seen and latches its address. `dests` is cleared and filled with
+    /// every other member's latched address. (The forwarding loops use
+    /// [`RoutesReader::route`]; this is the same with a fresh reader.)
+    pub fn route(&self, ssrc: Ssrc, from: SocketAddr, now_ms: u64, dests: &mut Vec<SocketAddr>) -> Route {
+        dests.clear();
+        self.reader().route(self, ssrc, from, now_ms, |dest| dests.push(*dest))
     }
 
     /// Adds `ssrc` to `channel_id` for `user_id`. Re-adding the same SSRC
@@ -168,10 +228,10 @@ impl RelayTable {
             // 0 means "nobody" in SetFloor, so no member may use it.
             return Err(MediaRelayError::InvalidArgument("ssrc 0 is reserved"));
         }
-        let mut tables = self.write();
+        let mut tables = self.lock();
         if let Some(existing) = tables.peers.get(&ssrc) {
             if &*existing.channel_id == channel_id && existing.user_id == user_id {
-                existing.last_seen_ms.store(now_ms, Ordering::Relaxed);
+                existing.last_seen_ms.fetch_max(now_ms, Ordering::Relaxed);
                 return Ok(Added::AlreadyMember);
             }
             let idle = now_ms.saturating_sub(existing.last_seen_ms.load(Ordering::Relaxed));
@@ -199,19 +259,21 @@ impl RelayTable {
                 channel_id,
                 user_id: user_id.to_owned(),
                 addr: None,
-                last_seen_ms: AtomicU64::new(now_ms),
+                last_seen_ms: Arc::new(AtomicU64::new(now_ms)),
             },
         );
+        self.publish(&tables);
         Ok(Added::New)
     }
 
     /// Forgets `ssrc`, which must be a member of `channel_id`. A channel
     /// left with no members is forgotten with its floor state.
     pub fn remove_peer(&self, channel_id: &str, ssrc: Ssrc) -> Result<()> {
-        let mut tables = self.write();
+        let mut tables = self.lock();
         match tables.peers.get(&ssrc) {
             Some(peer) if &*peer.channel_id == channel_id => {
                 tables.remove(ssrc);
+                self.publish(&tables);
                 Ok(())
             }
             _ => Err(MediaRelayError::UnknownPeer {
@@ -224,7 +286,7 @@ impl RelayTable {
     /// Sets who may speak in `channel_id`. With `floor_controlled`, only
     /// `holder` (a member) is forwarded, and `None` forwards nobody.
     pub fn set_floor(&self, channel_id: &str, floor_controlled: bool, holder: Option<Ssrc>) -> Result<()> {
-        let mut tables = self.write();
+        let mut tables = self.lock();
         let Some(channel) = tables.channels.get_mut(channel_id) else {
             return Err(MediaRelayError::UnknownChannel(channel_id.to_owned()));
         };
@@ -241,6 +303,7 @@ impl RelayTable {
         } else {
             Floor::Open
         };
+        self.publish(&tables);
         Ok(())
     }
 
@@ -248,48 +311,115 @@ impl RelayTable {
     /// them as (channel, ssrc) for logging.
     pub fn evict_idle(&self, now_ms: u64, idle_timeout_ms: u64) -> Vec<(Arc<str>, Ssrc)> {
         let is_idle = |p: &Peer| now_ms.saturating_sub(p.last_seen_ms.load(Ordering::Relaxed)) > idle_timeout_ms;
-        // Scan under the read lock first so a sweep that finds nothing never
-        // stalls the forwarding loop behind the write lock.
-        if !self.read().peers.values().any(is_idle) {
+        let mut tables = self.lock();
+        // A sweep that finds nothing publishes nothing.
+        if !tables.peers.values().any(is_idle) {
             return Vec::new();
         }
-        let mut tables = self.write();
         let idle: Vec<Ssrc> = tables
             .peers
             .iter()
             .filter(|(_, p)| is_idle(p))
             .map(|(ssrc, _)| *ssrc)
             .collect();
-        idle.into_iter().filter_map(|ssrc| tables.remove(ssrc)).collect()
+        let evicted = idle.into_iter().filter_map(|ssrc| tables.remove(ssrc)).collect();
+        self.publish(&tables);
+        evicted
     }
 
     /// (peers, channels) currently known.
     pub fn counts(&self) -> (usize, usize) {
-        let tables = self.read();
+        let tables = self.lock();
         (tables.peers.len(), tables.channels.len())
     }
 }
 
-impl Tables {
-    /// Applies the floor rule for a packet from `sender` in `channel_id`
-    /// and writes the other members' latched addresses into `dests`.
-    fn collect(&self, sender: Ssrc, channel_id: &str, dests: &mut Vec<SocketAddr>) -> Route {
-        let Some(channel) = self.channels.get(channel_id) else {
+impl RoutesReader {
+    /// Routes a packet from `ssrc` at `from`: marks the sender seen,
+    /// latches a changed address (through the table's mutex, the one rare
+    /// case), applies the floor and hands each other latched member's
+    /// address to `dest`.
+    ///
+    /// A packet refused for lack of the floor still latches and refreshes
+    /// its sender: in a push-to-talk channel listeners send keepalives
+    /// precisely so the relay learns where to reach them.
+    pub fn route(
+        &mut self,
+        table: &RelayTable,
+        ssrc: Ssrc,
+        from: SocketAddr,
+        now_ms: u64,
+        dest: impl FnMut(&SocketAddr),
+    ) -> Route {
+        let Some(peer) = self.routes.peers.get(&ssrc) else {
             return Route::UnknownSsrc;
         };
-        if let Floor::Held(holder) = channel.floor
+        // Coarse: one store per millisecond at most, so readers of the
+        // cache line (the sweeper) rarely see it move.
+        if peer.last_seen_ms.load(Ordering::Relaxed) < now_ms {
+            peer.last_seen_ms.store(now_ms, Ordering::Relaxed);
+        }
+        if peer.addr != Some(from) {
+            table.latch(ssrc, from);
+            table.refresh(self);
+        }
+        // After a latch the peer may be gone; route by the newest copy.
+        match self.routes.peers.get(&ssrc) {
+            Some(peer) => peer.channel.fan_out(ssrc, dest),
+            None => Route::UnknownSsrc,
+        }
+    }
+}
+
+impl ChannelRoute {
+    /// Applies the floor rule for a packet from `sender` and hands every
+    /// other latched member's address to `dest`.
+    fn fan_out(&self, sender: Ssrc, mut dest: impl FnMut(&SocketAddr)) -> Route {
+        if let Floor::Held(holder) = self.floor
             && holder != Some(sender)
         {
             return Route::NoFloor;
         }
-        dests.extend(
-            channel
-                .members
-                .iter()
-                .filter(|m| m.ssrc != sender)
-                .filter_map(|m| m.addr),
-        );
+        for (ssrc, addr) in self.members.iter() {
+            if *ssrc != sender {
+                dest(addr);
+            }
+        }
         Route::Forward
+    }
+}
+
+impl Tables {
+    /// The immutable copy the forwarding loops read.
+    fn routes(&self) -> Routes {
+        let channels: HashMap<&str, Arc<ChannelRoute>> = self
+            .channels
+            .iter()
+            .map(|(id, c)| {
+                let members = c.members.iter().filter_map(|m| Some((m.ssrc, m.addr?))).collect();
+                (
+                    &**id,
+                    Arc::new(ChannelRoute {
+                        floor: c.floor,
+                        members,
+                    }),
+                )
+            })
+            .collect();
+        let peers = self
+            .peers
+            .iter()
+            .filter_map(|(ssrc, p)| {
+                let channel = Arc::clone(channels.get(&*p.channel_id)?);
+                let route = PeerRoute {
+                    channel,
+                    addr: p.addr,
+                    last_seen_ms: Arc::clone(&p.last_seen_ms),
+                };
+                Some((*ssrc, route))
+            })
+            .collect();
+        Routes { peers }
     }
 
     /// Removes `ssrc` from the peers and its channel, dropping the channel
