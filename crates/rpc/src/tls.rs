@@ -27,6 +27,7 @@ impl ClientTls {
     /// Trust `ca_pem`; expect `server_name` in certificates (None: the host
     /// of the URL dialled).
     pub fn new(ca_pem: &[u8], server_name: Option<String>) -> Self {
+        ensure_crypto_provider();
         Self {
             config: ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem)),
             server_name,
@@ -41,6 +42,13 @@ impl ClientTls {
     }
 }
 
+/// Makes `ring` the process's rustls provider unless one is installed: with
+/// more than one provider compiled in (other crates bring aws-lc-rs),
+/// rustls cannot pick one by itself and panics on first use.
+fn ensure_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// TLS settings of one process.
 #[derive(Debug, Clone, Default)]
 pub struct TlsSettings {
@@ -50,6 +58,7 @@ pub struct TlsSettings {
 
 /// The server identity from PEM certificate chain and key.
 pub fn server_tls(cert_pem: &[u8], key_pem: &[u8]) -> ServerTlsConfig {
+    ensure_crypto_provider();
     ServerTlsConfig::new().identity(Identity::from_pem(cert_pem, key_pem))
 }
 
