@@ -4,8 +4,10 @@
 //! - `rpc`: the gateway->service unary round trip (a tonic client exactly as
 //!   the gateway builds it, to the auth service over loopback) against the
 //!   same handler called in-process, and a raw loopback TCP echo;
-//! - `ws`: a WebSocket frame that costs one service RPC (copilot `query`)
-//!   against one the gateway answers itself (`ping`);
+//! - `copilot`: a server->client callback (`SignalingService.CallClient`
+//!   from a service, `request_api` to the socket, `api_result` back through
+//!   the gateway and signaling) and a whole query with two callbacks,
+//!   against a `ping` the gateway answers itself; plus callbacks per second;
 //! - `idle-sockets`: resident memory per idle authenticated WebSocket of a
 //!   real `relaymesh up` process;
 //! - `farm`: a run created through the HTTP API until its COMMAND is on the
@@ -167,29 +169,109 @@ async fn bench_rpc(iters: usize) {
     mesh.shutdown().await.unwrap();
 }
 
-async fn bench_ws(iters: usize) {
-    println!("== ws: copilot frames through the gateway ({iters} sequential round trips)");
-    let mesh = start_mesh(&[]).await;
+async fn bench_copilot(iters: usize) {
+    use relaymesh_proto::signaling::v1::signaling_service_client::SignalingServiceClient;
+    use relaymesh_proto::signaling::v1::{CallClientRequest, CallbackKind};
+
+    println!("== copilot: callbacks through the mesh vs the gateway's own ping->pong ({iters} sequential round trips)");
+    let mesh = start_mesh(&[
+        "--rate-limit-requests",
+        "1000000000",
+        "--heartbeat-interval-ms",
+        "600000",
+    ])
+    .await;
     let url = format!("ws://{}/ws/copilot?token={}", mesh.gateway_addr, token("ws-user"));
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    ws.next().await.unwrap().unwrap(); // connected
-    let mut round_trip = async |frame: &'static str| {
-        ws.send(Message::Text(frame.into())).await.unwrap();
-        loop {
-            if let Message::Text(t) = ws.next().await.unwrap().unwrap()
-                && !t.contains("\"ping\"")
-            {
-                break;
-            }
-        }
+    let Message::Text(hello) = ws.next().await.unwrap().unwrap() else {
+        panic!("connected first")
     };
-    let local = measure(iters, async || round_trip(r#"{"type":"ping"}"#).await).await;
-    let with_rpc = measure(iters, async || {
-        round_trip(r#"{"type":"query","data":{"q":"hi"}}"#).await
+    let hello: serde_json::Value = serde_json::from_str(&hello).unwrap();
+    let conn = hello["connectionId"].as_str().unwrap().to_owned();
+
+    let ping = measure(iters, async || {
+        ws.send(Message::Text(r#"{"type":"ping"}"#.into())).await.unwrap();
+        while let Message::Text(t) = ws.next().await.unwrap().unwrap()
+            && !t.contains("\"pong\"")
+        {}
     })
     .await;
-    row("ping -> pong (gateway only, baseline)", &local, &local);
-    row("query -> answer (one signaling RPC)", &with_rpc, &local);
+
+    // From here a client task answers every callback at once, as the
+    // browser client does, and reports each query's end.
+    let (query_tx, mut query_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let client = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                q = query_rx.recv() => {
+                    if q.is_none() { return; }
+                    let frame = r#"{"type":"query","requestId":"b","data":{"text":"bench"}}"#;
+                    ws.send(Message::Text(frame.into())).await.unwrap();
+                }
+                msg = ws.next() => {
+                    let Some(Ok(Message::Text(t))) = msg else { return };
+                    let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                    let answer = match v["type"].as_str() {
+                        Some("request_available_data") => ("available_data", serde_json::json!(["ds"])),
+                        Some("request_api") => ("api_result", serde_json::json!({"rows": 1})),
+                        Some("clarification_request") => ("human_response", serde_json::json!("yes")),
+                        Some("response" | "error") => {
+                            done_tx.send(()).await.unwrap();
+                            continue;
+                        }
+                        _ => continue,
+                    };
+                    let frame = serde_json::json!({"type": answer.0, "requestId": v["requestId"], "data": answer.1});
+                    ws.send(Message::Text(frame.to_string().into())).await.unwrap();
+                }
+            }
+        }
+    });
+
+    let signaling_addr = mesh.services.iter().find(|(r, _)| *r == "signaling").unwrap().1;
+    let channel = relaymesh_rpc::connect_lazy(&format!("http://{signaling_addr}"), Duration::from_secs(30)).unwrap();
+    let signaling = SignalingServiceClient::new(channel);
+    let request = CallClientRequest {
+        connection_id: conn,
+        kind: CallbackKind::Api as i32,
+        data: None,
+        timeout: None,
+    };
+    let mut caller = signaling.clone();
+    let started = Instant::now();
+    let callback = measure(iters, async || {
+        caller.call_client(request.clone()).await.unwrap();
+    })
+    .await;
+    let sequential_rate = (iters + iters / 10) as f64 / started.elapsed().as_secs_f64();
+
+    let callers = 16;
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..callers {
+        let (mut caller, request) = (signaling.clone(), request.clone());
+        tasks.spawn(async move {
+            for _ in 0..iters / callers {
+                caller.call_client(request.clone()).await.unwrap();
+            }
+        });
+    }
+    tasks.join_all().await;
+    let concurrent_rate = (iters / callers * callers) as f64 / started.elapsed().as_secs_f64();
+
+    let query = measure(iters.min(2000), async || {
+        query_tx.send(()).await.unwrap();
+        done_rx.recv().await.unwrap();
+    })
+    .await;
+    drop(query_tx);
+    client.await.unwrap();
+
+    row("ping -> pong (gateway only, baseline)", &ping, &ping);
+    row("callback: CallClient -> answer -> return", &callback, &ping);
+    row("query, 2 callbacks (basic chain)", &query, &ping);
+    println!("callbacks/s: {sequential_rate:.0} sequential, {concurrent_rate:.0} with {callers} concurrent callers");
     mesh.shutdown().await.unwrap();
 }
 
@@ -704,8 +786,8 @@ fn main() {
         if wants("rpc") {
             bench_rpc(iters).await;
         }
-        if wants("ws") {
-            bench_ws(iters).await;
+        if wants("copilot") {
+            bench_copilot(iters).await;
         }
         if wants("idle-sockets") {
             bench_idle_sockets(sockets).await;

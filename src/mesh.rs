@@ -125,6 +125,8 @@ impl Mesh {
             media_relay_url: url(3),
             match_url: url(4),
             scheduler_url: url(5),
+            query_service_url: options.gateway.upstreams.query_service_url.clone(),
+            query_timeout_ms: options.gateway.upstreams.query_timeout_ms,
             resolve_interval_ms: options.gateway.upstreams.resolve_interval_ms,
             rpc_timeout_ms: options.gateway.upstreams.rpc_timeout_ms,
         };

@@ -8,6 +8,7 @@ mod integration {
     pub mod harness;
 
     mod auth;
+    mod copilot;
     mod copilot_browser;
     mod copilot_connections;
     mod cross_replica;

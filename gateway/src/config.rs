@@ -16,7 +16,12 @@ pub struct GatewayConfig {
     #[arg(long, env = "HEARTBEAT_INTERVAL_MS", default_value_t = 30_000)]
     pub heartbeat_interval_ms: u64,
 
-    /// Missed heartbeat periods before closing with 4003.
+    /// Where the server pings (copilot, signal): how long a `pong` may take
+    /// before that ping counts as missed (at most one heartbeat period).
+    #[arg(long, env = "PONG_TIMEOUT_MS", default_value_t = 10_000)]
+    pub pong_timeout_ms: u64,
+
+    /// Missed heartbeat periods (or unanswered pings) before closing with 4003.
     #[arg(long, env = "HEARTBEAT_MAX_MISSED", default_value_t = 3)]
     pub heartbeat_max_missed: u32,
 
@@ -47,6 +52,11 @@ pub struct GatewayConfig {
 impl GatewayConfig {
     pub fn heartbeat_interval(&self) -> Duration {
         Duration::from_millis(self.heartbeat_interval_ms.max(1))
+    }
+    /// How long a pong may take: PONG_TIMEOUT_MS, capped at one period so
+    /// a ping is settled before the next one goes out.
+    pub fn pong_timeout(&self) -> Duration {
+        Duration::from_millis(self.pong_timeout_ms.max(1)).min(self.heartbeat_interval())
     }
     pub fn send_timeout(&self) -> Duration {
         Duration::from_millis(self.send_timeout_ms.max(1))
@@ -83,6 +93,13 @@ pub struct UpstreamArgs {
     /// to the one whose gRPC health says SERVING.
     #[arg(long, env = "SCHEDULER_URL", default_value = "http://scheduler:50051")]
     pub scheduler_url: String,
+    /// gRPC URL of the copilot query service (`relaymesh.query.v1.QueryService`);
+    /// unset: the built-in one, served by the signaling role.
+    #[arg(long, env = "QUERY_SERVICE_URL")]
+    pub query_service_url: Option<String>,
+    /// Deadline of one copilot query, callbacks included.
+    #[arg(long, env = "QUERY_TIMEOUT_MS", default_value_t = 120_000)]
+    pub query_timeout_ms: u64,
     /// How often service names are resolved again to find their replicas
     /// (each URL may also be a comma-separated list of URLs).
     #[arg(long, env = "UPSTREAM_RESOLVE_INTERVAL_MS", default_value_t = 5_000)]

@@ -9,6 +9,7 @@ use std::time::Duration;
 use relaymesh_proto::auth::v1::auth_service_client::AuthServiceClient;
 use relaymesh_proto::channel::v1::channel_service_client::ChannelServiceClient;
 use relaymesh_proto::r#match::v1::match_service_client::MatchServiceClient;
+use relaymesh_proto::query::v1::query_service_client::QueryServiceClient;
 use relaymesh_proto::scheduler::v1::scheduler_service_client::SchedulerServiceClient;
 use relaymesh_proto::signaling::v1::signaling_service_client::SignalingServiceClient;
 use relaymesh_rpc::{BalanceOptions, DnsResolver, RpcChannel, RpcError, connect_active, connect_balanced};
@@ -25,6 +26,9 @@ const SCHEDULER_SERVICE: &str = "relaymesh.scheduler.v1.SchedulerService";
 pub struct Upstreams {
     pub auth: AuthServiceClient<RpcChannel>,
     pub signaling: SignalingServiceClient<RpcChannel>,
+    /// The copilot query service: its own deadline, since a query lasts as
+    /// long as its callbacks.
+    pub query: QueryServiceClient<RpcChannel>,
     pub channel: ChannelServiceClient<RpcChannel>,
     pub r#match: MatchServiceClient<RpcChannel>,
     pub scheduler: SchedulerServiceClient<RpcChannel>,
@@ -66,8 +70,8 @@ impl Upstreams {
             refresh: Duration::from_millis(args.resolve_interval_ms.max(100)),
             ..BalanceOptions::default()
         };
-        let mut ch = |url: &str| {
-            let (channel, task) = connect_balanced(url, opts.clone(), DnsResolver, stop.clone())?;
+        let mut ch_with = |url: &str, opts: BalanceOptions| {
+            let (channel, task) = connect_balanced(url, opts, DnsResolver, stop.clone())?;
             resolvers.spawn(async move {
                 if let Err(e) = task.await {
                     tracing::error!(error = %e, "upstream resolver task failed");
@@ -75,6 +79,16 @@ impl Upstreams {
             });
             Ok::<_, RpcError>(channel)
         };
+        // A copilot query lasts as long as its callbacks: its own deadline.
+        let query_url = args.query_service_url.as_deref().unwrap_or(&args.signaling_url);
+        let query = ch_with(
+            query_url,
+            BalanceOptions {
+                request_timeout: Duration::from_millis(args.query_timeout_ms),
+                ..opts.clone()
+            },
+        )?;
+        let mut ch = |url: &str| ch_with(url, opts.clone());
         // Several scheduler URLs: one active, the others standby; calls go
         // to the one whose health says SERVING.
         let scheduler_urls: Vec<&str> = args
@@ -139,6 +153,7 @@ impl Upstreams {
         Ok(Self {
             auth: AuthServiceClient::new(auth),
             signaling: SignalingServiceClient::new(signaling),
+            query: QueryServiceClient::new(query),
             channel: ChannelServiceClient::new(channel),
             r#match: MatchServiceClient::new(matcher),
             scheduler: SchedulerServiceClient::new(scheduler),

@@ -18,6 +18,11 @@ pub mod signaling {
         tonic::include_proto!("relaymesh.signaling.v1");
     }
 }
+pub mod query {
+    pub mod v1 {
+        tonic::include_proto!("relaymesh.query.v1");
+    }
+}
 pub mod channel {
     pub mod v1 {
         tonic::include_proto!("relaymesh.channel.v1");
@@ -79,6 +84,8 @@ error_reason!(auth::v1::ErrorReason, "relaymesh.auth.v1");
 error_reason!(channel::v1::ErrorReason, "relaymesh.channel.v1");
 error_reason!(media_relay::v1::ErrorReason, "relaymesh.media_relay.v1");
 error_reason!(scheduler::v1::ErrorReason, "relaymesh.scheduler.v1");
+error_reason!(signaling::v1::ErrorReason, "relaymesh.signaling.v1");
+error_reason!(query::v1::ErrorReason, "relaymesh.query.v1");
 error_reason!(r#match::v1::ErrorReason, "relaymesh.match.v1");
 
 // A client event is a delivery envelope's body.

@@ -85,6 +85,8 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 /// A WebSocket client that reads frames as JSON.
 pub struct Client {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// A close frame read while waiting for a text frame, for [`Self::ended`].
+    closed: Option<Ended>,
 }
 
 /// How a socket ended, as seen by the client.
@@ -102,7 +104,7 @@ impl Client {
         let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}{path}"))
             .await
             .expect("ws connects");
-        Self { ws }
+        Self { ws, closed: None }
     }
 
     pub async fn send_text(&mut self, text: &str) {
@@ -135,18 +137,31 @@ impl Client {
     }
 
     pub async fn try_recv(&mut self, wait: Duration) -> Option<Value> {
+        self.try_recv_frame(wait, true).await
+    }
+
+    /// The next text frame as JSON, the server's pings included.
+    pub async fn try_recv_any(&mut self, wait: Duration) -> Option<Value> {
+        self.try_recv_frame(wait, false).await
+    }
+
+    async fn try_recv_frame(&mut self, wait: Duration, skip_pings: bool) -> Option<Value> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let msg = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()??.ok()?;
             match msg {
                 Message::Text(t) => {
                     let v: Value = serde_json::from_str(&t).expect("server frames are JSON");
-                    if v["type"] == "ping" {
+                    if skip_pings && v["type"] == "ping" {
                         continue;
                     }
                     return Some(v);
                 }
-                Message::Close(_) => return None,
+                Message::Close(frame) => {
+                    self.closed =
+                        Some(frame.map_or(Ended::Dropped, |f| Ended::Closed(f.code.into(), f.reason.to_string())));
+                    return None;
+                }
                 _ => continue,
             }
         }
@@ -160,6 +175,9 @@ impl Client {
     /// Reads until the socket ends; panics if a text frame comes first
     /// unless `skip_text`.
     pub async fn ended(&mut self, wait: Duration, skip_text: bool) -> Ended {
+        if let Some(ended) = self.closed.take() {
+            return ended;
+        }
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             match tokio::time::timeout_at(deadline, self.ws.next())
@@ -339,4 +357,132 @@ pub async fn operator_call(addr: SocketAddr, method: &str, path: &str, body: Opt
         body.as_bytes(),
     )
     .await
+}
+
+/// A copilot client (seed 001) past its `connected` frame, that keeps the
+/// frames it is not waiting for.
+pub struct Copilot {
+    pub client: Client,
+    /// `connected.connectionId`.
+    pub connection_id: String,
+    pending: std::collections::VecDeque<Value>,
+}
+
+/// The answers a cooperative copilot client gives to each callback.
+pub fn callback_answer(kind: &str) -> Value {
+    match kind {
+        "request_available_data" => serde_json::json!(["costs-2024", "budgets"]),
+        "request_api" => serde_json::json!({"rows": 3}),
+        _ => serde_json::json!("the monthly cost"),
+    }
+}
+
+/// The answer frame type of a callback frame type.
+pub fn answer_type(callback: &str) -> &'static str {
+    match callback {
+        "request_available_data" => "available_data",
+        "request_api" => "api_result",
+        _ => "human_response",
+    }
+}
+
+pub fn is_callback(v: &Value) -> bool {
+    matches!(
+        v["type"].as_str(),
+        Some("request_available_data" | "request_api" | "clarification_request")
+    )
+}
+
+impl Copilot {
+    pub async fn connect(addr: SocketAddr, user: &str) -> Self {
+        let mut client = Client::connect(addr, &format!("/ws/copilot?token={}", token(user, 600))).await;
+        let hello = client.recv().await;
+        assert_eq!(hello["type"], "connected", "{hello}");
+        assert_eq!(hello["userId"], user);
+        let connection_id = hello["connectionId"].as_str().expect("connectionId").to_owned();
+        Self {
+            client,
+            connection_id,
+            pending: Default::default(),
+        }
+    }
+
+    /// Sends a `query` under the client's `request_id`.
+    pub async fn send_query(&mut self, request_id: &str, data: Value) {
+        self.client
+            .send_json(serde_json::json!({"type": "query", "requestId": request_id, "data": data}))
+            .await;
+    }
+
+    /// Answers a callback frame with `data`.
+    pub async fn answer(&mut self, callback: &Value, data: Value) {
+        let kind = answer_type(callback["type"].as_str().unwrap_or_default());
+        let id = callback["requestId"].as_str().expect("callback requestId");
+        self.client
+            .send_json(serde_json::json!({"type": kind, "requestId": id, "data": data}))
+            .await;
+    }
+
+    /// The next frame that `matches` (kept or new), keeping the others.
+    pub async fn next_where(&mut self, wait: Duration, matches: impl Fn(&Value) -> bool) -> Option<Value> {
+        if let Some(i) = self.pending.iter().position(&matches) {
+            return self.pending.remove(i);
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let v = self.client.try_recv(left).await?;
+            if matches(&v) {
+                return Some(v);
+            }
+            self.pending.push_back(v);
+        }
+    }
+
+    /// The next frame of `kind`.
+    pub async fn next(&mut self, kind: &str) -> Value {
+        self.next_where(WAIT, |v| v["type"] == kind)
+            .await
+            .unwrap_or_else(|| panic!("no {kind} frame"))
+    }
+
+    /// The next callback frame.
+    pub async fn next_callback(&mut self) -> Value {
+        self.next_where(WAIT, is_callback).await.expect("a callback frame")
+    }
+
+    /// The `response` or `error` ending query `request_id`.
+    pub async fn outcome(&mut self, request_id: &str) -> Value {
+        self.next_where(WAIT, |v| {
+            (v["type"] == "response" || v["type"] == "error") && v["requestId"] == request_id
+        })
+        .await
+        .unwrap_or_else(|| panic!("no outcome for query {request_id}"))
+    }
+
+    /// Runs a query to its end, answering every callback cooperatively
+    /// (see [`callback_answer`]); returns the `response` or `error`.
+    pub async fn ask(&mut self, request_id: &str, data: Value) -> Value {
+        self.send_query(request_id, data).await;
+        loop {
+            let v = self
+                .next_where(WAIT, |v| {
+                    is_callback(v)
+                        || ((v["type"] == "response" || v["type"] == "error") && v["requestId"] == request_id)
+                })
+                .await
+                .unwrap_or_else(|| panic!("query {request_id} stalled"));
+            if !is_callback(&v) {
+                return v;
+            }
+            let data = callback_answer(v["type"].as_str().unwrap_or_default());
+            self.answer(&v, data).await;
+        }
+    }
+
+    /// Whether the connection still answers a `ping`.
+    pub async fn still_open(&mut self) -> bool {
+        self.client.send_json(serde_json::json!({"type": "ping"})).await;
+        self.next_where(WAIT, |v| v["type"] == "pong").await.is_some()
+    }
 }

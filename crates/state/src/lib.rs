@@ -95,6 +95,18 @@ pub fn hash_tag(tag: &str, rest: &str) -> String {
 
 pub type Result<T, E = StateError> = std::result::Result<T, E>;
 
+/// What [`SharedState::rate_limit`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateDecision {
+    /// The event was counted.
+    pub allowed: bool,
+    /// Events still allowed in the window (after this one, if allowed).
+    pub remaining: u32,
+    /// Until the oldest counted event leaves the window: when refused, how
+    /// long until an event is allowed again.
+    pub reset_after: Duration,
+}
+
 /// Messages published on a topic, in order, for one subscriber.
 ///
 /// Bounded: a subscriber that falls `SUBSCRIPTION_BUFFER` messages behind
@@ -263,6 +275,17 @@ impl SharedState {
         match self {
             Self::Memory(m) => m.incr_window(key, window),
             Self::Redis(r) => r.incr_window(key, window).await,
+        }
+    }
+
+    /// Counts one event against a sliding window of `window` at `key` when
+    /// fewer than `limit` events fall in it, atomically (one Lua script on
+    /// Redis, one lock in memory): of many racing callers on any replicas,
+    /// exactly `limit` per window are allowed. Refused events do not count.
+    pub async fn rate_limit(&self, key: &str, limit: u32, window: Duration) -> Result<RateDecision> {
+        match self {
+            Self::Memory(m) => Ok(m.rate_limit(key, limit, window)),
+            Self::Redis(r) => r.rate_limit(key, limit, window).await,
         }
     }
 

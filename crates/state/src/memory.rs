@@ -1,7 +1,7 @@
 //! The in-memory backend: one process, no persistence. Expiry is checked on
 //! access and swept every `SWEEP_EVERY` writes, so dead keys do not pile up.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
-use crate::{Result, SUBSCRIPTION_BUFFER, StateError, Subscription, offer};
+use crate::{RateDecision, Result, SUBSCRIPTION_BUFFER, StateError, Subscription, offer};
 
 const SWEEP_EVERY: u64 = 4096;
 
@@ -18,6 +18,8 @@ enum Value {
     Counter(u64),
     Set(HashSet<String>),
     Hash(HashMap<String, Vec<u8>>),
+    /// A sliding-window log: when each counted event happened, oldest first.
+    Log(VecDeque<Instant>),
 }
 
 struct Entry {
@@ -229,6 +231,46 @@ impl MemoryStore {
                     },
                 );
                 Ok((1, window))
+            }
+        });
+        self.wrote();
+        out
+    }
+
+    pub fn rate_limit(&self, key: &str, limit: u32, window: Duration) -> RateDecision {
+        let out = self.with_data(|data, now| {
+            let entry = data.entry(key.to_owned()).or_insert_with(|| Entry {
+                value: Value::Log(VecDeque::new()),
+                expires: None,
+            });
+            // A key of another type is replaced: a rate-limit key is only
+            // ever written here.
+            if !matches!(entry.value, Value::Log(_)) || !entry.live(now) {
+                entry.value = Value::Log(VecDeque::new());
+            }
+            let Value::Log(log) = &mut entry.value else {
+                return RateDecision {
+                    allowed: false,
+                    remaining: 0,
+                    reset_after: window,
+                };
+            };
+            while log.front().is_some_and(|t| now.duration_since(*t) >= window) {
+                log.pop_front();
+            }
+            let count = u32::try_from(log.len()).unwrap_or(u32::MAX);
+            let allowed = count < limit;
+            if allowed {
+                log.push_back(now);
+            }
+            entry.expires = Some(now + window);
+            let reset_after = log
+                .front()
+                .map_or(window, |t| window.saturating_sub(now.duration_since(*t)));
+            RateDecision {
+                allowed,
+                remaining: limit.saturating_sub(count + u32::from(allowed)),
+                reset_after,
             }
         });
         self.wrote();

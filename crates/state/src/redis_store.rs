@@ -30,7 +30,34 @@ use redis::{Cmd, FromRedisValue, Pipeline, ProtocolVersion, PushInfo, PushKind, 
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::{Result, SUBSCRIPTION_BUFFER, Subscription, offer};
+use crate::{RateDecision, Result, SUBSCRIPTION_BUFFER, Subscription, offer};
+
+/// A sliding-window log in a sorted set, decided in one atomic step on
+/// Redis's own clock (so replicas with skewed clocks agree). Members are
+/// unique ids scored by arrival time in milliseconds. Returns
+/// {allowed, remaining, reset_after_ms}.
+const RATE_LIMIT_LUA: &str = r"
+local key, limit, window, member = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+local count = redis.call('ZCARD', key)
+local allowed = 0
+if count < limit then
+  redis.call('ZADD', key, now, member)
+  count = count + 1
+  allowed = 1
+end
+redis.call('PEXPIRE', key, window)
+local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+local reset = window
+if oldest[2] then reset = tonumber(oldest[2]) + window - now end
+return {allowed, limit - count, reset}
+";
+
+/// Hashed once: the script is sent by its SHA (EVALSHA), loaded on a miss.
+static RATE_LIMIT_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(RATE_LIMIT_LUA));
 
 type Subscribers = Arc<Mutex<HashMap<String, Vec<mpsc::Sender<Bytes>>>>>;
 
@@ -406,6 +433,24 @@ impl RedisStore {
             .await?;
         let left = u64::try_from(pttl).map_or(window, Duration::from_millis);
         Ok((count, left))
+    }
+
+    pub async fn rate_limit(&self, key: &str, limit: u32, window: Duration) -> Result<RateDecision> {
+        let mut inv = RATE_LIMIT_SCRIPT.key(self.key(key));
+        inv.arg(limit)
+            .arg(millis(window))
+            .arg(uuid::Uuid::new_v4().simple().to_string());
+        // Not retried: a second run would count the event twice.
+        let (allowed, remaining, reset_ms): (i64, i64, i64) = self
+            .with_retry(Repeat::Never, || async {
+                inv.invoke_async(&mut self.conn.clone()).await
+            })
+            .await?;
+        Ok(RateDecision {
+            allowed: allowed == 1,
+            remaining: u32::try_from(remaining.max(0)).unwrap_or(u32::MAX),
+            reset_after: Duration::from_millis(u64::try_from(reset_ms.max(0)).unwrap_or(0)),
+        })
     }
 
     pub async fn set_add(&self, key: &str, member: &str, ttl: Option<Duration>) -> Result<()> {

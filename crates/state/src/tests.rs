@@ -274,6 +274,46 @@ async fn one_publish_per_gateway_reaches_every_connection_it_holds() {
 }
 
 #[tokio::test]
+async fn rate_limit_allows_exactly_the_limit_per_sliding_window() {
+    for s in backends("ratelimit").await {
+        let w = Duration::from_millis(400);
+        let first = s.rate_limit("rl:a", 3, w).await.unwrap();
+        assert_eq!((first.allowed, first.remaining), (true, 2), "{s:?}");
+        assert_eq!(s.rate_limit("rl:a", 3, w).await.unwrap().remaining, 1, "{s:?}");
+        assert_eq!(s.rate_limit("rl:a", 3, w).await.unwrap().remaining, 0, "{s:?}");
+        let refused = s.rate_limit("rl:a", 3, w).await.unwrap();
+        assert!(!refused.allowed, "{s:?}");
+        assert_eq!(refused.remaining, 0, "{s:?}");
+        assert!(
+            refused.reset_after <= w && refused.reset_after > Duration::ZERO,
+            "{s:?}: {refused:?}"
+        );
+        assert!(
+            s.rate_limit("rl:b", 3, w).await.unwrap().allowed,
+            "{s:?}: keys are independent"
+        );
+        tokio::time::sleep(refused.reset_after + Duration::from_millis(50)).await;
+        assert!(
+            s.rate_limit("rl:a", 3, w).await.unwrap().allowed,
+            "{s:?}: the window slid"
+        );
+    }
+}
+
+#[tokio::test]
+async fn racing_rate_limit_callers_get_exactly_the_limit() {
+    for s in backends("ratelimit-race").await {
+        let calls = (0..20).map(|_| s.rate_limit("rl:race", 10, Duration::from_secs(30)));
+        let allowed = futures_util::future::join_all(calls)
+            .await
+            .into_iter()
+            .filter(|d| d.as_ref().unwrap().allowed)
+            .count();
+        assert_eq!(allowed, 10, "{s:?}");
+    }
+}
+
+#[tokio::test]
 async fn sessions_lists_live_connections_of_one_protocol_on_every_live_replica() {
     for s in backends("list").await {
         let registry = SessionRegistry::new(s.clone(), Duration::from_secs(60));

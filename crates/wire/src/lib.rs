@@ -6,6 +6,7 @@
 //! module also renders its protocol's own error frame.
 
 pub mod copilot;
+pub mod json_value;
 pub mod livechat;
 pub mod node;
 pub mod signal;

@@ -72,7 +72,9 @@ proptest! {
 
     #[test]
     fn copilot_parse_never_panics(text in frame_text()) {
-        let _ = copilot::ClientFrame::parse(&text);
+        if let Err(refusal) = copilot::parse(&text) {
+            let _ = copilot::render(&refusal);
+        }
     }
 
     #[test]

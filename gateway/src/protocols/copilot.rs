@@ -1,47 +1,172 @@
-//! `/ws/copilot`: seed 001's JSON frames, JWT-authenticated at connect.
+//! `/ws/copilot`: seed 001, JWT-authenticated at connect.
+//!
+//! A `query` is counted against the rate limit (signaling), then answered by
+//! the query service (`QUERY_SERVICE_URL`, the built-in one by default) in a
+//! task this connection owns: the query waits for the client's callback
+//! answers, which this same connection must keep reading meanwhile. Its
+//! `response` or `error` is handed to the connection table, like any
+//! delivered event. Callback answers go to signaling's ResolveCallback; on
+//! close, running queries are aborted and waiting callbacks released.
 
 use axum::extract::ws::{Message, Utf8Bytes};
-use relaymesh_proto::client::v1::{ClientProtocol, CloseCode};
-use relaymesh_proto::signaling::v1::{QueryRequest, ResolveCallbackRequest};
+use relaymesh_proto::client::v1::{
+    ClientProtocol, CloseCode, CopilotAnswer, CopilotCallbackAnswer, CopilotErrorCode, CopilotQuery, CopilotRequest,
+    CopilotResponse, copilot_request::Request, copilot_response::Event,
+};
+use relaymesh_proto::query::v1::{ErrorReason as QueryReason, QueryRequest};
+use relaymesh_proto::signaling::v1::{
+    CallbackKind, CheckRateLimitRequest, CheckRateLimitResponse, DropSessionRequest, ErrorReason as SignalingReason,
+    ResolveCallbackRequest,
+};
+use relaymesh_rpc::reason_of;
+use relaymesh_state::event_envelope;
 use relaymesh_wire::FrameError;
-use relaymesh_wire::copilot::{self as wire, ClientFrame, code};
+use relaymesh_wire::copilot as wire;
+use tokio::task::JoinSet;
 use tonic::{Code, Status};
 
 use super::{Ctx, Protocol};
 use crate::identity::Identity;
 use crate::ws::WsCodec;
 
+/// Queries one connection may have running at once; more get `BUSY`. The
+/// rate limit bounds them too, but it is configurable and this must not be.
+const MAX_QUERIES_IN_FLIGHT: usize = 16;
+
 pub struct CopilotProtocol {
     who: Identity,
+    /// The queries running for this connection, aborted when it closes.
+    queries: JoinSet<()>,
 }
 
 impl CopilotProtocol {
     pub fn new(who: Identity) -> Self {
-        Self { who }
+        Self {
+            who,
+            queries: JoinSet::new(),
+        }
     }
 }
 
-/// The copilot error code for a service's refusal.
-fn error_code(status: &Status) -> &'static str {
+/// The copilot error code for a service's refusal: the one table from the
+/// query and signaling services' reasons (and plain gRPC codes, for a query
+/// service that gives none) to seed 001's codes.
+fn error_code(status: &Status) -> CopilotErrorCode {
+    if let Some(reason) = reason_of::<QueryReason>(status) {
+        match reason {
+            QueryReason::CallbackTimeout => return CopilotErrorCode::Timeout,
+            QueryReason::InvalidQuery => return CopilotErrorCode::InvalidMessage,
+            QueryReason::ConnectionClosed | QueryReason::Unavailable => return CopilotErrorCode::Unavailable,
+            QueryReason::Unspecified => {}
+        }
+    }
+    if let Some(reason) = reason_of::<SignalingReason>(status) {
+        match reason {
+            SignalingReason::CallbackTimeout => return CopilotErrorCode::Timeout,
+            SignalingReason::UnknownRequestId => return CopilotErrorCode::UnknownRequestId,
+            SignalingReason::WrongAnswerType | SignalingReason::InvalidArgument => {
+                return CopilotErrorCode::InvalidMessage;
+            }
+            SignalingReason::ConnectionClosed | SignalingReason::StateUnavailable => {
+                return CopilotErrorCode::Unavailable;
+            }
+            SignalingReason::Unspecified => {}
+        }
+    }
     match status.code() {
-        Code::ResourceExhausted => code::RATE_LIMITED,
-        Code::NotFound => code::UNKNOWN_REQUEST_ID,
-        Code::InvalidArgument => code::INVALID_MESSAGE,
-        Code::Unavailable | Code::Unimplemented | Code::DeadlineExceeded => code::UNAVAILABLE,
-        _ => code::INTERNAL,
+        Code::DeadlineExceeded => CopilotErrorCode::Timeout,
+        Code::InvalidArgument => CopilotErrorCode::InvalidMessage,
+        Code::Unavailable | Code::Unimplemented => CopilotErrorCode::Unavailable,
+        _ => CopilotErrorCode::Internal,
     }
 }
 
-fn status_frame(status: &Status, request_id: Option<&str>) -> String {
+fn status_error(status: &Status, request_id: Option<String>) -> CopilotResponse {
     wire::error(error_code(status), status.message(), request_id)
+}
+
+fn rate_limited(decision: &CheckRateLimitResponse, request_id: Option<String>) -> CopilotResponse {
+    let retry_after_ms = decision
+        .retry_after
+        .and_then(|d| std::time::Duration::try_from(d).ok())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let mut event = wire::error(
+        CopilotErrorCode::RateLimited,
+        format!(
+            "rate limit of {} queries exceeded; retry in {retry_after_ms} ms",
+            decision.limit
+        ),
+        request_id,
+    );
+    if let Some(Event::Error(e)) = &mut event.event {
+        e.retry_after_ms = Some(retry_after_ms);
+        e.remaining = Some(decision.remaining);
+    }
+    event
+}
+
+impl CopilotProtocol {
+    async fn query(&mut self, cx: &mut Ctx<CopilotResponse>, q: CopilotQuery) {
+        while self.queries.try_join_next().is_some() {}
+        if self.queries.len() >= MAX_QUERIES_IN_FLIGHT {
+            let message = format!("{MAX_QUERIES_IN_FLIGHT} queries are still running");
+            cx.send(wire::error(CopilotErrorCode::Busy, message, q.request_id));
+            return;
+        }
+        let check = CheckRateLimitRequest {
+            user_id: self.who.user_id.clone(),
+            connection_id: cx.id.to_string(),
+        };
+        let decision = match cx.gw.upstreams.signaling.clone().check_rate_limit(check).await {
+            Ok(r) => r.into_inner(),
+            Err(status) => return cx.send(status_error(&status, q.request_id)),
+        };
+        if !decision.allowed {
+            return cx.send(rate_limited(&decision, q.request_id));
+        }
+        let (gw, conn) = (cx.gw.clone(), cx.id.clone());
+        let req = QueryRequest {
+            connection_id: conn.to_string(),
+            user_id: self.who.user_id.clone(),
+            data: q.data,
+        };
+        let request_id = q.request_id;
+        self.queries.spawn(async move {
+            let event = match gw.upstreams.query.clone().query(req).await {
+                Ok(r) => CopilotResponse {
+                    event: Some(Event::Response(CopilotAnswer {
+                        request_id,
+                        data: r.into_inner().data,
+                        remaining: Some(decision.remaining),
+                    })),
+                },
+                Err(status) => status_error(&status, request_id),
+            };
+            let mut envelope = event_envelope(event, false);
+            envelope.connection_ids = vec![conn.to_string()];
+            gw.table.deliver(envelope);
+        });
+    }
+
+    async fn answer(&self, cx: &mut Ctx<CopilotResponse>, kind: CallbackKind, a: CopilotCallbackAnswer) {
+        let req = ResolveCallbackRequest {
+            connection_id: cx.id.to_string(),
+            request_id: a.request_id.clone(),
+            kind: kind as i32,
+            data: a.data,
+        };
+        if let Err(status) = cx.gw.upstreams.signaling.clone().resolve_callback(req).await {
+            cx.send(status_error(&status, Some(a.request_id)));
+        }
+    }
 }
 
 impl Protocol for CopilotProtocol {
     const NAME: ClientProtocol = ClientProtocol::Copilot;
-    type Request = ClientFrame;
-    type Event = String;
+    type Request = CopilotRequest;
+    type Event = CopilotResponse;
 
-    async fn on_open(&mut self, cx: &mut Ctx<String>) {
+    async fn on_open(&mut self, cx: &mut Ctx<CopilotResponse>) {
         let single = cx.gw.config.single_session_per_user;
         if let Err(err) = cx.register(Self::NAME, &self.who.user_id, single).await {
             tracing::warn!(error = %err, "session registry unavailable");
@@ -56,50 +181,70 @@ impl Protocol for CopilotProtocol {
         ));
     }
 
-    async fn on_request(&mut self, cx: &mut Ctx<String>, frame: ClientFrame) {
-        let mut signaling = cx.gw.upstreams.signaling.clone();
-        match frame {
-            ClientFrame::Ping => cx.send(wire::pong()),
-            // Liveness is recorded by the connection loop for every frame.
-            ClientFrame::Pong => {}
-            ClientFrame::Query { data } => {
-                let req = QueryRequest {
-                    connection_id: cx.id.to_string(),
-                    user_id: self.who.user_id.clone(),
-                    payload_json: data,
-                };
-                if let Err(status) = signaling.query(req).await {
-                    cx.send(status_frame(&status, None));
-                }
-            }
-            ClientFrame::CallbackAnswer { request_id, data, .. } => {
-                let req = ResolveCallbackRequest {
-                    connection_id: cx.id.to_string(),
-                    request_id: request_id.clone(),
-                    answer_json: data,
-                };
-                if let Err(status) = signaling.resolve_callback(req).await {
-                    cx.send(status_frame(&status, Some(&request_id)));
-                }
-            }
+    fn op_name(req: &CopilotRequest) -> &'static str {
+        match req.request {
+            Some(Request::Query(_)) => "query",
+            Some(Request::Ping(_)) => "ping",
+            Some(Request::Pong(_)) => "pong",
+            Some(Request::AvailableData(_)) => "available_data",
+            Some(Request::ApiResult(_)) => "api_result",
+            Some(Request::HumanResponse(_)) => "human_response",
+            None => "request",
+        }
+    }
+
+    async fn on_request(&mut self, cx: &mut Ctx<CopilotResponse>, req: CopilotRequest) {
+        match req.request {
+            Some(Request::Ping(_)) => cx.send(wire::pong()),
+            // Heartbeat answers are counted by the transport (`answers_ping`).
+            Some(Request::Pong(_)) => {}
+            Some(Request::Query(q)) => self.query(cx, q).await,
+            Some(Request::AvailableData(a)) => self.answer(cx, CallbackKind::AvailableData, a).await,
+            Some(Request::ApiResult(a)) => self.answer(cx, CallbackKind::Api, a).await,
+            Some(Request::HumanResponse(a)) => self.answer(cx, CallbackKind::Clarification, a).await,
+            None => cx.send(wire::error(CopilotErrorCode::InvalidMessage, "empty request", None)),
+        }
+    }
+
+    async fn on_close(&mut self, cx: &mut Ctx<CopilotResponse>) {
+        self.queries.abort_all();
+        // Unregistered first, so a callback sent from now on finds no
+        // connection and fails at once; then the ones already waiting are
+        // released instead of running into their timeout.
+        cx.unregister().await;
+        let req = DropSessionRequest {
+            connection_id: cx.id.to_string(),
+        };
+        if let Err(status) = cx.gw.upstreams.signaling.clone().drop_session(req).await {
+            tracing::warn!(connection_id = %cx.id, code = ?status.code(), "copilot callbacks not released");
         }
     }
 }
 
 impl WsCodec for CopilotProtocol {
-    fn parse(&self, text: &str) -> Result<ClientFrame, String> {
-        ClientFrame::parse(text).map_err(|err| wire::frame_error(&err))
+    fn parse(&self, text: &str) -> Result<CopilotRequest, CopilotResponse> {
+        wire::parse(text)
     }
 
-    fn render(event: &String) -> Option<Utf8Bytes> {
-        Some(Utf8Bytes::from(event.as_str()))
+    fn render(event: &CopilotResponse) -> Option<Utf8Bytes> {
+        wire::render(event).map(Utf8Bytes::from)
     }
 
-    fn refused(&self, err: &FrameError) -> String {
+    fn refused(&self, err: &FrameError) -> CopilotResponse {
         wire::frame_error(err)
     }
 
     fn ping(&self) -> Option<Message> {
-        Some(Message::Text(wire::ping().into()))
+        wire::render(&wire::ping()).map(|t| Message::Text(t.into()))
+    }
+
+    /// Seed 001: a `pong` within PONG_TIMEOUT_MS of each `ping`.
+    fn pong_deadline(&self) -> bool {
+        true
+    }
+
+    /// Seed 001: only a `pong` answers the server's `ping`.
+    fn answers_ping(req: &CopilotRequest) -> bool {
+        matches!(req.request, Some(Request::Pong(_)))
     }
 }

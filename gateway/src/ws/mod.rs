@@ -42,6 +42,17 @@ pub trait WsCodec: Protocol {
     fn ping(&self) -> Option<Message> {
         None
     }
+
+    /// Whether each [`Self::ping`] must be answered within PONG_TIMEOUT_MS
+    /// (seed 001) rather than any frame within the heartbeat period.
+    fn pong_deadline(&self) -> bool {
+        false
+    }
+
+    /// With [`Self::pong_deadline`], whether `req` answers the server's ping.
+    fn answers_ping(_req: &Self::Request) -> bool {
+        true
+    }
 }
 
 /// This transport's name in traces.
@@ -67,6 +78,8 @@ pub async fn run<P: WsCodec>(
     );
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut heard, mut missed) = (false, 0u32);
+    // Where the server pings: when the pong to the last ping is due.
+    let mut pong_due: Option<tokio::time::Instant> = None;
     metrics::gauge!("relaymesh_gateway_connections", "protocol" => name).increment(1.0);
 
     // Handler futures are boxed so the idle connection's future stays small:
@@ -106,6 +119,9 @@ pub async fn run<P: WsCodec>(
                     } else {
                         match proto.parse(text.as_str()) {
                             Ok(req) => {
+                                if proto.pong_deadline() && P::answers_ping(&req) {
+                                    (missed, pong_due) = (0, None);
+                                }
                                 let span = frame_span(P::NAME, TRANSPORT, P::op_name(&req), &cx);
                                 Box::pin(proto.on_request(&mut cx, req)).instrument(span.clone()).await;
                                 record_user(&span, &cx);
@@ -136,19 +152,43 @@ pub async fn run<P: WsCodec>(
                     None => break,
                 },
             },
+            () = sleep_until(pong_due), if pong_due.is_some() => {
+                pong_due = None;
+                missed += 1;
+                if missed >= cfg.heartbeat_max_missed {
+                    cx.close(CloseCode::HeartbeatLost, "heartbeat lost: pongs missed");
+                }
+            }
             _ = heartbeat.tick() => {
                 if heard {
                     cx.touch();
                 }
-                missed = if heard { 0 } else { missed + 1 };
-                heard = false;
-                if missed >= cfg.heartbeat_max_missed {
-                    cx.close(CloseCode::HeartbeatLost, "heartbeat lost");
-                } else {
-                    if let Some(ping) = proto.ping() {
+                if proto.pong_deadline() {
+                    heard = false;
+                    // Misses are counted by pong deadline; a deadline that
+                    // falls on this tick counts here, before the next ping.
+                    if pong_due.take().is_some() {
+                        missed += 1;
+                    }
+                    if missed >= cfg.heartbeat_max_missed {
+                        cx.close(CloseCode::HeartbeatLost, "heartbeat lost: pongs missed");
+                    } else if let Some(ping) = proto.ping() {
                         open = send(&mut socket, ping, cfg.send_timeout()).await;
                     }
+                    pong_due = Some(tokio::time::Instant::now() + cfg.pong_timeout());
                     cx.refresh_session().await;
+                } else {
+                    // A heartbeat period without a frame is a miss.
+                    missed = if heard { 0 } else { missed + 1 };
+                    heard = false;
+                    if missed >= cfg.heartbeat_max_missed {
+                        cx.close(CloseCode::HeartbeatLost, "heartbeat lost");
+                    } else {
+                        if let Some(ping) = proto.ping() {
+                            open = send(&mut socket, ping, cfg.send_timeout()).await;
+                        }
+                        cx.refresh_session().await;
+                    }
                 }
             }
         }
@@ -178,6 +218,14 @@ pub async fn run<P: WsCodec>(
     .instrument(span)
     .await;
     metrics::gauge!("relaymesh_gateway_connections", "protocol" => name).decrement(1.0);
+}
+
+/// Sleeps until `at`; forever when None (the select! guard keeps it unpolled).
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The close code for an error the WebSocket layer read off the socket, when

@@ -107,9 +107,8 @@ pub struct ConnectionTable {
 fn render_body(body: &Body) -> Option<Utf8Bytes> {
     match body {
         Body::Livechat(e) => relaymesh_wire::livechat::render(e).map(Utf8Bytes::from),
+        Body::Copilot(e) => relaymesh_wire::copilot::render(e).map(Utf8Bytes::from),
         Body::Signal(e) => relaymesh_wire::signal::render(e).map(Utf8Bytes::from),
-        // Rendered by the copilot codec once that protocol delivers typed events.
-        Body::Copilot(_) => None,
         Body::Close(_) | Body::Nudge(_) | Body::Forwarded(_) => None,
     }
 }
