@@ -44,6 +44,7 @@ impl Up {
             .args(["--jwt-secret", harness::JWT_SECRET]);
         for var in [
             "REDIS_URL",
+            "REDIS_CLUSTER_URLS",
             "GRPC_BASE_PORT",
             "OTEL_EXPORTER_OTLP_ENDPOINT",
             "LOG_FORMAT",

@@ -54,6 +54,7 @@ async fn a_relay_process_announces_its_mapped_address_and_drains_on_sigterm() {
         .env("MEDIA_UDP_HOST", "127.0.0.1")
         .env("MEDIA_UDP_PORT", "0")
         .env("REDIS_URL", &url)
+        .env_remove("REDIS_CLUSTER_URLS")
         .env("REDIS_KEY_PREFIX", &prefix)
         .env("MEDIA_RELAY_ID", POD)
         .env("MEDIA_GRPC_ADVERTISE", format!("http://127.0.0.1:{grpc}"))
