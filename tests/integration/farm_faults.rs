@@ -24,14 +24,6 @@ use super::harness::{JWT_SECRET, NODE_AGENT_SECRET, NODE_SECRET, http_get, opera
 const BIN: &str = env!("CARGO_BIN_EXE_relaymesh");
 const SCHEDULER_SERVICE: &str = "relaymesh.scheduler.v1.SchedulerService";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Redis URL and a fresh key prefix when REDIS_URL is set.
 fn redis() -> Option<(String, String)> {
     relaymesh_state::testing::redis_url().map(|url| (url, relaymesh_state::testing::unique_prefix("farm")))
@@ -69,8 +61,8 @@ impl Farm {
             dir,
             redis,
             postgres,
-            auth_port: free_port(),
-            gateway: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            auth_port: super::harness::free_port(),
+            gateway: SocketAddr::from(([127, 0, 0, 1], super::harness::free_port())),
             procs: Vec::new(),
         }
     }
@@ -130,7 +122,7 @@ impl Farm {
     /// The gateway, with the scheduler(s) at `schedulers`; the services the
     /// farm does not use point at a closed port (channels connect lazily).
     fn start_gateway(&mut self, schedulers: &[u16]) {
-        let unused = format!("http://127.0.0.1:{}", free_port());
+        let unused = format!("http://127.0.0.1:{}", super::harness::free_port());
         let urls: Vec<String> = schedulers.iter().map(|p| format!("http://127.0.0.1:{p}")).collect();
         let env = [
             ("PORT", self.gateway.port().to_string()),
@@ -332,7 +324,7 @@ async fn running(gw: SocketAddr, run_id: &str) -> bool {
 
 async fn scheduler_restart_mid_run(redis: Option<(String, String)>, postgres: Option<String>) {
     let mut farm = Farm::new(redis, postgres);
-    let port = free_port();
+    let port = super::harness::free_port();
     start_farm(&mut farm, &[("scheduler", port)]).await;
     let gw = farm.gateway;
     let mut runs = Vec::new();
@@ -407,7 +399,7 @@ async fn a_standby_scheduler_takes_over_when_the_active_one_is_killed() {
 
 async fn standby_takes_over(redis: Option<(String, String)>, postgres: Option<String>) {
     let mut farm = Farm::new(redis, postgres);
-    let (a, b) = (free_port(), free_port());
+    let (a, b) = (super::harness::free_port(), super::harness::free_port());
     farm.start_auth();
     farm.start_scheduler("scheduler-a", a);
     until(&farm, Duration::from_secs(30), "scheduler a never served", || {

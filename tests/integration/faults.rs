@@ -10,17 +10,9 @@ use super::harness::{self, Backend, Chat};
 
 const BIN: &str = env!("CARGO_BIN_EXE_relaymesh");
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A gateway replica as its own process, on the test mesh's services and Redis.
 async fn gateway_process(mesh: &relaymesh::Mesh, redis: &str) -> (tokio::process::Child, std::net::SocketAddr) {
-    let port = free_port();
+    let port = super::harness::free_port();
     let url = |role: &str| {
         let addr = mesh.services.iter().find(|(r, _)| *r == role).unwrap().1;
         format!("http://{addr}")
@@ -29,7 +21,7 @@ async fn gateway_process(mesh: &relaymesh::Mesh, redis: &str) -> (tokio::process
         .arg("gateway")
         .env("HOST", "127.0.0.1")
         .env("PORT", port.to_string())
-        .env("METRICS_PORT", free_port().to_string())
+        .env("METRICS_PORT", super::harness::free_port().to_string())
         .env("REDIS_URL", redis)
         .env_remove("REDIS_CLUSTER_URLS")
         .env("REDIS_KEY_PREFIX", &mesh.options().redis_key_prefix)

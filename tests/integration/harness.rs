@@ -60,6 +60,15 @@ pub fn token_with_secret(user: &str, ttl_secs: i64, secret: &str) -> String {
     .unwrap()
 }
 
+/// A loopback port free now, for a process the test starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// As [`http_get`], None when nothing listens yet.
 pub async fn try_http_get(addr: SocketAddr, path: &str) -> Option<u16> {
     TcpStream::connect(addr).await.ok()?;

@@ -21,14 +21,6 @@ const ROLES: [&str; 9] = [
     "node-agent",
 ];
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn help_lists_every_role_and_each_roles_flags_with_their_environment_variables() {
     let top = std::process::Command::new(BIN).arg("--help").output().unwrap();
@@ -52,7 +44,7 @@ fn help_lists_every_role_and_each_roles_flags_with_their_environment_variables()
 
 #[tokio::test]
 async fn a_role_process_serves_health_and_metrics_and_drains_on_sigterm() {
-    let (grpc, metrics) = (free_port(), free_port());
+    let (grpc, metrics) = (super::harness::free_port(), super::harness::free_port());
     let mut child = tokio::process::Command::new(BIN)
         .arg("scheduler")
         .env("HOST", "127.0.0.1")
