@@ -452,7 +452,8 @@ impl GatewayService for GatewayApi {
                 Ok(Response::new(opened(&id, stream)))
             }
             ClientProtocol::Copilot => {
-                let (id, stream) = self.accept(CopilotProtocol::new(who), inbound, open_copilot)?;
+                let (id, stream) =
+                    self.accept(CopilotProtocol::new(who), futures_util::stream::pending(), open_copilot)?;
                 Ok(Response::new(opened(&id, stream)))
             }
             ClientProtocol::Signal => {
