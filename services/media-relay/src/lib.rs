@@ -120,14 +120,14 @@ pub struct MediaRelayConfig {
     /// may queue while the forwarding thread is not running (a burst, or
     /// the core busy with something else) before datagrams are lost. The
     /// kernel caps it at `net.core.rmem_max` (a warning says so); 0 keeps
-    /// the system default (`net.core.rmem_default`, about 208 KiB, some
-    /// 160 small RTP packets).
+    /// the system default (`net.core.rmem_default`, typically 208 KiB: 256
+    /// packets of 172 bytes on loopback).
     #[arg(long, env = "MEDIA_UDP_RECV_BUFFER", default_value_t = DEFAULT_MEDIA_UDP_RECV_BUFFER)]
     pub media_udp_recv_buffer: usize,
 }
 
-/// MEDIA_UDP_RECV_BUFFER's default: 4 MiB holds some 3,000 small RTP
-/// packets, about 60 ms of a 50k packets/s ingress (see
+/// MEDIA_UDP_RECV_BUFFER's default: 4 MiB queues some 10,000 packets of
+/// 172 bytes, 200 ms of a 50k packets/s ingress (see
 /// docs/media-relay-performance.md).
 pub const DEFAULT_MEDIA_UDP_RECV_BUFFER: usize = 4 << 20;
 
