@@ -28,7 +28,9 @@ use tracing::Instrument;
 
 use crate::Shared;
 use crate::identity::{self, AuthFailure, Identity};
-use crate::protocols::{Ctx, LivechatProtocol, Protocol, SignalProtocol, frame_span, protocol_name, record_user};
+use crate::protocols::{
+    Ctx, LivechatProtocol, Protocol, SignalProtocol, dispatch, frame_span, protocol_name, record_user,
+};
 use crate::ws::{ConnHandle, Outbound, Transport};
 
 /// How a protocol's typed events travel on a gRPC stream.
@@ -225,7 +227,7 @@ async fn run_stream<P, O>(
                 Some(Outbound::Forwarded(f)) => match P::from_forwarded(f) {
                     Some(req) => {
                         let span = frame_span(P::NAME, TRANSPORT, P::op_name(&req), &cx);
-                        Box::pin(proto.on_request(&mut cx, req)).instrument(span.clone()).await;
+                        Box::pin(dispatch(&mut proto, &mut cx, req)).instrument(span.clone()).await;
                         record_user(&span, &cx);
                     }
                     None => tracing::debug!(connection_id = %id, "forwarded request of another protocol"),
@@ -246,7 +248,7 @@ async fn run_stream<P, O>(
                 Some(Ok(req)) => {
                     metrics::counter!("relaymesh_gateway_frames_in_total", "protocol" => name).increment(1);
                     let span = frame_span(P::NAME, TRANSPORT, P::op_name(&req), &cx);
-                    Box::pin(proto.on_request(&mut cx, req)).instrument(span.clone()).await;
+                    Box::pin(dispatch(&mut proto, &mut cx, req)).instrument(span.clone()).await;
                     record_user(&span, &cx);
                 }
                 // The client ended its side, or the stream broke.

@@ -121,8 +121,8 @@ async fn a_killed_gateways_members_leave_their_channels_and_free_their_seats() {
 }
 
 #[tokio::test]
-async fn four_hundred_users_joining_one_channel_at_once_all_get_in() {
-    const USERS: usize = 400;
+async fn a_thousand_users_joining_one_channel_at_once_over_two_gateways_all_get_in() {
+    const USERS: usize = 1000;
     for backend in harness::backends() {
         let mut mesh = harness::start(&backend, &["--max-channel-members", "2000", "--outbound-queue", "4096"]).await;
         let second = mesh.add_gateway(0, None).await.unwrap();
