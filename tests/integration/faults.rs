@@ -140,7 +140,10 @@ async fn a_thousand_users_joining_one_channel_at_once_over_two_gateways_all_get_
                 let addr = if i % 2 == 0 { mesh.gateway_addr } else { second };
                 async move {
                     let mut c = Chat::ready(addr, &format!("fan{i}")).await;
-                    let answer = c.call(11, json!({"channel_id": "stadium", "ssrc": i + 1})).await;
+                    // Joins queue for the channel's lock, each announcing itself to
+                    // up to a thousand members: an answer may wait its turn.
+                    let join = json!({"channel_id": "stadium", "ssrc": i + 1});
+                    let answer = c.call_within(11, join, Duration::from_secs(120)).await;
                     (c, answer)
                 }
             });
@@ -160,9 +163,11 @@ async fn a_thousand_users_joining_one_channel_at_once_over_two_gateways_all_get_
         );
         // The last joiner sees everyone.
         let mut last = Chat::ready(mesh.gateway_addr, "last").await;
-        let ack = last.ok(11, json!({"channel_id": "stadium", "ssrc": 5000})).await;
+        let join = json!({"channel_id": "stadium", "ssrc": 5000});
+        let ack = last.call_within(11, join, Duration::from_secs(120)).await;
+        assert_eq!(ack["op"], 200, "{backend:?}: {ack}");
         assert_eq!(
-            ack["active_members"].as_array().unwrap().len(),
+            ack["d"]["active_members"].as_array().unwrap().len(),
             USERS + 1,
             "{backend:?}"
         );

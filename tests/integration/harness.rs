@@ -260,13 +260,21 @@ impl Chat {
 
     /// Sends `{op, d + nonce}` and returns the ACK (200) or ERROR (201)
     /// carrying that nonce.
-    pub async fn call(&mut self, op: u16, mut d: Value) -> Value {
+    pub async fn call(&mut self, op: u16, d: Value) -> Value {
+        self.call_within(op, d, WAIT).await
+    }
+
+    /// As [`Self::call`], waiting up to `wait` for the answer (a test of
+    /// load, where an answer may queue behind many others, not of speed).
+    pub async fn call_within(&mut self, op: u16, mut d: Value, wait: Duration) -> Value {
         self.next_nonce += 1;
         let nonce = format!("n{}", self.next_nonce);
         d["nonce"] = Value::String(nonce.clone());
         self.client.send_json(serde_json::json!({"op": op, "d": d})).await;
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let v = self.client.recv().await;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let v = self.client.try_recv(left).await.expect("an answer in time");
             if (v["op"] == 200 || v["op"] == 201) && v["d"]["nonce"] == nonce.as_str() {
                 return v;
             }

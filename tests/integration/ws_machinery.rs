@@ -213,8 +213,13 @@ async fn shutdown_closes_every_socket_with_1001() {
     stopping.await.unwrap().unwrap();
 }
 
+/// Held by each test that makes a slow LiveChat reader: one of them counts
+/// another's close in the process-wide metrics otherwise.
+static SLOW_READERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test]
 async fn a_slow_reader_is_disconnected_and_the_others_are_unharmed() {
+    let _alone = SLOW_READERS.lock().await;
     let mesh = harness::start(
         &Backend::Memory,
         &[
@@ -276,6 +281,7 @@ async fn counter(addr: std::net::SocketAddr, name: &str, labels: &[&str]) -> u64
 async fn a_reader_with_a_tiny_receive_buffer_gets_1013_and_is_counted() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
+    let _alone = SLOW_READERS.lock().await;
     for backend in harness::backends() {
         // A queue long enough that only the write timeout can give up.
         let flags = ["--outbound-queue", "100000", "--send-timeout-ms", "300"];
