@@ -212,12 +212,15 @@ impl Client {
 
 /// A livechat client that has identified as `user`.
 pub async fn livechat_ready(addr: SocketAddr, user: &str) -> (Client, Value) {
+    // Generous: under a load test (a thousand members fanning out) the
+    // handshake queues; waiting longer is not an assertion of speed.
+    let answer_within = Duration::from_secs(60);
     let mut c = Client::connect(addr, "/ws/livechat").await;
-    let hello = c.recv().await;
+    let hello = c.try_recv(answer_within).await.expect("HELLO");
     assert_eq!(hello["op"], 0);
     c.send_json(serde_json::json!({"op": 3, "d": {"user_id": user, "token": token(user, 600)}}))
         .await;
-    let ready = c.recv().await;
+    let ready = c.try_recv(answer_within).await.expect("READY");
     assert_eq!(ready["op"], 4, "READY: {ready}");
     (c, ready)
 }
