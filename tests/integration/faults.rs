@@ -124,7 +124,17 @@ async fn a_killed_gateways_members_leave_their_channels_and_free_their_seats() {
 async fn a_thousand_users_joining_one_channel_at_once_over_two_gateways_all_get_in() {
     const USERS: usize = 1000;
     for backend in harness::backends() {
-        let mut mesh = harness::start(&backend, &["--max-channel-members", "2000", "--outbound-queue", "4096"]).await;
+        // Half a million join events on one machine: service calls may
+        // queue past the default 5 s deadline; this tests outcomes, not speed.
+        let flags = [
+            "--max-channel-members",
+            "2000",
+            "--outbound-queue",
+            "4096",
+            "--rpc-timeout-ms",
+            "60000",
+        ];
+        let mut mesh = harness::start(&backend, &flags).await;
         let second = mesh.add_gateway(0, None).await.unwrap();
         let mut owner = Chat::ready(mesh.gateway_addr, "owner").await;
         owner.ok(10, json!({"channel_id": "stadium", "capacity": 2000})).await;
