@@ -191,7 +191,7 @@ async fn four_hundred_users_joining_one_channel_at_once_over_two_gateways_all_ge
     // branch report. Raise this once the relay path holds under that load.
     const USERS: usize = 400;
     for backend in harness::backends() {
-        // Half a million join events on one machine: service calls may
+        // Tens of thousands of join events on one machine: service calls may
         // queue past the default 5 s deadline; this tests outcomes, not speed.
         let flags = [
             "--max-channel-members",
@@ -209,7 +209,7 @@ async fn four_hundred_users_joining_one_channel_at_once_over_two_gateways_all_ge
         // 64 joins in flight at a time, spread over two gateway replicas.
         let users: Vec<usize> = (0..USERS).collect();
         let mut refused = Vec::new();
-        // Every join is announced to every member (half a million events in
+        // Every join is announced to every member (80,000 events in
         // all): members keep reading, as live clients do.
         let mut members = tokio::task::JoinSet::new();
         for wave in users.chunks(64) {
