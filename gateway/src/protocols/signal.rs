@@ -4,6 +4,8 @@
 //! relay); their refusals become `error` events through one table
 //! ([`error_code`]). Its JSON form is `relaymesh_wire::signal`.
 
+use std::time::Duration;
+
 use axum::extract::ws::{Message, Utf8Bytes};
 use relaymesh_proto::client::v1::{
     ClientProtocol, CloseCode, LobbyJoined, SignalErrorCode, SignalRequest, SignalResponse, signal_request::Request,
@@ -218,6 +220,11 @@ impl Protocol for SignalProtocol {
             Ok(None) => {}
             Err(status) => cx.send(refused(&status, session_id)),
         }
+    }
+
+    async fn on_rate_limited(&mut self, cx: &mut Ctx<SignalResponse>, req: SignalRequest, retry_after: Duration) {
+        let session_id = req.request.as_ref().and_then(session_of);
+        cx.send(wire::rate_limited(retry_after, session_id));
     }
 
     /// A disconnect leaves the lobby: the player's pending request is
