@@ -11,6 +11,8 @@ pub mod floor;
 mod relays;
 mod service;
 mod store;
+#[cfg(test)]
+mod tests;
 
 use relaymesh_proto::channel::v1::channel_service_server::ChannelServiceServer;
 use relaymesh_rpc::{GrpcServer, RpcError, ServeOptions};
