@@ -173,10 +173,10 @@ impl CallbackBroker {
             expires_at_ms: now_ms() + i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX),
         };
         // Both records in one round trip (the two writes go out together).
+        let (entry, index) = (pending.encode_to_vec(), connection_key(conn.as_str()));
         tokio::try_join!(
-            self.state.set(&key, &pending.encode_to_vec(), Some(timeout + GRACE)),
-            self.state
-                .set_add(&connection_key(conn.as_str()), &request_id, Some(MAX_TIMEOUT + GRACE)),
+            self.state.set(&key, &entry, Some(timeout + GRACE)),
+            self.state.set_add(&index, &request_id, Some(MAX_TIMEOUT + GRACE)),
         )?;
         let delivered = self
             .delivery
