@@ -11,8 +11,6 @@ pub mod floor;
 mod relays;
 mod service;
 mod store;
-#[cfg(test)]
-mod tests;
 
 use relaymesh_proto::channel::v1::channel_service_server::ChannelServiceServer;
 use relaymesh_rpc::{GrpcServer, RpcError, ServeOptions};
@@ -20,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use error::ChannelError;
+pub use fanout::Deliver;
 pub use service::ChannelService;
 
 /// Flags of the channel role.

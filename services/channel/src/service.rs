@@ -119,8 +119,9 @@ impl ChannelService {
         Self::with_delivery(state, delivery, config, shutdown)
     }
 
-    /// The service with events handed to `delivery` (tests stall it).
-    pub(crate) fn with_delivery(
+    /// The service with its events handed to `delivery` instead of the
+    /// shared-state [`Delivery`]: a seam for tests that stall delivery.
+    pub fn with_delivery(
         state: SharedState,
         delivery: impl Deliver,
         config: ChannelConfig,

@@ -1,5 +1,6 @@
 //! The channel service over gRPC on port 0, on every backend, with its
-//! event delivery replaced by one the test holds shut.
+//! event delivery replaced by one the test holds shut: the sender's answer
+//! does not wait for the fan-out.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,8 +14,7 @@ use relaymesh_state::{Body, ConnectionId, Envelope, testing};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::fanout::Deliver;
-use crate::{ChannelConfig, ChannelService};
+use relaymesh_channel::{ChannelConfig, ChannelService, Deliver};
 
 /// A delivery that waits at a gate the test opens, then reports what it
 /// was given: a member's gateway (or the registry) that does not answer.
