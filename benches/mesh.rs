@@ -604,6 +604,27 @@ async fn bench_fanout(messages: usize) {
         }));
     }
     drop(tx);
+    // The 1,000 joins queued ~500,000 join-event deliveries behind which the
+    // first messages would wait (ordered per channel): time the steady
+    // state, once a first message has reached every member.
+    let settle = usize::MAX / 2;
+    let started = Instant::now();
+    sender
+        .call(
+            20,
+            serde_json::json!({"channel_id": "big", "content": format!("fan-{settle}")}),
+        )
+        .await;
+    let mut settled = 0;
+    while settled < MEMBERS {
+        let (n, _) = rx.recv().await.unwrap();
+        settled += usize::from(n == settle);
+    }
+    println!(
+        "{:<44} {:>9.1?}",
+        "join events drained, first message delivered",
+        started.elapsed()
+    );
     let mut sent_at = Vec::with_capacity(messages);
     for n in 0..messages {
         sent_at.push(Instant::now());

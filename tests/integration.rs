@@ -8,6 +8,7 @@ mod integration {
     pub mod harness;
 
     mod auth;
+    mod channel_fanout;
     mod copilot;
     mod copilot_browser;
     mod copilot_connections;

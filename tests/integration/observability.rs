@@ -275,6 +275,77 @@ fn every_metric_name_in_the_sources_follows_prometheus_rules() {
     }
 }
 
+/// The value of one counter series (`name{labels}`) on `/metrics`; 0 before
+/// its first increment.
+async fn counter_value(addr: SocketAddr, series: &str) -> f64 {
+    let (code, body) = harness::http_get(addr, "/metrics").await;
+    assert_eq!(code, 200);
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The environment that points a child `relaymesh up` at `backend`, under a
+/// key prefix of its own.
+fn backend_env(backend: &harness::Backend) -> Vec<(&'static str, String)> {
+    let prefix = (
+        "REDIS_KEY_PREFIX",
+        relaymesh_state::testing::unique_prefix("render-once"),
+    );
+    match backend {
+        harness::Backend::Memory => Vec::new(),
+        harness::Backend::Redis(url) => vec![("REDIS_URL", url.clone()), prefix],
+        harness::Backend::Cluster(seeds) => vec![("REDIS_CLUSTER_URLS", seeds.join(",")), prefix],
+    }
+}
+
+/// A chat message to N members on one gateway is rendered to JSON once
+/// there, not once per member: the gateway's render counter (its own
+/// process, so no other test adds to it) grows by one per message.
+#[tokio::test]
+async fn an_event_for_many_members_on_one_gateway_is_rendered_once() {
+    const RENDERED: &str = "relaymesh_gateway_frames_rendered_total{protocol=\"livechat\"}";
+    const MEMBERS: usize = 6;
+    const MESSAGES: usize = 3;
+    for backend in harness::backends() {
+        let env = backend_env(&backend);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let up = Up::start(&env).await;
+        let mut members = Vec::new();
+        for i in 0..MEMBERS {
+            let mut chat = Chat::ready(up.addr, &format!("member{i}")).await;
+            if i == 0 {
+                chat.ok(CREATE, json!({"channel_id": "CH_RENDER", "floor": "none"}))
+                    .await;
+            }
+            chat.ok(JOIN, json!({"channel_id": "CH_RENDER", "ssrc": i + 1})).await;
+            members.push(chat);
+        }
+        // Every member has the next message only after every earlier event
+        // of the channel (the join events): their renders are all counted.
+        let everyone_gets = async |members: &mut Vec<Chat>, content: &str| {
+            members[0]
+                .ok(MESSAGE, json!({"channel_id": "CH_RENDER", "content": content}))
+                .await;
+            for m in members.iter_mut() {
+                assert_eq!(m.event(101).await["d"]["content"], content, "{backend:?}");
+            }
+        };
+        everyone_gets(&mut members, "settle").await;
+        let before = counter_value(up.addr, RENDERED).await;
+        for n in 0..MESSAGES {
+            everyone_gets(&mut members, &format!("message {n}")).await;
+        }
+        let rendered = counter_value(up.addr, RENDERED).await - before;
+        assert_eq!(
+            rendered, MESSAGES as f64,
+            "{backend:?}: {MESSAGES} messages to {MEMBERS} members on one gateway"
+        );
+        let (status, _) = up.terminate().await;
+        assert!(status.success(), "{backend:?}");
+    }
+}
+
 #[tokio::test]
 async fn scraped_metrics_follow_prometheus_rules_with_buckets_and_grpc_codes() {
     let up = Up::start(&[]).await;

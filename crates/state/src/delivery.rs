@@ -62,7 +62,7 @@ impl Delivery {
     /// all of them and one publish per replica that holds any (not one per
     /// connection). Returns the connections no replica holds any more.
     pub async fn send_to_connections(&self, conns: &[ConnectionId], envelope: Envelope) -> Result<Vec<ConnectionId>> {
-        let mut envelope = traced(envelope);
+        let envelope = traced(envelope);
         let entries = self.registry.lookup_many(conns).await?;
         let mut by_gateway: HashMap<String, Vec<String>> = HashMap::new();
         let mut gone = Vec::new();
@@ -72,10 +72,16 @@ impl Delivery {
                 None => gone.push(conn.clone()),
             }
         }
-        for (gateway, ids) in by_gateway {
-            envelope.connection_ids = ids;
-            self.publish(&gateway, &envelope).await?;
-        }
+        // The replicas' publishes go out together (one round trip, not one
+        // per replica); each carries only its own replica's connections.
+        let publishes = by_gateway.into_iter().map(|(gateway, ids)| {
+            let addressed = Envelope {
+                connection_ids: ids,
+                ..envelope.clone()
+            };
+            async move { self.publish(&gateway, &addressed).await }
+        });
+        futures_util::future::try_join_all(publishes).await?;
         Ok(gone)
     }
 

@@ -353,6 +353,14 @@ impl SharedState {
         }
     }
 
+    /// The field names of the hash at `key` (its values are not read).
+    pub async fn hash_fields(&self, key: &str) -> Result<Vec<String>> {
+        match self {
+            Self::Memory(m) => m.hash_fields(key),
+            Self::Redis(r) => r.hash_fields(key).await,
+        }
+    }
+
     /// Removes the hash at `key` and returns what it held, atomically: of
     /// two racing callers one gets the fields, the other nothing.
     /// Deletes `key` only while it holds `value`, atomically: releases a

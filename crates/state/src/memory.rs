@@ -397,6 +397,12 @@ impl MemoryStore {
             .unwrap_or_default())
     }
 
+    pub fn hash_fields(&self, key: &str) -> Result<Vec<String>> {
+        Ok(self
+            .with_hash(key, false, |h| h.keys().cloned().collect())?
+            .unwrap_or_default())
+    }
+
     pub fn hash_take_all(&self, key: &str) -> Result<Vec<(String, Vec<u8>)>> {
         self.with_data(|data, now| match Self::live(data, key, now) {
             None => Ok(Vec::new()),

@@ -536,6 +536,10 @@ impl RedisStore {
         self.run(redis::cmd("HGETALL").arg(self.key(key)), Repeat::Safe).await
     }
 
+    pub async fn hash_fields(&self, key: &str) -> Result<Vec<String>> {
+        self.run(redis::cmd("HKEYS").arg(self.key(key)), Repeat::Safe).await
+    }
+
     /// Removes the hash at `key` and returns what it held, atomically.
     pub async fn hash_take_all(&self, key: &str) -> Result<Vec<(String, Vec<u8>)>> {
         let key = self.key(key);

@@ -108,6 +108,8 @@ async fn sets_and_hashes() {
         assert_eq!(s.hash_get("h", "f1").await.unwrap().as_deref(), Some(&b"1"[..]));
         assert!(s.hash_delete("h", "f1").await.unwrap());
         assert_eq!(s.hash_all("h").await.unwrap(), vec![("f2".to_owned(), b"2".to_vec())]);
+        assert_eq!(s.hash_fields("h").await.unwrap(), vec!["f2"], "{s:?}");
+        assert!(s.hash_fields("no-such-hash").await.unwrap().is_empty(), "{s:?}");
     }
 }
 

@@ -104,13 +104,18 @@ pub struct ConnectionTable {
 }
 
 /// The WebSocket text of a delivered event: each protocol's one renderer.
+/// Each call is counted in `relaymesh_gateway_frames_rendered_total`, so
+/// "rendered once per gateway, whatever the number of recipients" can be
+/// checked from outside.
 fn render_body(body: &Body) -> Option<Utf8Bytes> {
-    match body {
-        Body::Livechat(e) => relaymesh_wire::livechat::render(e).map(Utf8Bytes::from),
-        Body::Copilot(e) => relaymesh_wire::copilot::render(e).map(Utf8Bytes::from),
-        Body::Signal(e) => relaymesh_wire::signal::render(e).map(Utf8Bytes::from),
-        Body::Close(_) | Body::Nudge(_) | Body::Forwarded(_) => None,
-    }
+    let (protocol, text) = match body {
+        Body::Livechat(e) => ("livechat", relaymesh_wire::livechat::render(e)),
+        Body::Copilot(e) => ("copilot", relaymesh_wire::copilot::render(e)),
+        Body::Signal(e) => ("signal", relaymesh_wire::signal::render(e)),
+        Body::Close(_) | Body::Nudge(_) | Body::Forwarded(_) => return None,
+    };
+    metrics::counter!("relaymesh_gateway_frames_rendered_total", "protocol" => protocol).increment(1);
+    text.map(Utf8Bytes::from)
 }
 
 impl ConnectionTable {

@@ -10,10 +10,11 @@
 //! (backpressure on the producer) rather than dropping events or growing
 //! without limit. On shutdown the workers deliver what is queued, then stop.
 
+use std::future::Future;
 use std::hash::BuildHasher;
 
 use relaymesh_proto::client::v1::LivechatResponse;
-use relaymesh_state::{ConnectionId, Delivery, event_envelope};
+use relaymesh_state::{ConnectionId, Delivery, Envelope, event_envelope};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -32,6 +33,28 @@ pub struct FanoutJob {
     pub traceparent: String,
 }
 
+/// Where the workers hand each event: [`Delivery`] (registry read, one
+/// publish per replica). A seam so a test can stall delivery and see that
+/// requests do not wait for it.
+pub trait Deliver: Clone + Send + Sync + 'static {
+    /// Sends `envelope` to `conns`; returns those no replica holds.
+    fn send_to_connections(
+        &self,
+        conns: &[ConnectionId],
+        envelope: Envelope,
+    ) -> impl Future<Output = relaymesh_state::Result<Vec<ConnectionId>>> + Send;
+}
+
+impl Deliver for Delivery {
+    fn send_to_connections(
+        &self,
+        conns: &[ConnectionId],
+        envelope: Envelope,
+    ) -> impl Future<Output = relaymesh_state::Result<Vec<ConnectionId>>> + Send {
+        Delivery::send_to_connections(self, conns, envelope)
+    }
+}
+
 /// What the worker reports back: recipients that no gateway holds any more.
 pub type GoneSessions = mpsc::UnboundedSender<(String, ConnectionId)>;
 
@@ -46,7 +69,7 @@ impl Fanout {
     /// On `shutdown` the workers deliver what is queued, then stop.
     pub fn start(
         shards: usize,
-        delivery: Delivery,
+        delivery: impl Deliver,
         tracker: &TaskTracker,
         gone: GoneSessions,
         shutdown: CancellationToken,
@@ -78,7 +101,7 @@ impl Fanout {
 
 async fn run_shard(
     mut rx: mpsc::Receiver<FanoutJob>,
-    delivery: Delivery,
+    delivery: impl Deliver,
     gone: GoneSessions,
     shutdown: CancellationToken,
 ) {

@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use error::ChannelError;
+pub use fanout::Deliver;
 pub use service::ChannelService;
 
 /// Flags of the channel role.

@@ -32,7 +32,7 @@ use tonic::{Request, Response, Status};
 
 use crate::ChannelConfig;
 use crate::error::{ChannelError, Result};
-use crate::fanout::{Fanout, FanoutJob};
+use crate::fanout::{Deliver, Fanout, FanoutJob};
 use crate::floor::{self, Floor, FloorChange, FloorEvent, FloorPolicy, Talker};
 use crate::relays::RelayDirectory;
 use crate::store::{ChannelRecord, ChannelStore, MemberRecord};
@@ -141,6 +141,17 @@ impl ChannelService {
         // Lookups only: the TTL matters to whoever registers sessions.
         let registry = SessionRegistry::new(state.clone(), Duration::from_secs(60));
         let delivery = Delivery::new(state.clone(), registry);
+        Self::with_delivery(state, delivery, config, shutdown)
+    }
+
+    /// The service with its events handed to `delivery` instead of the
+    /// shared-state [`Delivery`]: a seam for tests that stall delivery.
+    pub fn with_delivery(
+        state: SharedState,
+        delivery: impl Deliver,
+        config: ChannelConfig,
+        shutdown: CancellationToken,
+    ) -> Self {
         let timers = TaskTracker::new();
         let (gone_tx, gone_rx) = mpsc::unbounded_channel();
         let fanout = Fanout::start(FANOUT_SHARDS, delivery.clone(), &timers, gone_tx, shutdown.clone());
@@ -233,6 +244,11 @@ impl ChannelService {
             .iter()
             .map(|m| ConnectionId::new(m.session_id.clone()))
             .collect();
+        self.broadcast_to(channel_id, recipients, event).await;
+    }
+
+    /// [`Self::broadcast`] to sessions already named.
+    async fn broadcast_to(&self, channel_id: &str, recipients: Vec<ConnectionId>, event: Event) {
         self.inner
             .fanout
             .push(FanoutJob {
@@ -550,7 +566,10 @@ impl ChannelService {
     async fn send_message(&self, req: SendMessageRequest) -> Result<SendMessageResponse> {
         let store = &self.inner.store;
         let who = caller(req.caller)?;
-        store.require(&req.channel_id).await?;
+        // The channel and its members' sessions in one round trip (the two
+        // reads are issued together); membership is checked in that list,
+        // and member records are not decoded: a message needs only who.
+        let (_, sessions) = tokio::try_join!(store.require(&req.channel_id), store.member_sessions(&req.channel_id))?;
         if req.content.trim().is_empty() {
             return Err(ChannelError::EmptyMessage);
         }
@@ -558,14 +577,14 @@ impl ChannelService {
         if req.content.chars().count() > max {
             return Err(ChannelError::MessageTooLong(max));
         }
-        if store.member(&req.channel_id, &who.session_id).await?.is_none() {
+        if !sessions.contains(&who.session_id) {
             return Err(ChannelError::NotMember);
         }
         let message_id = uuid::Uuid::new_v4().to_string();
-        let members = store.members(&req.channel_id).await?;
         if let Some(cap) = self.inner.config.fanout_rate() {
-            store.charge_fanout(&req.channel_id, cap, members.len()).await?;
+            store.charge_fanout(&req.channel_id, cap, sessions.len()).await?;
         }
+        let recipients = sessions.into_iter().map(ConnectionId::new).collect();
         let event = Event::MessageEvent(MessageEvent {
             channel_id: req.channel_id.clone(),
             message_id: message_id.clone(),
@@ -573,7 +592,7 @@ impl ChannelService {
             content: req.content,
             timestamp: now_ms(),
         });
-        self.broadcast(&req.channel_id, &members, event).await;
+        self.broadcast_to(&req.channel_id, recipients, event).await;
         Ok(SendMessageResponse { message_id })
     }
 

@@ -188,6 +188,12 @@ impl ChannelStore {
         Ok(out)
     }
 
+    /// The session ids of the channel's members, without reading their
+    /// records: what a chat message needs (membership and recipients).
+    pub async fn member_sessions(&self, id: &str) -> Result<Vec<String>> {
+        Ok(self.state.hash_fields(&format!("chan-members:{id}")).await?)
+    }
+
     pub async fn member(&self, id: &str, session_id: &str) -> Result<Option<MemberRecord>> {
         match self.state.hash_get(&format!("chan-members:{id}"), session_id).await? {
             Some(b) => Ok(Some(decode(&b)?)),

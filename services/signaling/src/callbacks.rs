@@ -126,9 +126,15 @@ impl CallbackBroker {
                 metrics::counter!("relaymesh_signaling_settlements_corrupt_total").increment(1);
                 continue;
             };
-            let (Some(outcome), Some(waiter)) = (settled.outcome, self.waiters().remove(&settled.request_id)) else {
-                continue;
-            };
+            if let Some(outcome) = settled.outcome {
+                self.hand_over(&settled.request_id, outcome);
+            }
+        }
+    }
+
+    /// Gives `outcome` to the call waiting here for `request_id`, if any.
+    fn hand_over(&self, request_id: &str, outcome: Outcome) {
+        if let Some(waiter) = self.waiters().remove(request_id) {
             // The caller may have gone meanwhile; then nobody needs it.
             let _ = waiter.send(outcome);
         }
@@ -166,12 +172,12 @@ impl CallbackBroker {
             kind: kind as i32,
             expires_at_ms: now_ms() + i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX),
         };
-        self.state
-            .set(&key, &pending.encode_to_vec(), Some(timeout + GRACE))
-            .await?;
-        self.state
-            .set_add(&connection_key(conn.as_str()), &request_id, Some(MAX_TIMEOUT + GRACE))
-            .await?;
+        // Both records in one round trip (the two writes go out together).
+        let (entry, index) = (pending.encode_to_vec(), connection_key(conn.as_str()));
+        tokio::try_join!(
+            self.state.set(&key, &entry, Some(timeout + GRACE)),
+            self.state.set_add(&index, &request_id, Some(MAX_TIMEOUT + GRACE)),
+        )?;
         let delivered = self
             .delivery
             .send_to_connection(conn, event_envelope(event, false))
@@ -236,11 +242,13 @@ impl CallbackBroker {
             self.state.set(&key, &bytes, Some(left + GRACE)).await?;
             return Err(SignalingError::WrongAnswerType(request_id.to_owned()));
         }
-        self.state
-            .set_remove(&connection_key(conn.as_str()), request_id)
-            .await?;
         let outcome = Outcome::Answer(data.unwrap_or_default());
-        self.settle(&pending.owner, request_id, outcome).await
+        let forget = async {
+            let key = connection_key(conn.as_str());
+            Ok::<_, SignalingError>(self.state.set_remove(&key, request_id).await?)
+        };
+        tokio::try_join!(forget, self.settle(&pending.owner, request_id, outcome))?;
+        Ok(())
     }
 
     /// Fails every callback still waiting for `conn`; returns how many.
@@ -262,6 +270,13 @@ impl CallbackBroker {
     }
 
     async fn settle(&self, owner: &str, request_id: &str, outcome: Outcome) -> Result<()> {
+        // The call waits on this replica (the usual case with one signaling
+        // replica): hand the outcome over here, without a publish and the
+        // settlement task's extra hop.
+        if owner == self.replica {
+            self.hand_over(request_id, outcome);
+            return Ok(());
+        }
         let settled = CallbackSettlement {
             request_id: request_id.to_owned(),
             outcome: Some(outcome),
