@@ -6,6 +6,7 @@
 #![allow(clippy::all)]
 #![allow(missing_docs)]
 
+pub mod enum_names;
 pub mod json;
 
 pub mod auth {

@@ -30,7 +30,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use relaymesh_wire::node::{FrameType, wire_name};
-use relaymesh_wire::now_ms;
 
 use crate::backoff::Backoff;
 use crate::config::AgentConfig;
@@ -553,7 +552,7 @@ impl<D: DeviceDriver> Agent<D> {
             .timeout_ms
             .filter(|ms| *ms > 0)
             .map_or_else(|| self.config.task_timeout(), Duration::from_millis);
-        let started_at = now_ms();
+        let started_at = chrono::Utc::now().timestamp_millis();
         info!(run_id = %command.run_id, node_id = %self.node_id, device_serial = %command.device_serial,
             command_id = %command.command_id, command_type = wire_name(command.command_type),
             timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX), "task started");
@@ -570,7 +569,7 @@ impl<D: DeviceDriver> Agent<D> {
             Completion {
                 command,
                 started_at,
-                finished_at: now_ms(),
+                finished_at: chrono::Utc::now().timestamp_millis(),
                 outcome,
             }
         });
@@ -598,7 +597,7 @@ impl<D: DeviceDriver> Agent<D> {
                 Completion {
                     command,
                     started_at,
-                    finished_at: now_ms(),
+                    finished_at: chrono::Utc::now().timestamp_millis(),
                     outcome: Outcome::Failed(why.into()),
                 }
             }

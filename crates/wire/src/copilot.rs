@@ -93,7 +93,7 @@ pub fn error(code: CopilotErrorCode, message: impl Into<String>, request_id: Opt
 pub fn ping() -> CopilotResponse {
     CopilotResponse {
         event: Some(Event::Ping(CopilotHeartbeat {
-            timestamp_ms: crate::now_ms(),
+            timestamp_ms: chrono::Utc::now().timestamp_millis(),
         })),
     }
 }
@@ -102,7 +102,7 @@ pub fn ping() -> CopilotResponse {
 pub fn pong() -> CopilotResponse {
     CopilotResponse {
         event: Some(Event::Pong(CopilotHeartbeat {
-            timestamp_ms: crate::now_ms(),
+            timestamp_ms: chrono::Utc::now().timestamp_millis(),
         })),
     }
 }

@@ -1,22 +1,24 @@
 //! NodeRunner hub frames (seed 000):
 //! `{version, timestamp, message_id, type, node_id, signature, payload}`.
 //!
-//! This module gives frames their shape; [`canonical`] and [`signature`]
-//! compute and check their HMAC on the raw text, byte for byte as seed 000's
-//! Python does, for the auth service and the node agent alike.
+//! This module gives frames their shape; `relaymesh-node-signature`
+//! ([`canonical`], [`signature`]) computes and checks their HMAC on the raw
+//! text, byte for byte as seed 000's Python does, for the auth service and
+//! the node agent alike.
 
-pub mod canonical;
 pub mod ids;
 pub mod payload;
-pub mod signature;
 
-pub use canonical::{CanonicalError, CanonicalFrame};
 pub use ids::{CommandId, DeviceSerial, NodeId, RunId};
 pub use payload::{
     Ack, Command, CommandResult, ErrorCode, ErrorFrame, Heartbeat, Hello, HelloAck, WireEnum, parse_wire_name,
     wire_name,
 };
-pub use signature::{NodeKey, SignatureError};
+pub use relaymesh_node_signature::{
+    CanonicalError, CanonicalFrame, parse_rfc3339_ms, rfc3339_millis, rfc3339_millis_now,
+};
+pub use relaymesh_node_signature::{NodeKey, SignatureError};
+pub use relaymesh_node_signature::{canonical, signature, timestamp};
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -150,104 +152,6 @@ pub fn frame_error(err: &FrameError) -> String {
     error("hub", &payload)
 }
 
-/// `2025-01-07T14:30:00.000Z`, the seed's timestamp format.
-pub fn rfc3339_millis_now() -> String {
-    let ms = crate::now_ms();
-    rfc3339_millis(ms)
-}
-
-/// Formats Unix milliseconds as UTC `YYYY-MM-DDTHH:MM:SS.mmmZ`.
-pub fn rfc3339_millis(ms: i64) -> String {
-    let (secs, millis) = (ms.div_euclid(1000), ms.rem_euclid(1000));
-    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        sod / 3600,
-        (sod % 3600) / 60,
-        sod % 60
-    )
-}
-
-/// Unix milliseconds of an RFC 3339 timestamp such as the seed's
-/// `2025-01-07T14:30:00.000Z`: any number of fraction digits (truncated to
-/// milliseconds), `Z` or a `±HH:MM` offset. `None` when malformed.
-pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        let part = b.get(r)?;
-        if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        part.iter()
-            .try_fold(0i64, |n, d| n.checked_mul(10)?.checked_add(i64::from(d - b'0')))
-    };
-    let sep = |i: usize, want: &[u8]| b.get(i).is_some_and(|c| want.contains(c));
-    if !(sep(4, b"-") && sep(7, b"-") && sep(10, b"Tt") && sep(13, b":") && sep(16, b":")) {
-        return None;
-    }
-    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
-    let month_days = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
-    let max_day = *month_days.get(usize::try_from(month.checked_sub(1)?).ok()?)?;
-    // Second 60 is a leap second, which RFC 3339 allows.
-    if !(1..=max_day).contains(&day) || hour > 23 || minute > 59 || second > 60 {
-        return None;
-    }
-    let mut i = 19;
-    let mut millis = 0;
-    if sep(i, b".") {
-        let start = i + 1;
-        i = start;
-        while b.get(i).is_some_and(u8::is_ascii_digit) {
-            i += 1;
-        }
-        if i == start {
-            return None;
-        }
-        let mut ms = b[start..i.min(start + 3)]
-            .iter()
-            .fold(0i64, |n, d| n * 10 + i64::from(d - b'0'));
-        for _ in (i - start)..3 {
-            ms *= 10;
-        }
-        millis = ms;
-    }
-    let offset_min = match b.get(i) {
-        Some(b'Z' | b'z') if i + 1 == b.len() => 0,
-        Some(&c @ (b'+' | b'-')) if i + 6 == b.len() && sep(i + 3, b":") => {
-            let (oh, om) = (num(i + 1..i + 3)?, num(i + 4..i + 6)?);
-            if oh > 23 || om > 59 {
-                return None;
-            }
-            let m = oh * 60 + om;
-            if c == b'-' { -m } else { m }
-        }
-        _ => return None,
-    };
-    // Days-from-civil (Howard Hinnant's algorithm), the inverse of the one
-    // in `rfc3339_millis`.
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_min * 60;
-    Some(secs * 1000 + millis)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,50 +173,5 @@ mod tests {
             Envelope::parse(r#"{"type":"REBOOT"}"#).unwrap_err(),
             FrameError::UnknownType("REBOOT".into())
         );
-    }
-
-    #[test]
-    fn timestamps_match_the_seed_format() {
-        assert_eq!(rfc3339_millis(1_736_260_200_000), "2025-01-07T14:30:00.000Z");
-        assert_eq!(rfc3339_millis(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339_millis(951_782_400_123), "2000-02-29T00:00:00.123Z");
-    }
-
-    #[test]
-    fn timestamps_parse_back_to_the_same_instant() {
-        for ms in [0, 1_736_260_200_000, 951_782_400_123, 4_102_444_799_999, -86_400_001] {
-            assert_eq!(parse_rfc3339_ms(&rfc3339_millis(ms)), Some(ms), "{ms}");
-        }
-    }
-
-    #[test]
-    fn timestamps_accept_rfc3339_variants() {
-        let seed = Some(1_736_260_200_000);
-        assert_eq!(parse_rfc3339_ms("2025-01-07T14:30:00Z"), seed);
-        assert_eq!(parse_rfc3339_ms("2025-01-07t14:30:00.000z"), seed);
-        assert_eq!(parse_rfc3339_ms("2025-01-07T14:30:00.000999Z"), seed);
-        assert_eq!(parse_rfc3339_ms("2025-01-07T23:30:00.000+09:00"), seed);
-        assert_eq!(parse_rfc3339_ms("2025-01-07T14:00:00-00:30"), seed);
-        assert_eq!(parse_rfc3339_ms("2025-01-07T14:30:00.5Z"), Some(1_736_260_200_500));
-    }
-
-    #[test]
-    fn malformed_timestamps_are_refused() {
-        for bad in [
-            "",
-            "2025-01-07",
-            "2025-01-07T14:30:00",
-            "2025-01-07 14:30:00Z",
-            "2025-13-07T14:30:00Z",
-            "2025-02-29T14:30:00Z",
-            "2025-01-07T24:30:00Z",
-            "2025-01-07T14:30:00.Z",
-            "2025-01-07T14:30:00Zjunk",
-            "2025-01-07T14:30:00+0900",
-            "+025-01-07T14:30:00Z",
-            "2025-01-07T14:30:00.000노",
-        ] {
-            assert_eq!(parse_rfc3339_ms(bad), None, "{bad:?}");
-        }
     }
 }

@@ -192,8 +192,8 @@ impl<E> Ctx<E> {
             gateway_id: self.gw.gateway_id.to_string(),
             protocol: protocol as i32,
             user_id: user.to_owned(),
-            connected_at_ms: now_ms(),
-            last_activity_ms: now_ms(),
+            connected_at_ms: chrono::Utc::now().timestamp_millis(),
+            last_activity_ms: chrono::Utc::now().timestamp_millis(),
         };
         let registry = self.gw.delivery.registry();
         registry.register(&entry).await?;
@@ -216,7 +216,7 @@ impl<E> Ctx<E> {
     /// next [`Ctx::refresh_session`].
     pub fn touch(&mut self) {
         if let Some(entry) = &mut self.session {
-            entry.last_activity_ms = now_ms();
+            entry.last_activity_ms = chrono::Utc::now().timestamp_millis();
         }
     }
 
@@ -239,9 +239,3 @@ impl<E> Ctx<E> {
     }
 }
 
-/// Unix milliseconds now.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}

@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
+use relaymesh_node_signature::{CanonicalFrame, NodeKey, SignatureError, parse_rfc3339_ms};
 use relaymesh_state::SharedState;
-use relaymesh_wire::node::{CanonicalFrame, NodeKey, SignatureError, parse_rfc3339_ms};
 
 use crate::{AuthConfig, AuthError};
 
@@ -68,7 +68,7 @@ impl NodeFrames {
         let sent_ms = parse_rfc3339_ms(&timestamp)
             .ok_or_else(|| AuthError::InvalidFrame(format!("timestamp {timestamp:?} is not RFC 3339")))?;
         let window_ms = u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX);
-        if relaymesh_wire::now_ms().abs_diff(sent_ms) > window_ms {
+        if chrono::Utc::now().timestamp_millis().abs_diff(sent_ms) > window_ms {
             return Err(AuthError::StaleTimestamp(timestamp));
         }
 

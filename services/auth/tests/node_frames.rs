@@ -3,10 +3,10 @@
 #![allow(clippy::unwrap_used)]
 
 use relaymesh_auth::AuthConfig;
+use relaymesh_node_signature::{NodeKey, rfc3339_millis, signature};
 use relaymesh_proto::auth::v1::auth_service_client::AuthServiceClient;
 use relaymesh_proto::auth::v1::{ErrorReason, SignNodeFrameRequest, VerifyNodeFrameRequest};
 use relaymesh_state::SharedState;
-use relaymesh_wire::node::{NodeKey, rfc3339_millis, signature};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -68,7 +68,11 @@ fn config(secret: Option<&str>, verify_signature: bool) -> AuthConfig {
 /// An unsigned HEARTBEAT frame of `node` sent `age_ms` ago, with non-ASCII
 /// text and a float so the signature covers Python's spellings.
 fn frame(node: &str, message_id: &str, age_ms: i64) -> String {
-    frame_stamped(node, message_id, &rfc3339_millis(relaymesh_wire::now_ms() - age_ms))
+    frame_stamped(
+        node,
+        message_id,
+        &rfc3339_millis(chrono::Utc::now().timestamp_millis() - age_ms),
+    )
 }
 
 fn frame_stamped(node: &str, message_id: &str, timestamp: &str) -> String {

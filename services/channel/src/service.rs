@@ -53,12 +53,6 @@ struct Inner {
     shutdown: CancellationToken,
 }
 
-/// Unix milliseconds now.
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
 
 /// Fan-out shards: events of one channel stay in order on one shard.
 const FANOUT_SHARDS: usize = 4;
@@ -307,14 +301,14 @@ impl ChannelService {
         let mut holder_changed = false;
         // A grant whose timer was lost with its replica ends here.
         if let Some(g) = floor.holder.clone()
-            && g.expires_at_ms <= now_ms()
+            && g.expires_at_ms <= chrono::Utc::now().timestamp_millis()
         {
             let expire = FloorEvent::Expire { grant_id: g.grant_id };
-            let change = floor::transition(rec.floor, &mut floor, expire, now_ms(), max_talk, new_grant_id)?;
+            let change = floor::transition(rec.floor, &mut floor, expire, chrono::Utc::now().timestamp_millis(), max_talk, new_grant_id)?;
             holder_changed |= matches!(change, FloorChange::Holder { .. });
             self.floor_changed(rec, &floor, &change).await;
         }
-        let change = floor::transition(rec.floor, &mut floor, event, now_ms(), max_talk, new_grant_id)?;
+        let change = floor::transition(rec.floor, &mut floor, event, chrono::Utc::now().timestamp_millis(), max_talk, new_grant_id)?;
         holder_changed |= matches!(change, FloorChange::Holder { .. });
         store.put_floor(&rec.channel_id, &floor).await?;
         self.floor_changed(rec, &floor, &change).await;
@@ -342,7 +336,7 @@ impl ChannelService {
 
     fn arm_expiry(&self, channel_id: String, grant_id: String, expires_at_ms: i64) {
         let svc = self.clone();
-        let wait = Duration::from_millis(u64::try_from(expires_at_ms - now_ms()).unwrap_or(0));
+        let wait = Duration::from_millis(u64::try_from(expires_at_ms - chrono::Utc::now().timestamp_millis()).unwrap_or(0));
         self.inner.timers.spawn(async move {
             tokio::select! {
                 () = svc.inner.shutdown.cancelled() => return,
@@ -590,7 +584,7 @@ impl ChannelService {
             message_id: message_id.clone(),
             user_id: who.user_id,
             content: req.content,
-            timestamp: now_ms(),
+            timestamp: chrono::Utc::now().timestamp_millis(),
         });
         self.broadcast_to(&req.channel_id, recipients, event).await;
         Ok(SendMessageResponse { message_id })

@@ -230,7 +230,11 @@ impl Inner {
         } else {
             r.player_name
         };
-        let ice = crate::turn::ice_servers(&self.config.ice, &r.player_id, crate::sessions::now_ms() / 1000);
+        let ice = crate::turn::ice_servers(
+            &self.config.ice,
+            &r.player_id,
+            chrono::Utc::now().timestamp_millis() / 1000,
+        );
         self.lobby
             .join(&LobbyMember {
                 player_id: r.player_id,

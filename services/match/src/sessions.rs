@@ -48,14 +48,10 @@ pub struct Sessions {
     state: SharedState,
 }
 
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 fn after_ms(d: Duration) -> i64 {
-    now_ms().saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    chrono::Utc::now()
+        .timestamp_millis()
+        .saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// The role `player` plays in `s`, if any.
@@ -106,7 +102,7 @@ impl Sessions {
             target_id: target.0.to_owned(),
             target_name: target.1.to_owned(),
             state: MatchState::Requested as i32,
-            created_at_ms: now_ms(),
+            created_at_ms: chrono::Utc::now().timestamp_millis(),
             deadline_ms: after_ms(expires_in),
             version: 1,
             ..MatchSession::default()
@@ -210,7 +206,7 @@ impl Sessions {
 
     /// Sessions whose deadline has passed.
     pub async fn overdue(&self) -> Result<Vec<String>> {
-        let now = now_ms();
+        let now = chrono::Utc::now().timestamp_millis();
         Ok(self
             .state
             .hash_all(DEADLINES)

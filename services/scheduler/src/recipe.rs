@@ -7,9 +7,9 @@
 //! "params": {...}, ...}`), so rows written before the typed contract read
 //! back unchanged.
 
+use relaymesh_proto::enum_names::{parse_wire_name, wire_name};
 use relaymesh_proto::json::{struct_from_json, struct_to_json, value_from_json, value_to_json};
 use relaymesh_proto::scheduler::v1::{self as pb, CommandType};
-use relaymesh_wire::node::{parse_wire_name, wire_name};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, SchedulerError};
@@ -20,7 +20,7 @@ type JsonObject = serde_json::Map<String, serde_json::Value>;
 /// to the node inside `params` untouched.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Recipe {
-    #[serde(with = "relaymesh_wire::node::payload::wire_enum")]
+    #[serde(with = "relaymesh_proto::enum_names::wire_enum")]
     pub command_type: CommandType,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub params: Option<JsonObject>,

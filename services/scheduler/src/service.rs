@@ -56,10 +56,6 @@ struct Inner {
     config: SchedulerConfig,
 }
 
-fn now_ms() -> i64 {
-    relaymesh_wire::now_ms()
-}
-
 fn is_final(s: TaskState) -> bool {
     matches!(s, TaskState::Succeeded | TaskState::Failed | TaskState::TimedOut)
 }
@@ -148,7 +144,7 @@ impl Scheduler {
     /// attached by its next HEARTBEAT instead.
     async fn adopt_connected_nodes(&self) {
         let node_ids: Vec<String> = self.core().nodes.keys().cloned().collect();
-        let now = now_ms();
+        let now = chrono::Utc::now().timestamp_millis();
         let mut adopted = Vec::new();
         for node_id in node_ids {
             match self
@@ -192,7 +188,7 @@ impl Scheduler {
 
     /// Starts what the node can take now and persists the decisions.
     async fn dispatch(&self, node_id: &str) -> Result<Vec<Command>> {
-        let now = now_ms();
+        let now = chrono::Utc::now().timestamp_millis();
         let started = self
             .core()
             .dispatch(node_id, now, self.inner.config.timeout_grace_ms as i64);
@@ -219,7 +215,7 @@ impl Scheduler {
                 () = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let expired = self.core().expire(now_ms());
+            let expired = self.core().expire(chrono::Utc::now().timestamp_millis());
             let mut nodes: Vec<String> = Vec::new();
             for t in expired {
                 let r = &t.row;
@@ -228,7 +224,13 @@ impl Scheduler {
                 if let Err(err) = self
                     .inner
                     .store
-                    .finish(&r.task_id, TaskState::TimedOut, Some("deadline passed"), None, now_ms())
+                    .finish(
+                        &r.task_id,
+                        TaskState::TimedOut,
+                        Some("deadline passed"),
+                        None,
+                        chrono::Utc::now().timestamp_millis(),
+                    )
                     .await
                 {
                     tracing::error!(run_id = %r.run_id, node_id = %r.node_id, device_serial = %r.device_serial,
@@ -256,7 +258,10 @@ impl Scheduler {
             name: r.name,
             recipe_json: recipe.to_json(),
         };
-        self.inner.store.insert_workflow(&row, now_ms()).await?;
+        self.inner
+            .store
+            .insert_workflow(&row, chrono::Utc::now().timestamp_millis())
+            .await?;
         tracing::info!(workflow_id = %row.workflow_id, version, "workflow stored");
         workflow(row)
     }
@@ -287,7 +292,7 @@ impl Scheduler {
             .unwrap_or_default();
         let params = serde_json::Value::Object(recipe.params_for_run(run_params, upload_timeout)).to_string();
         let run_id = uuid::Uuid::new_v4().to_string();
-        let now = now_ms();
+        let now = chrono::Utc::now().timestamp_millis();
 
         // Targets: the named devices, plus every device of the named nodes.
         let targets: Vec<(String, String)> = {
@@ -431,11 +436,11 @@ impl Scheduler {
                 state,
                 error.as_deref(),
                 result_json.as_deref(),
-                now_ms(),
+                chrono::Utc::now().timestamp_millis(),
             )
             .await?;
         tracing::info!(run_id = %t.row.run_id, node_id = %t.row.node_id, device_serial = %t.row.device_serial,
-            command_id = %t.row.task_id, state = relaymesh_wire::node::wire_name(state), "task finished");
+            command_id = %t.row.task_id, state = relaymesh_proto::enum_names::wire_name(state), "task finished");
         let commands = self.dispatch(&req.node_id).await?;
         Ok(ReportResultResponse { recorded, commands })
     }
@@ -459,7 +464,7 @@ impl Scheduler {
         let recorded = match row.state {
             TaskState::TimedOut => {
                 tracing::warn!(run_id = %row.run_id, node_id = %row.node_id, device_serial = %row.device_serial,
-                    command_id = %row.task_id, reported = relaymesh_wire::node::wire_name(state),
+                    command_id = %row.task_id, reported = relaymesh_proto::enum_names::wire_name(state),
                     "late result for a task already timed out; dropped");
                 false
             }
@@ -472,10 +477,16 @@ impl Scheduler {
                 let recorded = self
                     .inner
                     .store
-                    .finish(&row.task_id, state, error.as_deref(), result_json.as_deref(), now_ms())
+                    .finish(
+                        &row.task_id,
+                        state,
+                        error.as_deref(),
+                        result_json.as_deref(),
+                        chrono::Utc::now().timestamp_millis(),
+                    )
                     .await?;
                 tracing::info!(run_id = %row.run_id, node_id = %row.node_id, device_serial = %row.device_serial,
-                    command_id = %row.task_id, state = relaymesh_wire::node::wire_name(state),
+                    command_id = %row.task_id, state = relaymesh_proto::enum_names::wire_name(state),
                     "task finished (was not queued here)");
                 recorded
             }
@@ -504,7 +515,7 @@ impl Scheduler {
             return Err(SchedulerError::Invalid("node_id is empty".into()));
         }
         let slots = self.slots(r.slots);
-        let now = now_ms();
+        let now = chrono::Utc::now().timestamp_millis();
         let devices = {
             let mut core = self.core();
             core.register(&r.node_id, &r.device_serials, slots, Some(r.connection_id.clone()), now);
@@ -540,7 +551,7 @@ impl Scheduler {
 
     async fn heartbeat(&self, r: NodeHeartbeatRequest) -> Result<Vec<Command>> {
         let ready = r.status() == NodeStatus::Ready;
-        let now = now_ms();
+        let now = chrono::Utc::now().timestamp_millis();
         let known = self.core().nodes.contains_key(&r.node_id);
         if !known {
             // A node that registered while no scheduler was active: its hub

@@ -5,8 +5,8 @@
 //! The store is the source of truth across restarts; the in-memory queues
 //! (`core`) are rebuilt from it at start.
 
+use relaymesh_proto::enum_names::{parse_wire_name, wire_name};
 use relaymesh_proto::scheduler::v1::{CommandType, TaskState};
-use relaymesh_wire::node::{parse_wire_name, wire_name};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
@@ -64,7 +64,7 @@ pub struct NodeRow {
 }
 
 /// Enums are stored by their wire names (`QUEUED`, `WATCH_VIDEO`).
-fn stored<E: relaymesh_wire::node::WireEnum>(r: &AnyRow, column: &str) -> std::result::Result<E, sqlx::Error> {
+fn stored<E: relaymesh_proto::enum_names::WireEnum>(r: &AnyRow, column: &str) -> std::result::Result<E, sqlx::Error> {
     let name: String = r.try_get(column)?;
     parse_wire_name(&name).ok_or_else(|| sqlx::Error::ColumnDecode {
         index: column.to_owned(),

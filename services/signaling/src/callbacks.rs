@@ -45,12 +45,6 @@ fn settlement_topic(replica: &str) -> String {
     format!("cb-settle:{replica}")
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 /// The frame a callback of `kind` is sent as.
 fn callback_event(kind: CallbackKind, request_id: String, data: Option<Value>) -> Option<CopilotResponse> {
     let cb = CopilotCallback { request_id, data };
@@ -170,7 +164,8 @@ impl CallbackBroker {
             connection_id: conn.to_string(),
             owner: self.replica.clone(),
             kind: kind as i32,
-            expires_at_ms: now_ms() + i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX),
+            expires_at_ms: chrono::Utc::now().timestamp_millis()
+                + i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX),
         };
         // Both records in one round trip (the two writes go out together).
         let (entry, index) = (pending.encode_to_vec(), connection_key(conn.as_str()));
@@ -232,7 +227,7 @@ impl CallbackBroker {
         let key = pending_key(conn.as_str(), request_id);
         let bytes = self.state.take(&key).await?.ok_or_else(unknown)?;
         let pending = PendingCallback::decode(bytes.as_slice()).map_err(|_| unknown())?;
-        let left = pending.expires_at_ms - now_ms();
+        let left = pending.expires_at_ms - chrono::Utc::now().timestamp_millis();
         if left <= 0 {
             return Err(unknown());
         }

@@ -3,8 +3,8 @@
 //! signing snippet verbatim.
 #![allow(clippy::unwrap_used)]
 
-use relaymesh_wire::node::canonical::{CanonicalFrame, signed_bytes};
-use relaymesh_wire::node::signature::{
+use relaymesh_node_signature::canonical::{CanonicalFrame, signed_bytes};
+use relaymesh_node_signature::signature::{
     NodeKey, SignatureError, python_b64decode, secret_key_bytes, sign, signed_frame, verify,
 };
 use serde::Deserialize;

@@ -3,9 +3,9 @@
 node frames (seed 000), so the Rust signer can be checked byte for byte.
 
 Run from anywhere with python3 (no third-party packages); the outputs are
-committed next to this script and read by crates/wire/tests/node_hmac.rs.
+committed next to this script and read by crates/node-signature/tests/node_hmac.rs.
 
-    python3 crates/wire/tests/vectors/gen_node_hmac.py
+    python3 crates/node-signature/tests/vectors/gen_node_hmac.py
 """
 
 import base64

@@ -11,7 +11,7 @@ use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-use super::canonical::{CanonicalError, CanonicalFrame};
+use crate::canonical::{CanonicalError, CanonicalFrame};
 
 type HmacSha256 = Hmac<Sha256>;
 
