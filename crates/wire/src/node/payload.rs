@@ -8,7 +8,7 @@
 //! so a lenient reader and a strict writer share one type.
 
 pub use relaymesh_proto::enum_names::{WireEnum, parse_wire_name, wire_enum, wire_name};
-use relaymesh_proto::scheduler::v1::{CommandType, NodeStatus, ResultStatus, TaskState};
+use relaymesh_proto::scheduler::v1::{CommandType, NodeStatus, ResultStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
