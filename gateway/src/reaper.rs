@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use relaymesh_proto::channel::v1::DropSessionRequest;
 use relaymesh_proto::client::v1::ClientProtocol;
+use relaymesh_proto::r#match::v1::LeaveLobbyRequest;
 use relaymesh_proto::scheduler::v1::NodeDisconnectedRequest;
 use relaymesh_state::{GatewayLiveness, SessionEntry};
 use tokio_util::sync::CancellationToken;
@@ -76,9 +77,20 @@ async fn drop_session(gw: &Shared, session: &SessionEntry) {
             })
             .await
             .map(|_| ()),
-        // Copilot callbacks time out on their own; signal sessions are left
-        // by the match service's own cleanup hook once it has one.
-        ClientProtocol::Copilot | ClientProtocol::Signal | ClientProtocol::Unspecified => Ok(()),
+        // As the socket's close would: leave the lobby, clear the pending
+        // request, fail an open match.
+        ClientProtocol::Signal => gw
+            .upstreams
+            .r#match
+            .clone()
+            .leave_lobby(LeaveLobbyRequest {
+                player_id: session.user_id.clone(),
+                connection_id: conn.clone(),
+            })
+            .await
+            .map(|_| ()),
+        // Copilot callbacks time out on their own.
+        ClientProtocol::Copilot | ClientProtocol::Unspecified => Ok(()),
     };
     match outcome {
         Ok(()) => metrics::counter!("relaymesh_gateway_dead_sessions_dropped_total").increment(1),
