@@ -1,5 +1,5 @@
 //! Breaks an operator would cause, with real processes: a gateway replica
-//! killed with SIGKILL while its users sit in channels.
+//! killed with SIGKILL while its users sit in channels or play a match.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::harness::{self, Backend, Chat};
+use super::signal::{Player, matched, status_of};
 
 const BIN: &str = env!("CARGO_BIN_EXE_relaymesh");
 
@@ -170,4 +171,68 @@ async fn four_hundred_users_joining_one_channel_at_once_all_get_in() {
         members.abort_all();
         mesh.shutdown().await.unwrap();
     }
+}
+
+/// SIGKILLs `child` and reaps it.
+async fn kill_9(child: &mut tokio::process::Child) {
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-KILL", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    child.wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_killed_gateways_players_leave_the_lobby_and_their_match_fails_once() {
+    let Some(redis) = harness::backends().into_iter().find_map(|b| match b {
+        Backend::Redis(url) => Some(url),
+        Backend::Memory | Backend::Cluster(_) => None,
+    }) else {
+        eprintln!("skipped: needs REDIS_URL (gateway processes share Redis)");
+        return;
+    };
+    let mesh = harness::start(&Backend::Redis(redis.clone()), &[]).await;
+    let (mut doomed, addr) = gateway_process(&mesh, &redis).await;
+
+    // alice plays from the doomed gateway, bob from the surviving one;
+    // carol, on the doomed one too, only waits in the lobby.
+    let (mut alice, _) = Player::joined(addr, "alice").await;
+    let (_carol, _) = Player::joined(addr, "carol").await;
+    let (mut bob, _) = Player::joined(mesh.gateway_addr, "bob").await;
+    let sid = matched(&mut alice, &mut bob).await;
+    bob.lobby_until(|p| p.len() == 3 && status_of(p, "bob").as_deref() == Some("in_match"))
+        .await;
+
+    kill_9(&mut doomed).await;
+    // Within seconds (liveness TTL 3 s): the failure, and a snapshot
+    // without the dead gateway's players, in whichever order.
+    let (mut failed, mut alone) = (Vec::new(), false);
+    while failed.is_empty() || !alone {
+        let v = bob
+            .try_frame(Duration::from_secs(15))
+            .await
+            .expect("bob is told about the dead gateway's players");
+        match v["type"].as_str() {
+            Some("match_failed") => failed.push(v["payload"].clone()),
+            Some("lobby_update") => {
+                let players = v["payload"]["players"].as_array().unwrap();
+                alone = players.len() == 1 && status_of(players, "bob").as_deref() == Some("available");
+            }
+            _ => panic!("unexpected {v}"),
+        }
+    }
+    assert_eq!(
+        failed,
+        [json!({"opponentId": "alice", "reason": "opponent_left", "sessionId": sid})]
+    );
+    // Once: nothing else comes (lobby snapshots aside).
+    assert_eq!(bob.try_next(Duration::from_millis(1500)).await, None);
+    // bob is free: he matches a new player at once.
+    let (mut dave, _) = Player::joined(mesh.gateway_addr, "dave").await;
+    let _ = matched(&mut dave, &mut bob).await;
+    mesh.shutdown().await.unwrap();
 }
