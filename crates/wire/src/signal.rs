@@ -563,6 +563,22 @@ mod tests {
         assert_eq!(code_of(parse(r#"{"type":"join_lobby"}"#)), 4000);
     }
 
+    /// An `ice_candidate_received` event.
+    fn ice_event() -> SignalResponse {
+        SignalResponse {
+            event: Some(Event::IceCandidateReceived(proto::IceCandidateReceived {
+                sender_id: "p1".into(),
+                candidate: Some(proto::RtcIceCandidate {
+                    candidate: "candidate:1".into(),
+                    sdp_mid: Some("0".into()),
+                    sdp_m_line_index: Some(0),
+                    username_fragment: None,
+                }),
+                session_id: "s".into(),
+            })),
+        }
+    }
+
     #[test]
     fn renders_the_seed_shapes() {
         let update = SignalResponse {
@@ -578,18 +594,7 @@ mod tests {
             render(&update).unwrap(),
             r#"{"type":"lobby_update","payload":{"players":[{"playerId":"p1","playerName":"Ryu","status":"in_match"}]}}"#
         );
-        let ice = SignalResponse {
-            event: Some(Event::IceCandidateReceived(proto::IceCandidateReceived {
-                sender_id: "p1".into(),
-                candidate: Some(proto::RtcIceCandidate {
-                    candidate: "candidate:1".into(),
-                    sdp_mid: Some("0".into()),
-                    sdp_m_line_index: Some(0),
-                    username_fragment: None,
-                }),
-                session_id: "s".into(),
-            })),
-        };
+        let ice = ice_event();
         assert_eq!(
             render(&ice).unwrap(),
             r#"{"type":"ice_candidate_received","payload":{"senderId":"p1","candidate":{"candidate":"candidate:1","sdpMid":"0","sdpMLineIndex":0},"sessionId":"s"}}"#
@@ -612,18 +617,7 @@ mod tests {
             let value: serde_json::Value = serde_json::from_str(f).unwrap();
             assert_eq!(parse_msgpack(&msgpack(&value)).unwrap(), parse(f).unwrap(), "{f}");
         }
-        let ice = SignalResponse {
-            event: Some(Event::IceCandidateReceived(proto::IceCandidateReceived {
-                sender_id: "p1".into(),
-                candidate: Some(proto::RtcIceCandidate {
-                    candidate: "candidate:1".into(),
-                    sdp_mid: Some("0".into()),
-                    sdp_m_line_index: Some(0),
-                    username_fragment: None,
-                }),
-                session_id: "s".into(),
-            })),
-        };
+        let ice = ice_event();
         let err = error(SignalErrorCode::NotTarget, "no", Some("s".into()));
         for event in [ice, err] {
             let bytes = render_msgpack(&event).unwrap();
