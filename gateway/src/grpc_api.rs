@@ -15,8 +15,8 @@ use futures_util::{Stream, StreamExt};
 use relaymesh_proto::client::v1::gateway_service_server::{GatewayService, GatewayServiceServer};
 use relaymesh_proto::client::v1::{
     ClientProtocol, CloseCode, Closing, CopilotRequest, CopilotResponse, LivechatRequest, LivechatResponse,
-    OpenRequest, OpenResponse, Opened, SendRequest, SendResponse, SignalRequest, SignalResponse, livechat_response,
-    open_response, send_request, signal_response,
+    OpenRequest, OpenResponse, Opened, SendRequest, SendResponse, SignalRequest, SignalResponse, copilot_response,
+    livechat_response, open_response, send_request, signal_response,
 };
 use relaymesh_proto::delivery::v1::{Envelope, ForwardedRequest, envelope::Body, forwarded_request};
 use relaymesh_state::ConnectionId;
@@ -28,7 +28,9 @@ use tracing::Instrument;
 
 use crate::Shared;
 use crate::identity::{self, AuthFailure, Identity};
-use crate::protocols::{Ctx, LivechatProtocol, Protocol, SignalProtocol, frame_span, protocol_name, record_user};
+use crate::protocols::{
+    CopilotProtocol, Ctx, LivechatProtocol, Protocol, SignalProtocol, frame_span, protocol_name, record_user,
+};
 use crate::ws::{ConnHandle, Outbound, Transport};
 
 /// How a protocol's typed events travel on a gRPC stream.
@@ -39,6 +41,16 @@ pub trait StreamCodec: Protocol {
     fn from_forwarded(req: ForwardedRequest) -> Option<Self::Request>;
     /// The last event of a stream the server closes.
     fn closing(code: CloseCode, reason: String) -> Self::Event;
+    /// Where the server pings (seed 001): the event sent each heartbeat
+    /// period, which the client must answer within PONG_TIMEOUT_MS; None
+    /// where the client heartbeats on its own.
+    fn heartbeat_ping() -> Option<Self::Event> {
+        None
+    }
+    /// With [`Self::heartbeat_ping`], whether `req` answers it.
+    fn is_pong(_req: &Self::Request) -> bool {
+        false
+    }
 }
 
 impl StreamCodec for LivechatProtocol {
@@ -88,6 +100,39 @@ impl StreamCodec for SignalProtocol {
                 reason,
             })),
         }
+    }
+}
+
+impl StreamCodec for CopilotProtocol {
+    fn from_body(body: &Body) -> Option<CopilotResponse> {
+        match body {
+            Body::Copilot(e) => Some(e.clone()),
+            _ => None,
+        }
+    }
+
+    fn from_forwarded(req: ForwardedRequest) -> Option<CopilotRequest> {
+        match req.request {
+            Some(forwarded_request::Request::Copilot(r)) => Some(r),
+            _ => None,
+        }
+    }
+
+    fn closing(code: CloseCode, reason: String) -> CopilotResponse {
+        CopilotResponse {
+            event: Some(copilot_response::Event::Closing(Closing {
+                code: code as i32,
+                reason,
+            })),
+        }
+    }
+
+    fn heartbeat_ping() -> Option<CopilotResponse> {
+        Some(relaymesh_wire::copilot::ping())
+    }
+
+    fn is_pong(req: &CopilotRequest) -> bool {
+        <Self as crate::ws::WsCodec>::answers_ping(req)
     }
 }
 
@@ -201,6 +246,10 @@ async fn run_stream<P, O>(
         tokio::time::Instant::now() + cfg.heartbeat_interval(),
         cfg.heartbeat_interval(),
     );
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Where the server pings: when the pong to the last ping is due, and
+    // how many pings in a row went unanswered (as on the WebSocket).
+    let (mut pong_due, mut missed) = (None::<tokio::time::Instant>, 0u32);
     metrics::gauge!("relaymesh_gateway_grpc_streams", "protocol" => name).increment(1.0);
     let span = frame_span(P::NAME, TRANSPORT, "open", &cx);
     Box::pin(proto.on_open(&mut cx)).instrument(span).await;
@@ -224,6 +273,10 @@ async fn run_stream<P, O>(
                 }
                 Some(Outbound::Forwarded(f)) => match P::from_forwarded(f) {
                     Some(req) => {
+                        cx.touch();
+                        if P::is_pong(&req) {
+                            (missed, pong_due) = (0, None);
+                        }
                         let span = frame_span(P::NAME, TRANSPORT, P::op_name(&req), &cx);
                         Box::pin(proto.on_request(&mut cx, req)).instrument(span.clone()).await;
                         record_user(&span, &cx);
@@ -245,6 +298,10 @@ async fn run_stream<P, O>(
             req = inbound.next() => match req {
                 Some(Ok(req)) => {
                     metrics::counter!("relaymesh_gateway_frames_in_total", "protocol" => name).increment(1);
+                    cx.touch();
+                    if P::is_pong(&req) {
+                        (missed, pong_due) = (0, None);
+                    }
                     let span = frame_span(P::NAME, TRANSPORT, P::op_name(&req), &cx);
                     Box::pin(proto.on_request(&mut cx, req)).instrument(span.clone()).await;
                     record_user(&span, &cx);
@@ -252,7 +309,28 @@ async fn run_stream<P, O>(
                 // The client ended its side, or the stream broke.
                 Some(Err(_)) | None => break,
             },
-            _ = refresh.tick() => cx.refresh_session().await,
+            () = crate::ws::sleep_until(pong_due), if pong_due.is_some() => {
+                pong_due = None;
+                missed += 1;
+                if missed >= cfg.heartbeat_max_missed {
+                    cx.close(CloseCode::HeartbeatLost, "heartbeat lost: pongs missed");
+                }
+            }
+            _ = refresh.tick() => {
+                if let Some(ping) = P::heartbeat_ping() {
+                    // A deadline that falls on this tick counts here.
+                    if pong_due.take().is_some() {
+                        missed += 1;
+                    }
+                    if missed >= cfg.heartbeat_max_missed {
+                        cx.close(CloseCode::HeartbeatLost, "heartbeat lost: pongs missed");
+                    } else {
+                        cx.send(ping);
+                        pong_due = Some(tokio::time::Instant::now() + cfg.pong_timeout());
+                    }
+                }
+                cx.refresh_session().await;
+            }
         }
         open = open && flush(&mut cx, &out, wrap, cfg.send_timeout()).await;
     }
@@ -312,6 +390,12 @@ fn opened(id: &ConnectionId, stream: EventStream<OpenResponse>) -> EventStream<O
     Box::pin(futures_util::stream::once(async move { Ok(opened) }).chain(stream))
 }
 
+fn open_copilot(e: CopilotResponse) -> OpenResponse {
+    OpenResponse {
+        event: Some(open_response::Event::Copilot(e)),
+    }
+}
+
 fn open_signal(e: SignalResponse) -> OpenResponse {
     OpenResponse {
         event: Some(open_response::Event::Signal(e)),
@@ -337,10 +421,13 @@ impl GatewayService for GatewayApi {
         Ok(Response::new(stream))
     }
 
-    async fn copilot(&self, _req: Request<Streaming<CopilotRequest>>) -> Result<Response<Self::CopilotStream>, Status> {
-        Err(Status::unimplemented(
-            "the copilot protocol is not yet offered over gRPC",
-        ))
+    async fn copilot(&self, req: Request<Streaming<CopilotRequest>>) -> Result<Response<Self::CopilotStream>, Status> {
+        let who = self
+            .identify(&req)
+            .await?
+            .ok_or_else(|| Status::unauthenticated("missing token"))?;
+        let (_, stream) = self.accept(CopilotProtocol::new(who), req.into_inner(), identity_event)?;
+        Ok(Response::new(stream))
     }
 
     async fn signal(&self, req: Request<Streaming<SignalRequest>>) -> Result<Response<Self::SignalStream>, Status> {
@@ -364,13 +451,18 @@ impl GatewayService for GatewayApi {
                 let (id, stream) = self.accept(LivechatProtocol::identified(who), inbound, open_livechat)?;
                 Ok(Response::new(opened(&id, stream)))
             }
+            ClientProtocol::Copilot => {
+                let (id, stream) =
+                    self.accept(CopilotProtocol::new(who), futures_util::stream::pending(), open_copilot)?;
+                Ok(Response::new(opened(&id, stream)))
+            }
             ClientProtocol::Signal => {
                 let (id, stream) =
                     self.accept(SignalProtocol::new(who), futures_util::stream::pending(), open_signal)?;
                 Ok(Response::new(opened(&id, stream)))
             }
             _ => Err(Status::unimplemented(format!(
-                "{} is not yet offered over gRPC",
+                "{} is not offered over gRPC",
                 protocol_name(protocol)
             ))),
         }

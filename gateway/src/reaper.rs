@@ -1,7 +1,8 @@
 //! Cleanup after gateway replicas that died without closing their sockets
 //! (`kill -9`, a lost node): every session a dead replica held leaves its
 //! channels, lobbies and matches with the normal events, as if its socket
-//! had closed, exactly once across the surviving replicas.
+//! had closed, exactly once across the surviving replicas; copilot
+//! callbacks waiting for its users are released at once.
 //!
 //! Liveness (`relaymesh_state::GatewayLiveness`): each replica renews a key
 //! with a short TTL; a replica whose key expired is dead, and the first
@@ -14,6 +15,7 @@ use relaymesh_proto::channel::v1::DropSessionRequest;
 use relaymesh_proto::client::v1::ClientProtocol;
 use relaymesh_proto::r#match::v1::LeaveLobbyRequest;
 use relaymesh_proto::scheduler::v1::NodeDisconnectedRequest;
+use relaymesh_proto::signaling::v1::DropSessionRequest as CopilotDropSessionRequest;
 use relaymesh_state::{GatewayLiveness, SessionEntry};
 use tokio_util::sync::CancellationToken;
 
@@ -77,6 +79,17 @@ async fn drop_session(gw: &Shared, session: &SessionEntry) {
             })
             .await
             .map(|_| ()),
+        // Callbacks still waiting for the dead connection fail at once with
+        // CONNECTION_CLOSED instead of running into their timeout.
+        ClientProtocol::Copilot => gw
+            .upstreams
+            .signaling
+            .clone()
+            .drop_session(CopilotDropSessionRequest {
+                connection_id: conn.clone(),
+            })
+            .await
+            .map(|_| ()),
         // As the socket's close would: leave the lobby, clear the pending
         // request, fail an open match.
         ClientProtocol::Signal => gw
@@ -89,8 +102,7 @@ async fn drop_session(gw: &Shared, session: &SessionEntry) {
             })
             .await
             .map(|_| ()),
-        // Copilot callbacks time out on their own.
-        ClientProtocol::Copilot | ClientProtocol::Unspecified => Ok(()),
+        ClientProtocol::Unspecified => Ok(()),
     };
     match outcome {
         Ok(()) => metrics::counter!("relaymesh_gateway_dead_sessions_dropped_total").increment(1),

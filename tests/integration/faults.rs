@@ -1,12 +1,18 @@
 //! Breaks an operator would cause, with real processes: a gateway replica
-//! killed with SIGKILL while its users sit in channels or play a match.
+//! killed with SIGKILL while its users sit in channels, play a match, or
+//! while a copilot callback waits for one of its users.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::harness::{self, Backend, Chat};
+use relaymesh_proto::signaling::v1::signaling_service_client::SignalingServiceClient;
+use relaymesh_proto::signaling::v1::{CallClientRequest, CallbackKind, ErrorReason};
+use relaymesh_rpc::reason_of;
+use relaymesh_wire::json_value::to_proto;
+
+use super::harness::{self, Backend, Chat, Copilot};
 use super::signal::{Player, matched, status_of};
 
 const BIN: &str = env!("CARGO_BIN_EXE_relaymesh");
@@ -47,15 +53,32 @@ async fn gateway_process(mesh: &relaymesh::Mesh, redis: &str) -> (tokio::process
     (child, addr)
 }
 
-#[tokio::test]
-async fn a_killed_gateways_members_leave_their_channels_and_free_their_seats() {
-    let Some(redis) = harness::backends().into_iter().find_map(|b| match b {
+/// The Redis the gateway processes share, when REDIS_URL is set.
+fn shared_redis() -> Option<String> {
+    let redis = harness::backends().into_iter().find_map(|b| match b {
         Backend::Redis(url) => Some(url),
         Backend::Memory | Backend::Cluster(_) => None,
-    }) else {
+    });
+    if redis.is_none() {
         eprintln!("skipped: needs REDIS_URL (gateway processes share Redis)");
-        return;
-    };
+    }
+    redis
+}
+
+fn kill_9(child: &tokio::process::Child) {
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-KILL", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+#[tokio::test]
+async fn a_killed_gateways_members_leave_their_channels_and_free_their_seats() {
+    let Some(redis) = shared_redis() else { return };
     let mesh = harness::start(&Backend::Redis(redis.clone()), &[]).await;
     let (mut doomed, addr) = gateway_process(&mesh, &redis).await;
 
@@ -80,14 +103,7 @@ async fn a_killed_gateways_members_leave_their_channels_and_free_their_seats() {
     assert_eq!(full, 2001, "the channel is full while bob and carol sit in it");
 
     let killed_at = Instant::now();
-    let pid = doomed.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-KILL", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    kill_9(&doomed);
     doomed.wait().await.unwrap();
 
     // The others are told, once per member, within a few seconds.
@@ -118,6 +134,54 @@ async fn a_killed_gateways_members_leave_their_channels_and_free_their_seats() {
         let mut c = Chat::ready(mesh.gateway_addr, user).await;
         c.ok(11, json!({"channel_id": "room", "ssrc": 20 + i})).await;
     }
+    mesh.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_killed_gateway_releases_the_callbacks_waiting_for_its_copilot_users() {
+    let Some(redis) = shared_redis() else { return };
+    let mesh = harness::start(&Backend::Redis(redis.clone()), &[]).await;
+    let (mut doomed, addr) = gateway_process(&mesh, &redis).await;
+    let mut ann = Copilot::connect(addr, "ann").await;
+    let signaling = mesh.services.iter().find(|(r, _)| *r == "signaling").unwrap().1;
+    let mut signaling = SignalingServiceClient::connect(format!("http://{signaling}"))
+        .await
+        .unwrap();
+
+    // A service asks ann, with a timeout far beyond the test's patience.
+    let call = CallClientRequest {
+        connection_id: ann.connection_id.clone(),
+        kind: CallbackKind::Api as i32,
+        data: Some(to_proto(json!({"api": "costs"}))),
+        timeout: Some(Duration::from_secs(300).try_into().unwrap()),
+    };
+    let waiting = tokio::spawn(async move { signaling.call_client(call).await });
+    assert_eq!(ann.next_callback().await["type"], "request_api");
+    let listed = |body: &serde_json::Value| {
+        body["connections"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["user_id"] == "ann"))
+    };
+    let (status, body) = harness::operator_call(mesh.gateway_addr, "GET", "/api/v1/copilot/connections", None).await;
+    assert!(status == 200 && listed(&body), "{body}");
+
+    kill_9(&doomed);
+    doomed.wait().await.unwrap();
+    drop(ann);
+
+    // Released by the survivors' cleanup, not by the callback's timeout.
+    let answer = tokio::time::timeout(Duration::from_secs(60), waiting)
+        .await
+        .expect("the waiting call is released")
+        .unwrap();
+    let status = answer.expect_err("no answer came");
+    assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+    assert_eq!(reason_of::<ErrorReason>(&status), Some(ErrorReason::ConnectionClosed));
+    let (status, body) = harness::operator_call(mesh.gateway_addr, "GET", "/api/v1/copilot/connections", None).await;
+    assert!(status == 200 && !listed(&body), "{body}");
+    // ann comes back through the live gateway, single session or not.
+    let mut back = Copilot::connect(mesh.gateway_addr, "ann").await;
+    assert!(back.still_open().await);
     mesh.shutdown().await.unwrap();
 }
 
@@ -173,28 +237,9 @@ async fn four_hundred_users_joining_one_channel_at_once_all_get_in() {
     }
 }
 
-/// SIGKILLs `child` and reaps it.
-async fn kill_9(child: &mut tokio::process::Child) {
-    let pid = child.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-KILL", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    child.wait().await.unwrap();
-}
-
 #[tokio::test]
 async fn a_killed_gateways_players_leave_the_lobby_and_their_match_fails_once() {
-    let Some(redis) = harness::backends().into_iter().find_map(|b| match b {
-        Backend::Redis(url) => Some(url),
-        Backend::Memory | Backend::Cluster(_) => None,
-    }) else {
-        eprintln!("skipped: needs REDIS_URL (gateway processes share Redis)");
-        return;
-    };
+    let Some(redis) = shared_redis() else { return };
     let mesh = harness::start(&Backend::Redis(redis.clone()), &[]).await;
     let (mut doomed, addr) = gateway_process(&mesh, &redis).await;
 
@@ -207,7 +252,8 @@ async fn a_killed_gateways_players_leave_the_lobby_and_their_match_fails_once() 
     bob.lobby_until(|p| p.len() == 3 && status_of(p, "bob").as_deref() == Some("in_match"))
         .await;
 
-    kill_9(&mut doomed).await;
+    kill_9(&doomed);
+    doomed.wait().await.unwrap();
     // Within seconds (liveness TTL 3 s): the failure, and a snapshot
     // without the dead gateway's players, in whichever order.
     let (mut failed, mut alone) = (Vec::new(), false);

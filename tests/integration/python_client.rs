@@ -1,7 +1,8 @@
 //! A client that knows only the protos: Python stubs generated from
 //! `proto/` at test time (grpcio-tools) drive LiveChat through the gateway's
 //! gRPC API and through gRPC-Web over plain HTTP/1.1, in the same channel as
-//! a WebSocket client. The script is tests/clients/python/livechat_client.py.
+//! a WebSocket client, and run a copilot query with its callbacks. The
+//! scripts are tests/clients/python/livechat_client.py and copilot_client.py.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -131,6 +132,74 @@ async fn a_python_client_generated_from_the_protos_chats_with_a_websocket_client
         step("done");
         let status = child.wait().await.unwrap();
         assert!(status.success(), "{backend:?}: the script exited {status}");
+        mesh.shutdown().await.unwrap();
+    }
+    let _ = std::fs::remove_dir_all(stubs);
+}
+
+/// Runs one of the Python client scripts with `args`; returns its report
+/// lines up to `done`, and checks it exited well.
+async fn run_script(stubs: &Path, script: &str, args: &[String]) -> Vec<Value> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/clients/python")
+        .join(script);
+    let mut child = tokio::process::Command::new("python3")
+        .arg(&script)
+        .args(args)
+        .env("PYTHONPATH", stubs)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 runs");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen: Vec<Value> = Vec::new();
+    while let Ok(Some(line)) = tokio::time::timeout(harness::WAIT * 4, lines.next_line())
+        .await
+        .expect("a line in time")
+    {
+        let v: Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        let done = v["step"] == "done";
+        seen.push(v);
+        if done {
+            break;
+        }
+    }
+    let status = child.wait().await.unwrap();
+    assert!(status.success(), "{script:?} exited {status}: {seen:?}");
+    seen
+}
+
+#[tokio::test]
+async fn a_python_client_generated_from_the_protos_answers_copilot_callbacks() {
+    let Some(stubs) = generate_stubs() else { return };
+    for backend in harness::backends() {
+        let mesh = harness::start(&backend, &[]).await;
+        let args = [mesh.gateway_addr.to_string(), harness::token("py-copilot", 600)];
+        let seen = run_script(&stubs, "copilot_client.py", &args).await;
+        let step = |name: &str| {
+            seen.iter()
+                .find(|v| v["step"] == name)
+                .cloned()
+                .unwrap_or_else(|| panic!("{backend:?}: no step {name} in {seen:?}"))
+        };
+        assert_eq!(
+            step("connected"),
+            json!({"step": "connected", "kind": "connected", "user_id": "py-copilot"})
+        );
+        let response = step("response");
+        assert_eq!(response["kind"], "response", "{backend:?}: {response}");
+        assert_eq!(response["request_id"], "py-q1");
+        assert_eq!(response["callbacks"], json!(["request_available_data", "request_api"]));
+        assert_eq!(response["data"]["cache"], "hit");
+        // protobuf's numbers are doubles: 3 comes back as 3.0.
+        assert_eq!(response["data"]["apiResult"]["rows"].as_f64(), Some(3.0));
+        assert_eq!(response["remaining"], 9);
+        let error = step("error");
+        assert_eq!(
+            (error["kind"].as_str(), error["code"].as_str()),
+            (Some("error"), Some("COPILOT_ERROR_CODE_UNKNOWN_REQUEST_ID")),
+            "{backend:?}: the refusal arrives as the proto enum value"
+        );
         mesh.shutdown().await.unwrap();
     }
     let _ = std::fs::remove_dir_all(stubs);

@@ -241,7 +241,7 @@ pub async fn run<P: WsCodec>(
 }
 
 /// Sleeps until `at`; forever when None (the select! guard keeps it unpolled).
-async fn sleep_until(at: Option<tokio::time::Instant>) {
+pub(crate) async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,

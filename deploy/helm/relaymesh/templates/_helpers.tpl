@@ -299,3 +299,97 @@ spec:
       interval: {{ .root.Values.metrics.serviceMonitor.interval }}
 {{- end }}
 {{- end -}}
+
+{{/* The typed settings each role reads (jwt, copilot, gateway heartbeat and
+sessions), as env entries: auth gets the JWT ones, signaling the callback and
+rate-limit ones, the gateway its own. Optional ones only when set. */}}
+{{- define "relaymesh.settingsEnv" -}}
+{{- $v := .root.Values -}}
+{{- if eq .role "auth" }}
+{{- with $v.jwt.issuer }}
+- name: JWT_ISSUER
+  value: {{ . | quote }}
+{{- end }}
+{{- with $v.jwt.audience }}
+- name: JWT_AUDIENCE
+  value: {{ . | quote }}
+{{- end }}
+{{- with $v.jwt.jwks.url }}
+- name: JWKS_URL
+  value: {{ . | quote }}
+{{- end }}
+- name: JWKS_REFRESH_SECS
+  value: {{ $v.jwt.jwks.refreshSecs | quote }}
+- name: JWKS_REFETCH_COOLDOWN_MS
+  value: {{ $v.jwt.jwks.refetchCooldownMs | quote }}
+{{- if $v.jwt.jwks.configMap }}
+- name: JWKS_FILE
+  value: {{ printf "/etc/relaymesh/jwks/%s" $v.jwt.jwks.configMapKey | quote }}
+{{- end }}
+{{- if $v.jwt.jwks.caConfigMap }}
+- name: JWKS_CA_FILE
+  value: {{ printf "/etc/relaymesh/jwks-ca/%s" $v.jwt.jwks.caConfigMapKey | quote }}
+{{- end }}
+{{- else if eq .role "signaling" }}
+- name: CALLBACK_TIMEOUT_MS
+  value: {{ $v.copilot.callbackTimeoutMs | quote }}
+- name: RATE_LIMIT_REQUESTS
+  value: {{ $v.copilot.rateLimit.requests | quote }}
+- name: RATE_LIMIT_WINDOW_MS
+  value: {{ $v.copilot.rateLimit.windowMs | quote }}
+- name: SHARE_RATE_LIMIT
+  value: {{ $v.copilot.rateLimit.perUser | quote }}
+{{- else if eq .role "gateway" }}
+{{- $g := $v.gateway }}
+- name: SINGLE_SESSION_PER_USER
+  value: {{ $g.singleSessionPerUser | quote }}
+- name: HEARTBEAT_INTERVAL_MS
+  value: {{ $g.heartbeat.intervalMs | quote }}
+- name: PONG_TIMEOUT_MS
+  value: {{ $g.heartbeat.pongTimeoutMs | quote }}
+- name: HEARTBEAT_MAX_MISSED
+  value: {{ $g.heartbeat.maxMissed | quote }}
+- name: QUERY_TIMEOUT_MS
+  value: {{ $v.copilot.queryTimeoutMs | quote }}
+{{- with $v.copilot.queryServiceUrl }}
+- name: QUERY_SERVICE_URL
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* The JWKS ConfigMaps of the auth role (jwt.jwks.configMap, caConfigMap). */}}
+{{- define "relaymesh.jwksVolumeMount" -}}
+{{- if eq .role "auth" }}
+{{- with .root.Values.jwt.jwks }}
+{{- if .configMap }}
+- name: jwks
+  mountPath: /etc/relaymesh/jwks
+  readOnly: true
+{{- end }}
+{{- if .caConfigMap }}
+- name: jwks-ca
+  mountPath: /etc/relaymesh/jwks-ca
+  readOnly: true
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end -}}
+{{- define "relaymesh.jwksVolume" -}}
+{{- if eq .role "auth" }}
+{{- with .root.Values.jwt.jwks }}
+{{- if .configMap }}
+- name: jwks
+  configMap:
+    name: {{ .configMap }}
+    items: [{ key: {{ .configMapKey | quote }}, path: {{ .configMapKey | quote }} }]
+{{- end }}
+{{- if .caConfigMap }}
+- name: jwks-ca
+  configMap:
+    name: {{ .caConfigMap }}
+    items: [{ key: {{ .caConfigMapKey | quote }}, path: {{ .caConfigMapKey | quote }} }]
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end -}}
