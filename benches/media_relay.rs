@@ -26,7 +26,9 @@
 //! Run: `cargo bench --bench media_relay` (needs Redis at `REDIS_URL`,
 //! default redis://127.0.0.1:6379, for the relay-process row).
 //! `BENCH_LISTENERS=1,4,10` picks the fan-outs, `BENCH_STEP_MS` the length
-//! of one load step, `BENCH_ONLY=naive,batched,...` the rows.
+//! of one load step, `BENCH_ONLY=naive,batched,...` the rows,
+//! `BENCH_BASELINE_RCVBUF=<bytes>` the baselines' receive buffer (by
+//! default the relay's `MEDIA_UDP_RECV_BUFFER`, 4 MiB; 0 the system default).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{self, IoSlice, IoSliceMut};
@@ -134,6 +136,16 @@ impl Drop for Forwarder {
 fn baseline(dests: Vec<SocketAddr>, batched: bool) -> Forwarder {
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    // The baselines get the receive buffer the relay asks for
+    // (MEDIA_UDP_RECV_BUFFER, 4 MiB by default), so the rows compare loops,
+    // not buffers; BENCH_BASELINE_RCVBUF overrides it, 0 keeps the system
+    // default (to see what the buffer alone buys).
+    let rcvbuf: usize = std::env::var("BENCH_BASELINE_RCVBUF")
+        .or_else(|_| std::env::var("MEDIA_UDP_RECV_BUFFER"))
+        .map_or(4 << 20, |v| v.parse().unwrap());
+    if rcvbuf > 0 {
+        socket2::SockRef::from(&socket).set_recv_buffer_size(rcvbuf).unwrap();
+    }
     let target = socket.local_addr().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();

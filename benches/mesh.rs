@@ -98,8 +98,17 @@ fn row(name: &str, s: &Stats, base: &Stats) {
 }
 
 /// The whole mesh in this process on port 0, plus `extra` flags of `up`.
+/// Frame rate limits are off: these measure how fast frames go, thousands
+/// a second on one connection, which the limits would mostly refuse.
 async fn start_mesh(extra: &[&str]) -> relaymesh::Mesh {
-    let mut args = vec!["--jwt-secret", SECRET];
+    let mut args = vec![
+        "--jwt-secret",
+        SECRET,
+        "--rate-limit-conn-per-sec",
+        "0",
+        "--rate-limit-user-per-sec",
+        "0",
+    ];
     args.extend_from_slice(extra);
     relaymesh::Mesh::start(relaymesh::MeshOptions::loopback(&args).unwrap())
         .await

@@ -18,6 +18,7 @@ mod integration {
     mod gateway_http;
     mod grpc_api;
     mod jwks;
+    mod limits;
     mod livechat_channels;
     mod livechat_media;
     mod livechat_session;

@@ -46,6 +46,9 @@ pub struct GatewayConfig {
     pub drain_timeout_ms: u64,
 
     #[command(flatten)]
+    pub limits: crate::limits::RateLimitArgs,
+
+    #[command(flatten)]
     pub upstreams: UpstreamArgs,
 }
 

@@ -29,7 +29,7 @@ use tracing::Instrument;
 use crate::Shared;
 use crate::identity::{self, AuthFailure, Identity};
 use crate::protocols::{
-    CopilotProtocol, Ctx, LivechatProtocol, Protocol, SignalProtocol, frame_span, protocol_name, record_user,
+    CopilotProtocol, Ctx, LivechatProtocol, Protocol, SignalProtocol, dispatch, frame_span, protocol_name, record_user,
 };
 use crate::ws::{ConnHandle, Outbound, Transport};
 
@@ -278,7 +278,7 @@ async fn run_stream<P, O>(
                             (missed, pong_due) = (0, None);
                         }
                         let span = frame_span(P::NAME, TRANSPORT, P::op_name(&req), &cx);
-                        Box::pin(proto.on_request(&mut cx, req)).instrument(span.clone()).await;
+                        Box::pin(dispatch(&mut proto, &mut cx, req)).instrument(span.clone()).await;
                         record_user(&span, &cx);
                     }
                     None => tracing::debug!(connection_id = %id, "forwarded request of another protocol"),
@@ -303,7 +303,7 @@ async fn run_stream<P, O>(
                         (missed, pong_due) = (0, None);
                     }
                     let span = frame_span(P::NAME, TRANSPORT, P::op_name(&req), &cx);
-                    Box::pin(proto.on_request(&mut cx, req)).instrument(span.clone()).await;
+                    Box::pin(dispatch(&mut proto, &mut cx, req)).instrument(span.clone()).await;
                     record_user(&span, &cx);
                 }
                 // The client ended its side, or the stream broke.

@@ -10,6 +10,7 @@ mod config;
 mod grpc_api;
 mod http;
 mod identity;
+mod limits;
 mod protocols;
 mod reaper;
 mod upstream;
@@ -24,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::{GatewayConfig, UpstreamArgs};
+pub use limits::RateLimitArgs;
 pub use upstream::{UpstreamHealth, Upstreams};
 
 use ws::ConnectionTable;

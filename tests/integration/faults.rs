@@ -186,10 +186,23 @@ async fn a_killed_gateway_releases_the_callbacks_waiting_for_its_copilot_users()
 }
 
 #[tokio::test]
-async fn four_hundred_users_joining_one_channel_at_once_all_get_in() {
+async fn four_hundred_users_joining_one_channel_at_once_over_two_gateways_all_get_in() {
+    // 1,000 on a loaded 2-core machine: joins were no longer refused as
+    // busy, but ~25 relay add_peer calls timed out (9000); see the limits
+    // branch report. Raise this once the relay path holds under that load.
     const USERS: usize = 400;
     for backend in harness::backends() {
-        let mut mesh = harness::start(&backend, &["--max-channel-members", "2000", "--outbound-queue", "4096"]).await;
+        // Tens of thousands of join events on one machine: service calls may
+        // queue past the default 5 s deadline; this tests outcomes, not speed.
+        let flags = [
+            "--max-channel-members",
+            "2000",
+            "--outbound-queue",
+            "4096",
+            "--rpc-timeout-ms",
+            "60000",
+        ];
+        let mut mesh = harness::start(&backend, &flags).await;
         let second = mesh.add_gateway(0, None).await.unwrap();
         let mut owner = Chat::ready(mesh.gateway_addr, "owner").await;
         owner.ok(10, json!({"channel_id": "stadium", "capacity": 2000})).await;
@@ -197,7 +210,7 @@ async fn four_hundred_users_joining_one_channel_at_once_all_get_in() {
         // 64 joins in flight at a time, spread over two gateway replicas.
         let users: Vec<usize> = (0..USERS).collect();
         let mut refused = Vec::new();
-        // Every join is announced to every member (half a million events in
+        // Every join is announced to every member (80,000 events in
         // all): members keep reading, as live clients do.
         let mut members = tokio::task::JoinSet::new();
         for wave in users.chunks(64) {
@@ -205,7 +218,10 @@ async fn four_hundred_users_joining_one_channel_at_once_all_get_in() {
                 let addr = if i % 2 == 0 { mesh.gateway_addr } else { second };
                 async move {
                     let mut c = Chat::ready(addr, &format!("fan{i}")).await;
-                    let answer = c.call(11, json!({"channel_id": "stadium", "ssrc": i + 1})).await;
+                    // Joins queue for the channel's lock, each announcing itself to
+                    // up to a thousand members: an answer may wait its turn.
+                    let join = json!({"channel_id": "stadium", "ssrc": i + 1});
+                    let answer = c.call_within(11, join, Duration::from_secs(120)).await;
                     (c, answer)
                 }
             });
@@ -225,9 +241,11 @@ async fn four_hundred_users_joining_one_channel_at_once_all_get_in() {
         );
         // The last joiner sees everyone.
         let mut last = Chat::ready(mesh.gateway_addr, "last").await;
-        let ack = last.ok(11, json!({"channel_id": "stadium", "ssrc": 5000})).await;
+        let join = json!({"channel_id": "stadium", "ssrc": 5000});
+        let ack = last.call_within(11, join, Duration::from_secs(120)).await;
+        assert_eq!(ack["op"], 200, "{backend:?}: {ack}");
         assert_eq!(
-            ack["active_members"].as_array().unwrap().len(),
+            ack["d"]["active_members"].as_array().unwrap().len(),
             USERS + 1,
             "{backend:?}"
         );

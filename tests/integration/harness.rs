@@ -224,12 +224,15 @@ impl Client {
 
 /// A livechat client that has identified as `user`.
 pub async fn livechat_ready(addr: SocketAddr, user: &str) -> (Client, Value) {
+    // Generous: under a load test (a thousand members fanning out) the
+    // handshake queues; waiting longer is not an assertion of speed.
+    let answer_within = Duration::from_secs(60);
     let mut c = Client::connect(addr, "/ws/livechat").await;
-    let hello = c.recv().await;
+    let hello = c.try_recv(answer_within).await.expect("HELLO");
     assert_eq!(hello["op"], 0);
     c.send_json(serde_json::json!({"op": 3, "d": {"user_id": user, "token": token(user, 600)}}))
         .await;
-    let ready = c.recv().await;
+    let ready = c.try_recv(answer_within).await.expect("READY");
     assert_eq!(ready["op"], 4, "READY: {ready}");
     (c, ready)
 }
@@ -272,13 +275,21 @@ impl Chat {
 
     /// Sends `{op, d + nonce}` and returns the ACK (200) or ERROR (201)
     /// carrying that nonce.
-    pub async fn call(&mut self, op: u16, mut d: Value) -> Value {
+    pub async fn call(&mut self, op: u16, d: Value) -> Value {
+        self.call_within(op, d, WAIT).await
+    }
+
+    /// As [`Self::call`], waiting up to `wait` for the answer (a test of
+    /// load, where an answer may queue behind many others, not of speed).
+    pub async fn call_within(&mut self, op: u16, mut d: Value, wait: Duration) -> Value {
         self.next_nonce += 1;
         let nonce = format!("n{}", self.next_nonce);
         d["nonce"] = Value::String(nonce.clone());
         self.client.send_json(serde_json::json!({"op": op, "d": d})).await;
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let v = self.client.recv().await;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let v = self.client.try_recv(left).await.expect("an answer in time");
             if (v["op"] == 200 || v["op"] == 201) && v["d"]["nonce"] == nonce.as_str() {
                 return v;
             }

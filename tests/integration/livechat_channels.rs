@@ -344,3 +344,30 @@ async fn channel_operations_need_identify_first() {
     }
     mesh.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_join_with_ssrc_0_is_bad_input_and_a_refused_join_leaves_no_relay_peer() {
+    for backend in harness::backends() {
+        let mesh = harness::start(&backend, &[]).await;
+        let mut ann = Chat::ready(mesh.gateway_addr, "ann").await;
+        let mut bob = Chat::ready(mesh.gateway_addr, "bob").await;
+        let mut cat = Chat::ready(mesh.gateway_addr, "cat").await;
+        ann.ok(CREATE, json!({"channel_id": "tiny", "capacity": 1})).await;
+        assert_eq!(
+            ann.err(JOIN, json!({"channel_id": "tiny", "ssrc": 0})).await,
+            1004,
+            "{backend:?}"
+        );
+        ann.ok(JOIN, json!({"channel_id": "tiny", "ssrc": 7})).await;
+        // Full: bob's peer, added to the relay before the channel was
+        // checked, is removed again, so his SSRC is free for cat elsewhere.
+        assert_eq!(
+            bob.err(JOIN, json!({"channel_id": "tiny", "ssrc": 8})).await,
+            2001,
+            "{backend:?}"
+        );
+        ann.ok(LEAVE, json!({"channel_id": "tiny"})).await;
+        cat.ok(JOIN, json!({"channel_id": "tiny", "ssrc": 8})).await;
+        mesh.shutdown().await.unwrap();
+    }
+}

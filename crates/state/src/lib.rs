@@ -17,6 +17,7 @@
 //! is split by the client. This crate never holds a lock across an `.await`.
 
 mod delivery;
+pub mod gcra;
 mod ids;
 mod liveness;
 mod memory;
@@ -32,6 +33,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
 pub use delivery::{Delivery, GatewayInbox, close_envelope, event_envelope, nudge_envelope, traced};
+pub use gcra::{LocalBucket, Rate};
 pub use ids::{ConnectionId, GatewayId};
 pub use liveness::{Beat, GatewayLiveness};
 pub use memory::MemoryStore;
@@ -286,6 +288,18 @@ impl SharedState {
         match self {
             Self::Memory(m) => Ok(m.rate_limit(key, limit, window)),
             Self::Redis(r) => r.rate_limit(key, limit, window).await,
+        }
+    }
+
+    /// Counts one event of `cost` against the GCRA bucket at `key` when
+    /// `rate` allows it, atomically (one Lua script on Redis's clock, one
+    /// lock in memory): every replica shares the bucket. Refused events do
+    /// not count; `reset_after` of a refusal says when to retry. One small
+    /// key per bucket, expiring once the bucket is full again.
+    pub async fn throttle(&self, key: &str, rate: Rate, cost: u32) -> Result<RateDecision> {
+        match self {
+            Self::Memory(m) => Ok(m.throttle(key, rate, cost)),
+            Self::Redis(r) => r.throttle(key, rate, cost).await,
         }
     }
 

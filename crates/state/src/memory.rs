@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
+use crate::gcra::{self, Rate};
 use crate::{RateDecision, Result, SUBSCRIPTION_BUFFER, StateError, Subscription, offer};
 
 const SWEEP_EVERY: u64 = 4096;
@@ -20,6 +21,8 @@ enum Value {
     Hash(HashMap<String, Vec<u8>>),
     /// A sliding-window log: when each counted event happened, oldest first.
     Log(VecDeque<Instant>),
+    /// A GCRA bucket's theoretical arrival time ([`crate::gcra`]).
+    Tat(f64),
 }
 
 struct Entry {
@@ -272,6 +275,31 @@ impl MemoryStore {
                 remaining: limit.saturating_sub(count + u32::from(allowed)),
                 reset_after,
             }
+        });
+        self.wrote();
+        out
+    }
+
+    pub fn throttle(&self, key: &str, rate: Rate, cost: u32) -> RateDecision {
+        let out = self.with_data(|data, now| {
+            let tat = match Self::live(data, key, now) {
+                Some(Entry {
+                    value: Value::Tat(t), ..
+                }) => Some(*t),
+                // Absent, expired, or (never written here) another type.
+                _ => None,
+            };
+            let (decision, tat) = gcra::decide(rate, tat, gcra::monotonic_us(now), cost);
+            // Expires once the bucket is full again: a full bucket needs no key.
+            let full_in = Duration::from_secs_f64(((tat - gcra::monotonic_us(now)) / 1e6).max(0.0));
+            data.insert(
+                key.to_owned(),
+                Entry {
+                    value: Value::Tat(tat),
+                    expires: Some(now + full_in + Duration::from_millis(1)),
+                },
+            );
+            decision
         });
         self.wrote();
         out

@@ -30,6 +30,7 @@ use redis::{Cmd, FromRedisValue, Pipeline, ProtocolVersion, PushInfo, PushKind, 
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use crate::gcra::Rate;
 use crate::{RateDecision, Result, SUBSCRIPTION_BUFFER, Subscription, offer};
 
 /// A sliding-window log in a sorted set, decided in one atomic step on
@@ -54,6 +55,29 @@ local reset = window
 if oldest[2] then reset = tonumber(oldest[2]) + window - now end
 return {allowed, limit - count, reset}
 ";
+
+/// A GCRA bucket (`crate::gcra::decide`, the same arithmetic) on Redis's
+/// clock, in microseconds: ARGV interval_us, burst, cost (already clamped
+/// to 1..=burst). The key holds the TAT and expires once the bucket is full
+/// again. Returns {allowed, remaining, reset_after_us}.
+const THROTTLE_LUA: &str = r"
+local key, interval, burst, cost = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tat = tonumber(redis.call('GET', key) or now)
+if tat < now then tat = now end
+local new_tat = tat + cost * interval
+local allow_at = new_tat - burst * interval
+if allow_at > now then
+  return {0, 0, math.ceil(allow_at - now)}
+end
+redis.call('SET', key, string.format('%.17g', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
+return {1, math.floor((now - allow_at) / interval), math.ceil(new_tat - now)}
+";
+
+/// Hashed once: the script is sent by its SHA (EVALSHA), loaded on a miss.
+static THROTTLE_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(THROTTLE_LUA));
 
 /// Hashed once: the script is sent by its SHA (EVALSHA), loaded on a miss.
 static RATE_LIMIT_SCRIPT: std::sync::LazyLock<redis::Script> =
@@ -440,8 +464,20 @@ impl RedisStore {
         inv.arg(limit)
             .arg(millis(window))
             .arg(uuid::Uuid::new_v4().simple().to_string());
+        self.decide(&inv, Duration::from_millis).await
+    }
+
+    pub async fn throttle(&self, key: &str, rate: Rate, cost: u32) -> Result<RateDecision> {
+        let mut inv = THROTTLE_SCRIPT.key(self.key(key));
+        inv.arg(rate.interval_us()).arg(rate.burst()).arg(rate.charge(cost));
+        self.decide(&inv, Duration::from_micros).await
+    }
+
+    /// Runs a limiter script answering {allowed, remaining, reset_after},
+    /// the reset in the script's `unit`.
+    async fn decide(&self, inv: &redis::ScriptInvocation<'_>, unit: fn(u64) -> Duration) -> Result<RateDecision> {
         // Not retried: a second run would count the event twice.
-        let (allowed, remaining, reset_ms): (i64, i64, i64) = self
+        let (allowed, remaining, reset): (i64, i64, i64) = self
             .with_retry(Repeat::Never, || async {
                 inv.invoke_async(&mut self.conn.clone()).await
             })
@@ -449,7 +485,7 @@ impl RedisStore {
         Ok(RateDecision {
             allowed: allowed == 1,
             remaining: u32::try_from(remaining.max(0)).unwrap_or(u32::MAX),
-            reset_after: Duration::from_millis(u64::try_from(reset_ms.max(0)).unwrap_or(0)),
+            reset_after: unit(u64::try_from(reset.max(0)).unwrap_or(0)),
         })
     }
 

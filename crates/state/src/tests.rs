@@ -314,6 +314,47 @@ async fn racing_rate_limit_callers_get_exactly_the_limit() {
 }
 
 #[tokio::test]
+async fn throttle_allows_a_burst_then_refuses_with_the_time_to_retry() {
+    // A token every 200 ms, 3 at once.
+    let rate = Rate::new(5.0, 3).unwrap();
+    for s in backends("throttle").await {
+        let first = s.throttle("tb:a", rate, 1).await.unwrap();
+        assert_eq!((first.allowed, first.remaining), (true, 2), "{s:?}");
+        assert!(s.throttle("tb:a", rate, 2).await.unwrap().allowed, "{s:?}");
+        let refused = s.throttle("tb:a", rate, 1).await.unwrap();
+        assert!(!refused.allowed, "{s:?}");
+        assert!(
+            refused.reset_after > Duration::ZERO && refused.reset_after <= Duration::from_millis(200),
+            "{s:?}: {refused:?}"
+        );
+        assert!(
+            s.throttle("tb:b", rate, 3).await.unwrap().allowed,
+            "{s:?}: keys are independent"
+        );
+        tokio::time::sleep(refused.reset_after + Duration::from_millis(20)).await;
+        assert!(
+            s.throttle("tb:a", rate, 1).await.unwrap().allowed,
+            "{s:?}: a token came back"
+        );
+    }
+}
+
+#[tokio::test]
+async fn racing_throttle_callers_get_exactly_the_burst() {
+    // Practically no refill during the test: only the burst passes.
+    let rate = Rate::new(0.001, 10).unwrap();
+    for s in backends("throttle-race").await {
+        let calls = (0..30).map(|_| s.throttle("tb:race", rate, 1));
+        let allowed = futures_util::future::join_all(calls)
+            .await
+            .into_iter()
+            .filter(|d| d.as_ref().unwrap().allowed)
+            .count();
+        assert_eq!(allowed, 10, "{s:?}");
+    }
+}
+
+#[tokio::test]
 async fn sessions_lists_live_connections_of_one_protocol_on_every_live_replica() {
     for s in backends("list").await {
         let registry = SessionRegistry::new(s.clone(), Duration::from_secs(60));

@@ -103,6 +103,12 @@ impl PartialEq for JsonText {
     }
 }
 
+/// Whole milliseconds of `d`, rounded up (a retry time of 0.4 ms is 1 ms:
+/// a client retrying after 0 ms would be refused again).
+pub fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_micros().div_ceil(1000)).unwrap_or(u64::MAX)
+}
+
 /// Unix milliseconds now.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -274,6 +274,8 @@ enum D<'a> {
         reason: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]
         nonce: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
 }
 
@@ -469,6 +471,7 @@ pub fn render(event: &LivechatResponse) -> Option<String> {
                 code: u16::try_from(e.code).unwrap_or(9000),
                 reason: &e.reason,
                 nonce: e.nonce.as_deref(),
+                retry_after_ms: e.retry_after_ms,
             },
         ),
         Event::Closing(_) => return None,
@@ -490,7 +493,23 @@ pub fn error(code: LivechatErrorCode, reason: impl Into<String>, nonce: Option<&
         code: code as i32,
         reason: reason.into(),
         nonce: nonce.map(str::to_owned),
+        retry_after_ms: None,
     }))
+}
+
+/// ERROR 4290 for a request refused by a rate limit, echoing `nonce`; the
+/// connection stays open and `retry_after_ms` says when to try again.
+pub fn rate_limited(retry_after: std::time::Duration, nonce: Option<&str>) -> LivechatResponse {
+    let ms = crate::millis(retry_after);
+    let mut event = error(
+        LivechatErrorCode::RateLimited,
+        format!("rate limit exceeded; retry in {ms} ms"),
+        nonce,
+    );
+    if let Some(Event::Error(e)) = &mut event.event {
+        e.retry_after_ms = Some(ms);
+    }
+    event
 }
 
 /// ACK of `request_op` with `result`, echoing `nonce`.

@@ -358,6 +358,8 @@ enum ServerFrame<'a> {
         message: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]
         session_id: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
 }
 
@@ -473,6 +475,7 @@ fn server_frame(event: &SignalResponse) -> Option<ServerFrame<'_>> {
             code: e.code,
             message: &e.message,
             session_id: e.session_id.as_deref(),
+            retry_after_ms: e.retry_after_ms,
         },
     })
 }
@@ -496,8 +499,24 @@ pub fn error(code: SignalErrorCode, message: impl Into<String>, session_id: Opti
             code: code as i32,
             message: message.into(),
             session_id,
+            retry_after_ms: None,
         })),
     }
+}
+
+/// The `error` for a frame refused by a rate limit: the connection stays
+/// open, and `retryAfterMs` says when a frame is accepted again.
+pub fn rate_limited(retry_after: std::time::Duration, session_id: Option<String>) -> SignalResponse {
+    let ms = crate::millis(retry_after);
+    let mut event = error(
+        SignalErrorCode::RateLimited,
+        format!("rate limit exceeded; retry in {ms} ms"),
+        session_id,
+    );
+    if let Some(Event::Error(e)) = &mut event.event {
+        e.retry_after_ms = Some(ms);
+    }
+    event
 }
 
 /// The `error` event for a frame refused before any business logic ran.

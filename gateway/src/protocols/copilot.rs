@@ -8,6 +8,8 @@
 //! delivered event. Callback answers go to signaling's ResolveCallback; on
 //! close, running queries are aborted and waiting callbacks released.
 
+use std::time::Duration;
+
 use axum::extract::ws::{Message, Utf8Bytes};
 use relaymesh_proto::client::v1::{
     ClientProtocol, CloseCode, CopilotAnswer, CopilotCallbackAnswer, CopilotErrorCode, CopilotQuery, CopilotRequest,
@@ -85,24 +87,37 @@ fn status_error(status: &Status, request_id: Option<String>) -> CopilotResponse 
     wire::error(error_code(status), status.message(), request_id)
 }
 
+/// RATE_LIMITED for a query refused by the seed's query limit.
 fn rate_limited(decision: &CheckRateLimitResponse, request_id: Option<String>) -> CopilotResponse {
-    let retry_after_ms = decision
+    let retry_after = decision
         .retry_after
         .and_then(|d| std::time::Duration::try_from(d).ok())
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    let mut event = wire::error(
-        CopilotErrorCode::RateLimited,
-        format!(
-            "rate limit of {} queries exceeded; retry in {retry_after_ms} ms",
-            decision.limit
-        ),
-        request_id,
-    );
+        .unwrap_or_default();
+    let what = format!("rate limit of {} queries", decision.limit);
+    limited(&what, retry_after, decision.remaining, request_id)
+}
+
+/// RATE_LIMITED: `what` was exceeded; retry after `retry_after`.
+fn limited(what: &str, retry_after: Duration, remaining: u32, request_id: Option<String>) -> CopilotResponse {
+    let retry_after_ms = relaymesh_wire::millis(retry_after);
+    let message = format!("{what} exceeded; retry in {retry_after_ms} ms");
+    let mut event = wire::error(CopilotErrorCode::RateLimited, message, request_id);
     if let Some(Event::Error(e)) = &mut event.event {
         e.retry_after_ms = Some(retry_after_ms);
-        e.remaining = Some(decision.remaining);
+        e.remaining = Some(remaining);
     }
     event
+}
+
+/// The `requestId` a frame carries, for its error.
+fn request_id_of(req: &CopilotRequest) -> Option<String> {
+    match &req.request {
+        Some(Request::Query(q)) => q.request_id.clone(),
+        Some(Request::AvailableData(a) | Request::ApiResult(a) | Request::HumanResponse(a)) => {
+            Some(a.request_id.clone())
+        }
+        Some(Request::Ping(_) | Request::Pong(_)) | None => None,
+    }
 }
 
 impl CopilotProtocol {
@@ -204,6 +219,10 @@ impl Protocol for CopilotProtocol {
             Some(Request::HumanResponse(a)) => self.answer(cx, CallbackKind::Clarification, a).await,
             None => cx.send(wire::error(CopilotErrorCode::InvalidMessage, "empty request", None)),
         }
+    }
+
+    async fn on_rate_limited(&mut self, cx: &mut Ctx<CopilotResponse>, req: CopilotRequest, retry_after: Duration) {
+        cx.send(limited("frame rate limit", retry_after, 0, request_id_of(&req)));
     }
 
     async fn on_close(&mut self, cx: &mut Ctx<CopilotResponse>) {

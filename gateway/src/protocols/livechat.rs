@@ -1,6 +1,8 @@
 //! LiveChat (seed 003): typed requests to the channel service, typed events
 //! back. Its JSON form is `relaymesh_wire::livechat`.
 
+use std::time::Duration;
+
 use axum::extract::ws::Utf8Bytes;
 use relaymesh_proto::channel::v1::{
     Caller, CreateChannelRequest, DeleteChannelRequest, DropSessionRequest, ErrorReason, JoinChannelRequest,
@@ -59,7 +61,14 @@ pub fn error_code(status: &Status) -> LivechatErrorCode {
 fn answer(request_op: client::RequestOp, nonce: Option<String>, r: Result<ack::Result, Status>) -> LivechatResponse {
     match r {
         Ok(result) => wire::ack(request_op, nonce, Some(result)),
-        Err(status) => wire::error(error_code(&status), status.message(), nonce.as_deref()),
+        Err(status) => {
+            let mut event = wire::error(error_code(&status), status.message(), nonce.as_deref());
+            // The channel's fan-out cap says when to retry.
+            if let Some(Event::Error(e)) = &mut event.event {
+                e.retry_after_ms = relaymesh_rpc::metadata_of(&status, "retry_after_ms").and_then(|ms| ms.parse().ok());
+            }
+            event
+        }
     }
 }
 
@@ -285,6 +294,10 @@ impl Protocol for LivechatProtocol {
                 cx.send(answer);
             }
         }
+    }
+
+    async fn on_rate_limited(&mut self, cx: &mut Ctx<LivechatResponse>, req: LivechatRequest, retry_after: Duration) {
+        cx.send(wire::rate_limited(retry_after, req.nonce.as_deref()));
     }
 
     /// A closed or zombie session leaves every channel it joined; the other

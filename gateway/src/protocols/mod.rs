@@ -13,6 +13,7 @@ mod signal;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use copilot::CopilotProtocol;
 pub use livechat::LivechatProtocol;
@@ -23,6 +24,7 @@ use relaymesh_state::{ConnectionId, SessionEntry, close_envelope, protocol_key};
 pub use signal::SignalProtocol;
 
 use crate::Shared;
+use crate::limits::FrameLimiter;
 
 /// One protocol's behaviour on a connection.
 pub trait Protocol: Send + 'static {
@@ -46,6 +48,15 @@ pub trait Protocol: Send + 'static {
     /// Handles one request.
     fn on_request(&mut self, cx: &mut Ctx<Self::Event>, req: Self::Request) -> impl Future<Output = ()> + Send;
 
+    /// Answers a request that a rate limit refused (see [`dispatch`]), in
+    /// the protocol's own terms; the connection stays open.
+    fn on_rate_limited(
+        &mut self,
+        cx: &mut Ctx<Self::Event>,
+        req: Self::Request,
+        retry_after: Duration,
+    ) -> impl Future<Output = ()> + Send;
+
     /// A service nudged this connection (see `relaymesh.delivery.v1.Nudge`).
     fn on_nudge(&mut self, _cx: &mut Ctx<Self::Event>, _reason: NudgeReason) -> impl Future<Output = ()> + Send {
         async {}
@@ -54,6 +65,21 @@ pub trait Protocol: Send + 'static {
     /// Cleans up after the connection closed, for any reason.
     fn on_close(&mut self, _cx: &mut Ctx<Self::Event>) -> impl Future<Output = ()> + Send {
         async {}
+    }
+}
+
+/// Handles one client request: under the connection's and its user's rate
+/// limits, then the protocol's handler. Every transport calls this for
+/// every request, never [`Protocol::on_request`] directly.
+pub async fn dispatch<P: Protocol>(proto: &mut P, cx: &mut Ctx<P::Event>, req: P::Request) {
+    let user = cx.session.as_ref().map(|s| s.user_id.as_str());
+    let limiter = cx
+        .limiter
+        .get_or_insert_with(|| FrameLimiter::new(&cx.gw.config.limits, P::NAME));
+    let admitted = limiter.admit(&cx.gw.state, P::NAME, user, cx.id.as_str()).await;
+    match admitted {
+        Ok(()) => proto.on_request(cx, req).await,
+        Err(limited) => proto.on_rate_limited(cx, req, limited.retry_after).await,
     }
 }
 
@@ -103,11 +129,14 @@ pub struct Ctx<E> {
     out: Vec<E>,
     close: Option<(CloseCode, String)>,
     session: Option<SessionEntry>,
+    /// This connection's frame limits, set up at its first request.
+    limiter: Option<FrameLimiter>,
 }
 
 impl<E> Ctx<E> {
     pub fn new(id: ConnectionId, gw: Arc<Shared>) -> Self {
         Self {
+            limiter: None,
             id,
             gw,
             out: Vec::new(),

@@ -10,6 +10,8 @@
 //! scheduler's typed contract. Commands go out only after the node's
 //! `HEARTBEAT status=READY` (the scheduler enforces it for every path).
 
+use std::time::Duration;
+
 use axum::extract::ws::Utf8Bytes;
 use relaymesh_proto::auth::v1::ErrorReason as AuthReason;
 use relaymesh_proto::auth::v1::{SignNodeFrameRequest, VerifyNodeFrameRequest};
@@ -415,6 +417,27 @@ impl Protocol for NodeProtocol {
                 .await
             }
         }
+    }
+
+    /// The frame is not verified nor handled: the node resends it later
+    /// (a RESULT stays unacknowledged, so the agent retries it).
+    async fn on_rate_limited(&mut self, cx: &mut Ctx<String>, text: String, retry_after: Duration) {
+        let env = Envelope::parse(&text).ok();
+        let ref_id = env.as_ref().and_then(|e| e.message_id.clone());
+        let command_id = env
+            .filter(|e| e.kind == FrameType::Result)
+            .and_then(|e| payload::<CommandResult>("RESULT", &e).ok())
+            .map(|r| r.command_id);
+        let ms = relaymesh_wire::millis(retry_after);
+        let message = format!("rate limit exceeded; retry in {ms} ms");
+        self.error(
+            cx,
+            ErrorCode::RateLimited,
+            &message,
+            ref_id.as_deref(),
+            command_id.as_ref(),
+        )
+        .await;
     }
 
     async fn on_nudge(&mut self, cx: &mut Ctx<String>, _reason: NudgeReason) {

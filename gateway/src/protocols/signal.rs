@@ -5,6 +5,8 @@
 //! ([`error_code`]). Its JSON and MessagePack forms are
 //! `relaymesh_wire::signal`.
 
+use std::time::Duration;
+
 use axum::extract::ws::{Message, Utf8Bytes};
 use bytes::Bytes;
 use relaymesh_proto::client::v1::{
@@ -220,6 +222,11 @@ impl Protocol for SignalProtocol {
             Ok(None) => {}
             Err(status) => cx.send(refused(&status, session_id)),
         }
+    }
+
+    async fn on_rate_limited(&mut self, cx: &mut Ctx<SignalResponse>, req: SignalRequest, retry_after: Duration) {
+        let session_id = req.request.as_ref().and_then(session_of);
+        cx.send(wire::rate_limited(retry_after, session_id));
     }
 
     /// A disconnect leaves the lobby: the player's pending request is

@@ -25,7 +25,7 @@ use tracing::Instrument;
 pub use table::{ConnHandle, ConnectionTable, LatestSlot, Offered, Outbound, Transport};
 
 use crate::Shared;
-use crate::protocols::{Ctx, Protocol, frame_span, protocol_name, record_user};
+use crate::protocols::{Ctx, Protocol, dispatch, frame_span, protocol_name, record_user};
 
 /// How a protocol looks as WebSocket frames: the one place its frames are
 /// parsed and rendered, as JSON text and, for protocols that have it, as
@@ -106,13 +106,19 @@ pub async fn run<P: WsCodec>(
     // it is allocated for the socket's whole life, a handler only while it runs.
     let span = frame_span(P::NAME, TRANSPORT, "open", &cx);
     Box::pin(proto.on_open(&mut cx)).instrument(span).await;
-    let mut open = flush::<P>(&mut socket, format, &mut cx, &mut pending, cfg.send_timeout()).await;
+    // How the last write went: the loop runs while they are done.
+    let mut write = flush::<P>(&mut socket, format, &mut cx, &mut pending, cfg.send_timeout()).await;
+    // Why a slow consumer is closed, for its metric and log line.
+    let mut slow: Option<&'static str> = None;
 
-    while open && !cx.closing() {
+    while write == Write::Done && !cx.closing() {
         tokio::select! {
             biased;
             () = gw.shutdown.cancelled() => cx.close(CloseCode::GoingAway, "server shutting down"),
-            () = evict.cancelled() => cx.close(CloseCode::TryAgainLater, "slow consumer: outbound queue full"),
+            () = evict.cancelled() => {
+                slow = Some("queue_full");
+                cx.close(CloseCode::TryAgainLater, "slow consumer: outbound queue full");
+            }
             out = rx.recv() => match out {
                 Some(Outbound::Text(text)) => pending.push(Message::Text(text)),
                 Some(Outbound::Binary(bytes)) => pending.push(Message::Binary(bytes)),
@@ -193,7 +199,7 @@ pub async fn run<P: WsCodec>(
                     if missed >= cfg.heartbeat_max_missed {
                         cx.close(CloseCode::HeartbeatLost, "heartbeat lost: pongs missed");
                     } else if let Some(ping) = proto.ping() {
-                        open = send(&mut socket, ping, cfg.send_timeout()).await;
+                        write = send(&mut socket, ping, cfg.send_timeout()).await;
                     }
                     pong_due = Some(tokio::time::Instant::now() + cfg.pong_timeout());
                     cx.refresh_session().await;
@@ -205,26 +211,44 @@ pub async fn run<P: WsCodec>(
                         cx.close(CloseCode::HeartbeatLost, "heartbeat lost");
                     } else {
                         if let Some(ping) = proto.ping() {
-                            open = send(&mut socket, ping, cfg.send_timeout()).await;
+                            write = send(&mut socket, ping, cfg.send_timeout()).await;
                         }
                         cx.refresh_session().await;
                     }
                 }
             }
         }
-        open = open && flush::<P>(&mut socket, format, &mut cx, &mut pending, cfg.send_timeout()).await;
+        if write == Write::Done {
+            write = flush::<P>(&mut socket, format, &mut cx, &mut pending, cfg.send_timeout()).await;
+        }
+        if write == Write::TooSlow {
+            // The reader does not keep up with what it is sent: 1013.
+            slow = Some("send_timeout");
+            cx.close(CloseCode::TryAgainLater, "slow consumer: write timed out");
+        }
     }
 
-    if open && let Some((code, reason)) = cx.take_close() {
+    if write != Write::Broken
+        && let Some((code, reason)) = cx.take_close()
+    {
         tracing::debug!(connection_id = %id, code = code as i32, reason = %reason, "closing connection");
-        if code == CloseCode::TryAgainLater {
-            tracing::info!(connection_id = %id, protocol = name, "slow consumer closed");
-        }
+        // A stalled socket still takes the close frame into its buffer,
+        // behind the frame that stalled; it goes out if the client reads
+        // within the grace.
+        let grace = match slow {
+            Some(cause) => {
+                metrics::counter!("relaymesh_gateway_slow_consumer_closes_total", "protocol" => name, "cause" => cause)
+                    .increment(1);
+                tracing::info!(connection_id = %id, protocol = name, cause, "slow consumer closed with 1013");
+                SLOW_CLOSE_GRACE
+            }
+            None => cfg.send_timeout(),
+        };
         let frame = CloseFrame {
             code: code as u16,
             reason: reason.into(),
         };
-        if send(&mut socket, Message::Close(Some(frame)), cfg.send_timeout()).await {
+        if send(&mut socket, Message::Close(Some(frame)), grace).await == Write::Done {
             finish_close_handshake(&mut socket).await;
         }
     }
@@ -295,7 +319,7 @@ async fn take<P: WsCodec>(
         Ok(req) => {
             let answered = proto.pong_deadline() && P::answers_ping(&req);
             let span = frame_span(P::NAME, TRANSPORT, P::op_name(&req), cx);
-            Box::pin(proto.on_request(cx, req)).instrument(span.clone()).await;
+            Box::pin(dispatch(proto, cx, req)).instrument(span.clone()).await;
             record_user(&span, cx);
             answered
         }
@@ -313,6 +337,21 @@ fn refuse<P: WsCodec>(cx: &mut Ctx<P::Event>, proto: &P, err: &FrameError) {
     cx.send(proto.refused(err));
 }
 
+/// How a write to the socket went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Write {
+    Done,
+    /// The socket is gone: nothing more can be written.
+    Broken,
+    /// The write did not finish within SEND_TIMEOUT_MS: the client reads
+    /// too slowly. The socket still works; the frame waits in its buffer.
+    TooSlow,
+}
+
+/// How long a slow consumer's 1013 close frame may take to go out. Fixed:
+/// the client may be reading again by then, or never.
+const SLOW_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// One event as a frame in `format`; None when it has none.
 fn render<P: WsCodec>(format: Format, event: &P::Event) -> Option<Message> {
     match format {
@@ -321,31 +360,32 @@ fn render<P: WsCodec>(format: Format, event: &P::Event) -> Option<Message> {
     }
 }
 
-/// Writes delivered frames, then the handler's events, in that order;
-/// false when the socket is gone or too slow.
+/// Writes delivered frames, then the handler's events, in that order,
+/// stopping at the first write that does not finish.
 async fn flush<P: WsCodec>(
     socket: &mut WebSocket,
     format: Format,
     cx: &mut Ctx<P::Event>,
     pending: &mut Vec<Message>,
     timeout: std::time::Duration,
-) -> bool {
+) -> Write {
     pending.extend(cx.take_out().filter_map(|e| render::<P>(format, &e)));
     for msg in pending.drain(..) {
-        if !send(socket, msg, timeout).await {
-            return false;
+        let write = send(socket, msg, timeout).await;
+        if write != Write::Done {
+            return write;
         }
     }
-    true
+    Write::Done
 }
 
-async fn send(socket: &mut WebSocket, msg: Message, timeout: std::time::Duration) -> bool {
+async fn send(socket: &mut WebSocket, msg: Message, timeout: std::time::Duration) -> Write {
     match tokio::time::timeout(timeout, socket.send(msg)).await {
-        Ok(Ok(())) => true,
-        Ok(Err(_)) => false,
+        Ok(Ok(())) => Write::Done,
+        Ok(Err(_)) => Write::Broken,
         Err(_) => {
             metrics::counter!("relaymesh_gateway_send_timeouts_total").increment(1);
-            false
+            Write::TooSlow
         }
     }
 }

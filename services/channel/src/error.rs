@@ -38,6 +38,8 @@ pub enum ChannelError {
     State(#[from] relaymesh_state::StateError),
     #[error("media relay: {0}")]
     Relay(String),
+    #[error("channel fan-out cap reached; retry in {} ms", .0.as_millis())]
+    RateLimited(std::time::Duration),
 }
 
 impl ServiceError for ChannelError {
@@ -47,7 +49,7 @@ impl ServiceError for ChannelError {
         match self {
             Self::NotFound(_) => Code::NotFound,
             Self::Exists(_) | Self::AlreadyJoined | Self::SsrcInUse(_) => Code::AlreadyExists,
-            Self::Full(_) => Code::ResourceExhausted,
+            Self::Full(_) | Self::RateLimited(_) => Code::ResourceExhausted,
             Self::NotAllowed => Code::PermissionDenied,
             Self::NotJoined | Self::NotMember | Self::FloorBusy(_) | Self::NoFloorControl => Code::FailedPrecondition,
             Self::EmptyMessage | Self::MessageTooLong(_) | Self::Invalid(_) => Code::InvalidArgument,
@@ -70,9 +72,25 @@ impl ServiceError for ChannelError {
             Self::NoFloorControl => ErrorReason::NoFloorControl,
             Self::SsrcInUse(_) => ErrorReason::SsrcInUse,
             Self::Invalid(_) => ErrorReason::InvalidArgument,
+            Self::RateLimited(_) => ErrorReason::RateLimited,
             Self::Contended(_) | Self::State(_) | Self::Relay(_) => ErrorReason::Unavailable,
         }
     }
+
+    /// RATE_LIMITED says when to retry: `retry_after_ms`.
+    fn metadata(&self) -> std::collections::HashMap<String, String> {
+        match self {
+            Self::RateLimited(after) => {
+                let ms = after.as_millis().max(1).to_string();
+                std::collections::HashMap::from([(RETRY_AFTER_MS.to_owned(), ms)])
+            }
+            _ => std::collections::HashMap::new(),
+        }
+    }
 }
+
+/// The ErrorInfo metadata key of a RATE_LIMITED refusal's retry time, in
+/// milliseconds (`relaymesh.channel.v1.ErrorReason`).
+pub const RETRY_AFTER_MS: &str = "retry_after_ms";
 
 pub type Result<T, E = ChannelError> = std::result::Result<T, E>;

@@ -34,6 +34,29 @@ pub struct ChannelConfig {
     /// Longest a member may hold the floor; a channel may ask for less.
     #[arg(long, env = "FLOOR_MAX_TALK_MS", default_value_t = 30_000)]
     pub floor_max_talk_ms: u64,
+
+    /// Deliveries one channel may fan out per second, on average, over
+    /// every replica (a message to n members is n). MESSAGE_CREATE beyond
+    /// it is refused with RATE_LIMITED (LiveChat 4290). 0: no cap.
+    #[arg(long, env = "CHANNEL_FANOUT_PER_SEC", default_value_t = DEFAULT_CHANNEL_FANOUT_PER_SEC)]
+    pub channel_fanout_per_sec: f64,
+
+    /// Deliveries one channel may fan out at once after a quiet spell.
+    #[arg(long, env = "CHANNEL_FANOUT_BURST", default_value_t = DEFAULT_CHANNEL_FANOUT_BURST)]
+    pub channel_fanout_burst: u32,
+}
+
+/// 100 messages a second to a channel of 1,000, or 2,000 a second to one of
+/// 50 (MAX_CHANNEL_MEMBERS): far above a conversation, and a bound on what
+/// one channel may ask of the gateways. A second's worth may go at once.
+pub const DEFAULT_CHANNEL_FANOUT_PER_SEC: f64 = 100_000.0;
+pub const DEFAULT_CHANNEL_FANOUT_BURST: u32 = 100_000;
+
+impl ChannelConfig {
+    /// The fan-out cap as a rate; None when off.
+    pub fn fanout_rate(&self) -> Option<relaymesh_state::Rate> {
+        relaymesh_state::Rate::new(self.channel_fanout_per_sec, self.channel_fanout_burst)
+    }
 }
 
 /// Serves the channel API on `listener` until `shutdown`.

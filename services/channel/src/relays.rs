@@ -45,8 +45,9 @@ impl RelayDirectory {
     /// when no relay is registered (chat still works, media does not).
     pub async fn for_channel(&self, channel_id: &str) -> Result<Option<RelayRegistration>> {
         let key = format!("chan-relay:{channel_id}");
-        if let Some(id) = self.state.get(&key).await?
-            && let Some(reg) = self.registration(&String::from_utf8_lossy(&id)).await?
+        let current = self.state.get(&key).await?;
+        if let Some(id) = &current
+            && let Some(reg) = self.registration(&String::from_utf8_lossy(id)).await?
         {
             return Ok(Some(reg));
         }
@@ -73,8 +74,20 @@ impl RelayDirectory {
             .bytes()
             .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
         let reg = live.swap_remove((pick % live.len() as u64) as usize);
-        self.state.set(&key, reg.relay_id.as_bytes(), None).await?;
-        Ok(Some(reg))
+        // Joiners assign outside the channel lock: of racing ones, one
+        // assignment wins and every joiner uses it. A dead relay's is replaced.
+        if let Some(dead) = &current {
+            self.state.delete_if_eq(&key, dead).await?;
+        }
+        if self.state.set_nx(&key, reg.relay_id.as_bytes(), None).await? {
+            return Ok(Some(reg));
+        }
+        match self.assigned(channel_id).await? {
+            Some(theirs) => Ok(Some(theirs)),
+            None => Err(ChannelError::Relay(format!(
+                "relay assignment of {channel_id} raced; retry"
+            ))),
+        }
     }
 
     /// The relay assigned to `channel_id`, without assigning one.

@@ -2,6 +2,12 @@
 //! push-to-talk floor. Every change to one channel runs under that channel's
 //! lock; events go to members through `Delivery`, whichever gateway replica
 //! holds them.
+//!
+//! The lock is never held across a call to the media relay (a call that
+//! may wait on another process): a join adds its peer to the relay before
+//! taking the lock and removes it again if the join is then refused; the
+//! relay calls a change owes (a peer to remove, the floor to tell) are
+//! returned as a [`RelayFollowUp`] and made after the lock is released.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -111,6 +117,25 @@ fn channel_event(kind: ChannelEventType, channel_id: &str, user_id: &str) -> Cha
     }
 }
 
+/// The relay calls a change under the channel lock owes, made after the
+/// lock is released ([`ChannelService::follow_up`]).
+#[derive(Debug, Default)]
+#[must_use]
+struct RelayFollowUp {
+    /// SSRCs of members who left.
+    removed: Vec<u32>,
+    /// The floor holder changed: tell the relay whom to forward.
+    floor: bool,
+}
+
+impl RelayFollowUp {
+    fn and(mut self, other: Self) -> Self {
+        self.removed.extend(other.removed);
+        self.floor |= other.floor;
+        self
+    }
+}
+
 impl ChannelService {
     pub fn new(state: SharedState, config: ChannelConfig, shutdown: CancellationToken) -> Self {
         // Lookups only: the TTL matters to whoever registers sessions.
@@ -143,11 +168,7 @@ impl ChannelService {
                 () = self.inner.shutdown.cancelled() => None,
             };
             let Some((channel_id, conn)) = next else { break };
-            let left = self
-                .locked(&channel_id, async || {
-                    self.leave_locked(&channel_id, conn.as_str()).await
-                })
-                .await;
+            let left = self.leave(&channel_id, conn.as_str()).await;
             match left {
                 Ok(()) => tracing::info!(channel_id, session_id = %conn, "removed member whose session is gone"),
                 // Already removed (by another event or replica).
@@ -168,6 +189,41 @@ impl ChannelService {
         let out = f().await;
         self.inner.store.unlock(lock).await;
         out
+    }
+
+    /// As [`Self::locked`] for a change that owes relay calls: they are made
+    /// once the lock is released.
+    async fn locked_then_relay<T>(
+        &self,
+        channel_id: &str,
+        f: impl AsyncFnOnce() -> Result<(T, RelayFollowUp)>,
+    ) -> Result<T> {
+        let (out, follow_up) = self.locked(channel_id, f).await?;
+        self.follow_up(channel_id, follow_up).await;
+        Ok(out)
+    }
+
+    /// Makes the relay calls a change owed, outside the channel lock. The
+    /// floor sent is the one stored now, not the one the change saw, so a
+    /// later change's own follow-up can only bring the relay forward.
+    async fn follow_up(&self, channel_id: &str, f: RelayFollowUp) {
+        for ssrc in f.removed {
+            self.remove_peer(channel_id, ssrc).await;
+        }
+        if f.floor
+            && let Ok(Some(rec)) = self.inner.store.channel(channel_id).await
+            && let Ok(floor) = self.inner.store.floor(channel_id).await
+        {
+            self.sync_relay_floor(&rec, &floor).await;
+        }
+    }
+
+    /// Leaves `channel_id` (its lock taken here), then tells the relay.
+    async fn leave(&self, channel_id: &str, session_id: &str) -> Result<()> {
+        self.locked_then_relay(channel_id, async || {
+            Ok(((), self.leave_locked(channel_id, session_id).await?))
+        })
+        .await
     }
 
     /// Queues `event` for every member of the channel (the fan-out delivers
@@ -222,28 +278,39 @@ impl ChannelService {
     }
 
     /// Applies a floor event under the channel lock: stores the floor, tells
-    /// the relay and the members, and arms the new holder's expiry.
-    async fn floor_event_locked(&self, rec: &ChannelRecord, event: FloorEvent) -> Result<(Floor, FloorChange)> {
+    /// the members, and arms the new holder's expiry; the relay is told
+    /// after the lock (the follow-up).
+    async fn floor_event_locked(
+        &self,
+        rec: &ChannelRecord,
+        event: FloorEvent,
+    ) -> Result<(Floor, FloorChange, RelayFollowUp)> {
         let store = &self.inner.store;
         let mut floor = store.floor(&rec.channel_id).await?;
         let max_talk = rec.max_talk_ms as i64;
+        let mut holder_changed = false;
         // A grant whose timer was lost with its replica ends here.
         if let Some(g) = floor.holder.clone()
             && g.expires_at_ms <= now_ms()
         {
             let expire = FloorEvent::Expire { grant_id: g.grant_id };
             let change = floor::transition(rec.floor, &mut floor, expire, now_ms(), max_talk, new_grant_id)?;
+            holder_changed |= matches!(change, FloorChange::Holder { .. });
             self.floor_changed(rec, &floor, &change).await;
         }
         let change = floor::transition(rec.floor, &mut floor, event, now_ms(), max_talk, new_grant_id)?;
+        holder_changed |= matches!(change, FloorChange::Holder { .. });
         store.put_floor(&rec.channel_id, &floor).await?;
         self.floor_changed(rec, &floor, &change).await;
-        Ok((floor, change))
+        let follow_up = RelayFollowUp {
+            removed: Vec::new(),
+            floor: holder_changed && rec.floor.controlled(),
+        };
+        Ok((floor, change, follow_up))
     }
 
     async fn floor_changed(&self, rec: &ChannelRecord, floor: &Floor, change: &FloorChange) {
         let FloorChange::Holder { why } = change else { return };
-        self.sync_relay_floor(rec, floor).await;
         let event = Event::FloorEvent(relaymesh_proto::client::v1::FloorEvent {
             r#type: *why as i32,
             channel_id: rec.channel_id.clone(),
@@ -266,9 +333,10 @@ impl ChannelService {
                 () = tokio::time::sleep(wait) => {}
             }
             let result = svc
-                .locked(&channel_id, async || {
+                .locked_then_relay(&channel_id, async || {
                     let rec = svc.inner.store.require(&channel_id).await?;
-                    svc.floor_event_locked(&rec, FloorEvent::Expire { grant_id }).await
+                    let (_, _, follow_up) = svc.floor_event_locked(&rec, FloorEvent::Expire { grant_id }).await?;
+                    Ok(((), follow_up))
                 })
                 .await;
             if let Err(err) = result {
@@ -277,7 +345,8 @@ impl ChannelService {
         });
     }
 
-    async fn leave_locked(&self, channel_id: &str, session_id: &str) -> Result<()> {
+    /// Removes the member; its relay peer is removed after the lock.
+    async fn leave_locked(&self, channel_id: &str, session_id: &str) -> Result<RelayFollowUp> {
         let store = &self.inner.store;
         let rec = store.require(channel_id).await?;
         let member = store
@@ -285,15 +354,16 @@ impl ChannelService {
             .await?
             .ok_or(ChannelError::NotJoined)?;
         store.remove_member(channel_id, session_id).await?;
-        self.remove_peer(channel_id, member.ssrc).await;
+        let mut follow_up = RelayFollowUp {
+            removed: vec![member.ssrc],
+            floor: false,
+        };
         if rec.floor.controlled() {
-            self.floor_event_locked(
-                &rec,
-                FloorEvent::Leave {
-                    session_id: session_id.to_owned(),
-                },
-            )
-            .await?;
+            let leave = FloorEvent::Leave {
+                session_id: session_id.to_owned(),
+            };
+            let (_, _, floor) = self.floor_event_locked(&rec, leave).await?;
+            follow_up = follow_up.and(floor);
         }
         let members = store.members(channel_id).await?;
         let event = ChannelEvent {
@@ -303,7 +373,7 @@ impl ChannelService {
         };
         self.broadcast(channel_id, &members, Event::ChannelEvent(event)).await;
         tracing::info!(channel_id, session_id, user_id = %member.user_id, "member left");
-        Ok(())
+        Ok(follow_up)
     }
 
     async fn create(&self, req: CreateChannelRequest) -> Result<Channel> {
@@ -339,59 +409,93 @@ impl ChannelService {
         if req.ssrc == 0 {
             return Err(ChannelError::Invalid("ssrc must not be 0".into()));
         }
-        self.locked(&req.channel_id, async || {
-            let rec = store.require(&req.channel_id).await?;
-            if store.member(&rec.channel_id, &who.session_id).await?.is_some() {
-                return Err(ChannelError::AlreadyJoined);
-            }
-            let mut members = store.members(&rec.channel_id).await?;
-            if members.len() as u32 >= rec.capacity {
-                return Err(ChannelError::Full(rec.capacity));
-            }
-            let media_addr = match self.inner.relays.for_channel(&rec.channel_id).await? {
-                None => String::new(),
-                Some(reg) => {
-                    let mut relay = self.inner.relays.client(&reg)?;
-                    let add = AddPeerRequest {
-                        channel_id: rec.channel_id.clone(),
-                        ssrc: req.ssrc,
-                        user_id: who.user_id.clone(),
-                    };
-                    let addr = match relay.add_peer(add).await {
-                        Ok(r) => r.into_inner().media_addr,
-                        Err(s) if s.code() == tonic::Code::AlreadyExists => {
-                            return Err(ChannelError::SsrcInUse(req.ssrc));
-                        }
-                        Err(s) => return Err(ChannelError::Relay(s.message().to_owned())),
-                    };
-                    if rec.floor.controlled() {
-                        self.sync_relay_floor(&rec, &store.floor(&rec.channel_id).await?).await;
-                    }
-                    addr
+        let rec = store.require(&req.channel_id).await?;
+        if store.member(&rec.channel_id, &who.session_id).await?.is_some() {
+            return Err(ChannelError::AlreadyJoined);
+        }
+        // The relay first, outside the lock: a slow relay delays this join
+        // only, not everyone else's.
+        let media_addr = self.add_peer(&rec, &who, req.ssrc).await?;
+        let joined = self
+            .locked(&rec.channel_id, async || {
+                // Checked again: the channel may have changed meanwhile.
+                let rec = store.require(&req.channel_id).await?;
+                if store.member(&rec.channel_id, &who.session_id).await?.is_some() {
+                    return Err(ChannelError::AlreadyJoined);
                 }
-            };
-            let me = MemberRecord {
-                user_id: who.user_id.clone(),
-                session_id: who.session_id.clone(),
-                ssrc: req.ssrc,
-            };
-            store.add_member(&rec.channel_id, &me).await?;
-            let event = ChannelEvent {
-                session_id: Some(me.session_id.clone()),
-                ssrc: Some(me.ssrc),
-                ..channel_event(ChannelEventType::Join, &rec.channel_id, &me.user_id)
-            };
-            self.broadcast(&rec.channel_id, &members, Event::ChannelEvent(event))
-                .await;
-            members.push(me);
-            tracing::info!(channel_id = %rec.channel_id, user_id = %who.user_id, ssrc = req.ssrc, "member joined");
-            let active_members = members.iter().map(member_view).collect();
-            Ok(JoinChannelResponse {
-                active_members,
-                media_addr,
+                let mut members = store.members(&rec.channel_id).await?;
+                if members.len() as u32 >= rec.capacity {
+                    return Err(ChannelError::Full(rec.capacity));
+                }
+                let me = MemberRecord {
+                    user_id: who.user_id.clone(),
+                    session_id: who.session_id.clone(),
+                    ssrc: req.ssrc,
+                };
+                store.add_member(&rec.channel_id, &me).await?;
+                let event = ChannelEvent {
+                    session_id: Some(me.session_id.clone()),
+                    ssrc: Some(me.ssrc),
+                    ..channel_event(ChannelEventType::Join, &rec.channel_id, &me.user_id)
+                };
+                self.broadcast(&rec.channel_id, &members, Event::ChannelEvent(event))
+                    .await;
+                members.push(me);
+                Ok(members)
             })
+            .await;
+        let members = match joined {
+            Ok(members) => members,
+            Err(err) => {
+                if media_addr.is_some() {
+                    self.undo_add_peer(&rec.channel_id, &who.session_id, req.ssrc).await;
+                }
+                return Err(err);
+            }
+        };
+        tracing::info!(channel_id = %rec.channel_id, user_id = %who.user_id, ssrc = req.ssrc, "member joined");
+        if media_addr.is_some() {
+            self.follow_up(
+                &rec.channel_id,
+                RelayFollowUp {
+                    removed: Vec::new(),
+                    floor: rec.floor.controlled(),
+                },
+            )
+            .await;
+        }
+        Ok(JoinChannelResponse {
+            active_members: members.iter().map(member_view).collect(),
+            media_addr: media_addr.unwrap_or_default(),
         })
-        .await
+    }
+
+    /// Adds the joiner's SSRC to the channel's relay (assigning one when it
+    /// has none); its media address, or None without a relay.
+    async fn add_peer(&self, rec: &ChannelRecord, who: &Caller, ssrc: u32) -> Result<Option<String>> {
+        let Some(reg) = self.inner.relays.for_channel(&rec.channel_id).await? else {
+            return Ok(None);
+        };
+        let mut relay = self.inner.relays.client(&reg)?;
+        let add = AddPeerRequest {
+            channel_id: rec.channel_id.clone(),
+            ssrc,
+            user_id: who.user_id.clone(),
+        };
+        match relay.add_peer(add).await {
+            Ok(r) => Ok(Some(r.into_inner().media_addr)),
+            Err(s) if s.code() == tonic::Code::AlreadyExists => Err(ChannelError::SsrcInUse(ssrc)),
+            Err(s) => Err(ChannelError::Relay(s.message().to_owned())),
+        }
+    }
+
+    /// Removes a refused joiner's peer again, unless the session is a member
+    /// with that SSRC after all (a racing join of the same session won).
+    async fn undo_add_peer(&self, channel_id: &str, session_id: &str, ssrc: u32) {
+        match self.inner.store.member(channel_id, session_id).await {
+            Ok(Some(m)) if m.ssrc == ssrc => {}
+            _ => self.remove_peer(channel_id, ssrc).await,
+        }
     }
 
     async fn update(&self, req: UpdateChannelRequest) -> Result<Channel> {
@@ -419,7 +523,9 @@ impl ChannelService {
     async fn delete(&self, req: DeleteChannelRequest) -> Result<()> {
         let store = &self.inner.store;
         let who = caller(req.caller)?;
-        self.locked(&req.channel_id, async || {
+        // The relay's peers go after the lock; the channel's relay assignment
+        // is forgotten only then, so the follow-up still finds the relay.
+        self.locked_then_relay(&req.channel_id, async || {
             let rec = store.require(&req.channel_id).await?;
             if rec.creator_id != who.user_id {
                 return Err(ChannelError::NotAllowed);
@@ -430,14 +536,15 @@ impl ChannelService {
                 .await;
             for m in &members {
                 store.remove_member(&rec.channel_id, &m.session_id).await?;
-                self.remove_peer(&rec.channel_id, m.ssrc).await;
             }
             store.delete(&rec.channel_id).await?;
-            self.inner.relays.forget(&rec.channel_id).await?;
             tracing::info!(channel_id = %rec.channel_id, "channel deleted");
-            Ok(())
+            let removed = members.iter().map(|m| m.ssrc).collect();
+            Ok(((), RelayFollowUp { removed, floor: false }))
         })
-        .await
+        .await?;
+        self.inner.relays.forget(&req.channel_id).await?;
+        Ok(())
     }
 
     async fn send_message(&self, req: SendMessageRequest) -> Result<SendMessageResponse> {
@@ -456,6 +563,9 @@ impl ChannelService {
         }
         let message_id = uuid::Uuid::new_v4().to_string();
         let members = store.members(&req.channel_id).await?;
+        if let Some(cap) = self.inner.config.fanout_rate() {
+            store.charge_fanout(&req.channel_id, cap, members.len()).await?;
+        }
         let event = Event::MessageEvent(MessageEvent {
             channel_id: req.channel_id.clone(),
             message_id: message_id.clone(),
@@ -470,7 +580,7 @@ impl ChannelService {
     async fn floor(&self, who: Option<Caller>, channel_id: &str, request: bool) -> Result<FloorState> {
         let store = &self.inner.store;
         let who = caller(who)?;
-        self.locked(channel_id, async || {
+        self.locked_then_relay(channel_id, async || {
             let rec = store.require(channel_id).await?;
             let me = store
                 .member(&rec.channel_id, &who.session_id)
@@ -487,18 +597,16 @@ impl ChannelService {
                     session_id: me.session_id,
                 }
             };
-            let (floor, change) = self.floor_event_locked(&rec, event).await?;
+            let (floor, change, follow_up) = self.floor_event_locked(&rec, event).await?;
             let position = if let FloorChange::Queued(p) = change { p } else { 0 };
-            Ok(floor_state(&rec.channel_id, &floor, position))
+            Ok((floor_state(&rec.channel_id, &floor, position), follow_up))
         })
         .await
     }
 
     async fn drop_session(&self, session_id: &str) -> Result<()> {
         for channel_id in self.inner.store.session_channels(session_id).await? {
-            let left = self
-                .locked(&channel_id, async || self.leave_locked(&channel_id, session_id).await)
-                .await;
+            let left = self.leave(&channel_id, session_id).await;
             match left {
                 Ok(()) | Err(ChannelError::NotFound(_) | ChannelError::NotJoined) => {}
                 Err(err) => return Err(err),
@@ -539,12 +647,7 @@ impl channel_service_server::ChannelService for ChannelService {
     ) -> std::result::Result<Response<LeaveChannelResponse>, Status> {
         let r = req.into_inner();
         let left = match caller(r.caller) {
-            Ok(who) => {
-                self.locked(&r.channel_id, async || {
-                    self.leave_locked(&r.channel_id, &who.session_id).await
-                })
-                .await
-            }
+            Ok(who) => self.leave(&r.channel_id, &who.session_id).await,
             Err(err) => Err(err),
         };
         answer(left.map(|()| LeaveChannelResponse {}))

@@ -3,13 +3,14 @@
 //!
 //! Keys: `chan:<id>` record, `chan-members:<id>` hash session -> member,
 //! `chan-floor:<id>` floor, `sess-chans:<session>` set of channel ids,
-//! `chan-lock:<id>` the short lock that serialises changes to one channel.
+//! `chan-lock:<id>` the short lock that serialises changes to one channel,
+//! `chan-fanout:<id>` the channel's fan-out bucket (GCRA).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use relaymesh_state::SharedState;
+use relaymesh_state::{Rate, SharedState};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio_util::sync::CancellationToken;
 
@@ -120,6 +121,21 @@ impl ChannelStore {
         // expired and passed to someone else stays theirs.
         if let Err(err) = self.state.delete_if_eq(&lock.key, lock.token.as_bytes()).await {
             tracing::warn!(key = %lock.key, error = %err, "channel lock not released; it expires");
+        }
+    }
+
+    /// Charges `deliveries` to the channel's fan-out bucket (shared by every
+    /// replica); refused when the channel is over its cap.
+    pub async fn charge_fanout(&self, channel_id: &str, rate: Rate, deliveries: usize) -> Result<()> {
+        let cost = u32::try_from(deliveries).unwrap_or(u32::MAX);
+        let d = self
+            .state
+            .throttle(&format!("chan-fanout:{channel_id}"), rate, cost)
+            .await?;
+        if d.allowed {
+            Ok(())
+        } else {
+            Err(ChannelError::RateLimited(d.reset_after))
         }
     }
 

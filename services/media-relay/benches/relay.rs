@@ -168,6 +168,7 @@ fn start_relay() -> (SocketAddr, Option<String>, CancellationToken) {
                     .ok()
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(1),
+                media_udp_recv_buffer: relaymesh_media_relay::DEFAULT_MEDIA_UDP_RECV_BUFFER,
             };
             relaymesh_media_relay::serve(listener, config, SharedState::memory(), shutdown)
                 .await

@@ -191,6 +191,13 @@ mod batched {
 
     /// Datagrams read per `recvmmsg`.
     pub const RECV_BATCH: usize = 32;
+    /// Distance between receive slots: room for the largest datagram,
+    /// rounded to 64 KiB, plus three cache lines (a small RTP packet). At a
+    /// stride of 64 KiB every slot would start in the same L1 and L2 cache
+    /// sets, so the small packets of a full read (written by the kernel,
+    /// read for the SSRC, read again by the send) would evict each other.
+    const SLOT_STRIDE: usize = (1 << 16) + 3 * 64;
+    const _: () = assert!(SLOT_STRIDE >= MAX_DATAGRAM);
     /// GSO limits: segments per message (the kernel's UDP_MAX_SEGMENTS is
     /// at least 64), bytes per message (under the 64 KiB datagram), and a
     /// segment size that fits any route's MTU we expect (larger datagrams
@@ -315,7 +322,7 @@ mod batched {
 
     /// Buffers and headers for `recvmmsg`, and what the last call read.
     struct RecvBatch {
-        /// `capacity` slots of `MAX_DATAGRAM` bytes.
+        /// `capacity` slots of `MAX_DATAGRAM` bytes, `SLOT_STRIDE` apart.
         buf: Vec<u8>,
         capacity: usize,
         /// One family per socket, so the address lengths the kernel leaves
@@ -329,7 +336,7 @@ mod batched {
         fn new(capacity: usize) -> Self {
             let capacity = capacity.clamp(1, RECV_BATCH);
             Self {
-                buf: vec![0u8; capacity * MAX_DATAGRAM],
+                buf: vec![0u8; capacity * SLOT_STRIDE],
                 capacity,
                 headers: MultiHeaders::preallocate(capacity, None),
                 meta: Vec::with_capacity(capacity),
@@ -346,9 +353,12 @@ mod batched {
                 meta,
             } = self;
             meta.clear();
-            let mut slots = buf.chunks_exact_mut(MAX_DATAGRAM);
-            let mut iovs: [[IoSliceMut<'_>; 1]; RECV_BATCH] =
-                std::array::from_fn(|_| [IoSliceMut::new(slots.next().unwrap_or_default())]);
+            let mut slots = buf.chunks_exact_mut(SLOT_STRIDE);
+            let mut iovs: [[IoSliceMut<'_>; 1]; RECV_BATCH] = std::array::from_fn(|_| {
+                let slot = slots.next().unwrap_or_default();
+                let len = slot.len().min(MAX_DATAGRAM);
+                [IoSliceMut::new(&mut slot[..len])]
+            });
             let read = recvmmsg(
                 socket.as_raw_fd(),
                 headers,
@@ -363,7 +373,7 @@ mod batched {
         /// The datagram read into `slot`, and its source.
         fn datagram(&self, slot: usize) -> (&[u8], Option<SocketAddr>) {
             match self.meta.get(slot) {
-                Some(&(len, from)) => (&self.buf[slot * MAX_DATAGRAM..][..len], from),
+                Some(&(len, from)) => (&self.buf[slot * SLOT_STRIDE..][..len], from),
                 None => (&[], None),
             }
         }

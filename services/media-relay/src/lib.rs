@@ -115,7 +115,21 @@ pub struct MediaRelayConfig {
     #[arg(long, env = "MEDIA_UDP_SOCKETS", default_value_t = 1,
           value_parser = clap::value_parser!(u16).range(1..=64))]
     pub media_udp_sockets: u16,
+
+    /// Receive buffer (SO_RCVBUF, bytes) asked for each media socket: what
+    /// may queue while the forwarding thread is not running (a burst, or
+    /// the core busy with something else) before datagrams are lost. The
+    /// kernel caps it at `net.core.rmem_max` (a warning says so); 0 keeps
+    /// the system default (`net.core.rmem_default`, typically 208 KiB: 256
+    /// packets of 172 bytes on loopback).
+    #[arg(long, env = "MEDIA_UDP_RECV_BUFFER", default_value_t = DEFAULT_MEDIA_UDP_RECV_BUFFER)]
+    pub media_udp_recv_buffer: usize,
 }
+
+/// MEDIA_UDP_RECV_BUFFER's default: 4 MiB queues some 10,000 packets of
+/// 172 bytes, 200 ms of a 50k packets/s ingress (see
+/// docs/media-relay-performance.md).
+pub const DEFAULT_MEDIA_UDP_RECV_BUFFER: usize = 4 << 20;
 
 impl MediaRelayConfig {
     /// The host clients are told to send to: the configured public host,
@@ -168,6 +182,9 @@ pub async fn serve(
         config.media_udp_sockets,
     )
     .await?;
+    for socket in &sockets {
+        set_recv_buffer(socket, config.media_udp_recv_buffer)?;
+    }
     let socket = &sockets[0];
     let public_host = config.public_host();
     let media_addr = config.media_addr(socket.local_addr()?.port())?;
@@ -268,6 +285,31 @@ async fn bind_media_sockets(addr: &str, count: u16) -> std::io::Result<Vec<UdpSo
     }
 }
 
+/// Asks for a receive buffer of `bytes` on `socket` (0: the system
+/// default) and warns when the kernel grants less.
+fn set_recv_buffer(socket: &UdpSocket, bytes: usize) -> std::io::Result<()> {
+    if bytes == 0 {
+        return Ok(());
+    }
+    let socket = socket2::SockRef::from(socket);
+    socket.set_recv_buffer_size(bytes)?;
+    let granted = socket.recv_buffer_size()?;
+    // Linux reports twice what it keeps for data (the rest is bookkeeping).
+    let usable = if cfg!(target_os = "linux") {
+        granted / 2
+    } else {
+        granted
+    };
+    if usable < bytes {
+        tracing::warn!(
+            asked = bytes,
+            granted = usable,
+            "media socket receive buffer capped by the system (net.core.rmem_max on Linux); bursts may be lost"
+        );
+    }
+    Ok(())
+}
+
 #[cfg(target_os = "linux")]
 fn bind_reuse_port(addr: std::net::SocketAddr) -> std::io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
@@ -295,6 +337,7 @@ mod tests {
             media_grpc_advertise: None,
             media_peer_idle_timeout_ms: 30_000,
             media_udp_sockets: 1,
+            media_udp_recv_buffer: DEFAULT_MEDIA_UDP_RECV_BUFFER,
         }
     }
 

@@ -359,10 +359,11 @@ impl RoutesReader {
         if peer.last_seen_ms.load(Ordering::Relaxed) < now_ms {
             peer.last_seen_ms.store(now_ms, Ordering::Relaxed);
         }
-        if peer.addr != Some(from) {
-            table.latch(ssrc, from);
-            table.refresh(self);
+        if peer.addr == Some(from) {
+            return peer.channel.fan_out(ssrc, dest);
         }
+        table.latch(ssrc, from);
+        table.refresh(self);
         // After a latch the peer may be gone; route by the newest copy.
         match self.routes.peers.get(&ssrc) {
             Some(peer) => peer.channel.fan_out(ssrc, dest),

@@ -209,6 +209,9 @@ pub enum ErrorCode {
     DeviceBusy,
     /// A COMMAND while every slot is taken.
     NoFreeSlot,
+    /// Hub to node: too many frames from this socket or node; the frame was
+    /// not handled (resend it later). The connection stays open.
+    RateLimited,
     /// Anything else; also what an unknown code reads as.
     #[default]
     #[serde(other)]
@@ -227,6 +230,7 @@ impl ErrorCode {
             Self::Unavailable => "UNAVAILABLE",
             Self::DeviceBusy => "DEVICE_BUSY",
             Self::NoFreeSlot => "NO_FREE_SLOT",
+            Self::RateLimited => "RATE_LIMITED",
             Self::Internal => "INTERNAL",
         }
     }

@@ -38,6 +38,7 @@ pub fn config(idle_timeout_ms: u64) -> MediaRelayConfig {
         media_grpc_advertise: None,
         media_peer_idle_timeout_ms: idle_timeout_ms,
         media_udp_sockets: 1,
+        media_udp_recv_buffer: relaymesh_media_relay::DEFAULT_MEDIA_UDP_RECV_BUFFER,
     }
 }
 
