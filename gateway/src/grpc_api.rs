@@ -291,8 +291,8 @@ async fn run_stream<P, O>(
                         cx.send(event);
                     }
                 }
-                // Rendered text is for WebSockets.
-                Some(Outbound::Text(_)) => {}
+                // Rendered frames are for WebSockets.
+                Some(Outbound::Text(_) | Outbound::Binary(_)) => {}
                 None => break,
             },
             req = inbound.next() => match req {

@@ -10,6 +10,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use relaymesh_state::ConnectionId;
+use relaymesh_wire::Format;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -99,11 +100,11 @@ fn bearer<'a>(q: &'a TokenQuery, headers: &'a HeaderMap) -> Option<&'a str> {
 }
 
 async fn ws_node(ws: WebSocketUpgrade, State(gw): State<Arc<Shared>>) -> Response {
-    upgrade(ws, gw, Ok(()), |_, _| NodeProtocol::default())
+    upgrade(ws, gw, Ok(()), Format::Json, |_, _| NodeProtocol::default())
 }
 
 async fn ws_livechat(ws: WebSocketUpgrade, State(gw): State<Arc<Shared>>) -> Response {
-    upgrade(ws, gw, Ok(()), |_, _| LivechatProtocol::default())
+    upgrade(ws, gw, Ok(()), Format::Json, |_, _| LivechatProtocol::default())
 }
 
 async fn ws_copilot(
@@ -113,26 +114,36 @@ async fn ws_copilot(
     headers: HeaderMap,
 ) -> Response {
     let who = identity::verify(&gw, bearer(&q, &headers)).await;
-    upgrade(ws, gw, who, |who: Identity, _| CopilotProtocol::new(who))
+    upgrade(ws, gw, who, Format::Json, |who: Identity, _| CopilotProtocol::new(who))
+}
+
+/// `?format=json` (the default) or `?format=msgpack`; any other value is
+/// refused with 400 before the upgrade.
+#[derive(serde::Deserialize)]
+struct FormatQuery {
+    #[serde(default)]
+    format: Format,
 }
 
 async fn ws_signal(
     ws: WebSocketUpgrade,
     State(gw): State<Arc<Shared>>,
     Query(q): Query<TokenQuery>,
+    Query(f): Query<FormatQuery>,
     headers: HeaderMap,
 ) -> Response {
     let who = identity::verify(&gw, bearer(&q, &headers)).await;
-    upgrade(ws, gw, who, |who: Identity, _| SignalProtocol::new(who))
+    upgrade(ws, gw, who, f.format, |who: Identity, _| SignalProtocol::new(who))
 }
 
-/// Accepts the upgrade and runs the connection, or, when authentication
+/// Accepts the upgrade and runs the connection in `format`, or, when authentication
 /// failed, accepts it only to close it with the contract's close code (a
 /// browser cannot read an HTTP status from a failed WebSocket handshake).
 fn upgrade<A, P>(
     ws: WebSocketUpgrade,
     gw: Arc<Shared>,
     auth: Result<A, AuthFailure>,
+    format: Format,
     make: impl FnOnce(A, &Arc<Shared>) -> P + Send + 'static,
 ) -> Response
 where
@@ -180,8 +191,10 @@ where
             let id = ConnectionId::random();
             let (tx, rx) = mpsc::channel(gw.config.outbound_queue.max(1));
             let evict = CancellationToken::new();
-            gw.table
-                .insert(id.clone(), ConnHandle::new(tx, evict.clone(), Transport::WebSocket));
-            ws::run(socket, proto, gw, id, rx, evict).await;
+            gw.table.insert(
+                id.clone(),
+                ConnHandle::new(tx, evict.clone(), Transport::WebSocket(format)),
+            );
+            ws::run(socket, format, proto, gw, id, rx, evict).await;
         })
 }

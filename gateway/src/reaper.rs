@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use relaymesh_proto::channel::v1::DropSessionRequest;
 use relaymesh_proto::client::v1::ClientProtocol;
+use relaymesh_proto::r#match::v1::LeaveLobbyRequest;
 use relaymesh_proto::scheduler::v1::NodeDisconnectedRequest;
 use relaymesh_proto::signaling::v1::DropSessionRequest as CopilotDropSessionRequest;
 use relaymesh_state::{GatewayLiveness, SessionEntry};
@@ -89,9 +90,19 @@ async fn drop_session(gw: &Shared, session: &SessionEntry) {
             })
             .await
             .map(|_| ()),
-        // Signal sessions are left by the match service's own cleanup hook
-        // once it has one.
-        ClientProtocol::Signal | ClientProtocol::Unspecified => Ok(()),
+        // As the socket's close would: leave the lobby, clear the pending
+        // request, fail an open match.
+        ClientProtocol::Signal => gw
+            .upstreams
+            .r#match
+            .clone()
+            .leave_lobby(LeaveLobbyRequest {
+                player_id: session.user_id.clone(),
+                connection_id: conn.clone(),
+            })
+            .await
+            .map(|_| ()),
+        ClientProtocol::Unspecified => Ok(()),
     };
     match outcome {
         Ok(()) => metrics::counter!("relaymesh_gateway_dead_sessions_dropped_total").increment(1),

@@ -1,6 +1,6 @@
 //! Breaks an operator would cause, with real processes: a gateway replica
-//! killed with SIGKILL while its users sit in channels, or while a copilot
-//! callback waits for one of its users.
+//! killed with SIGKILL while its users sit in channels, play a match, or
+//! while a copilot callback waits for one of its users.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -13,6 +13,7 @@ use relaymesh_rpc::reason_of;
 use relaymesh_wire::json_value::to_proto;
 
 use super::harness::{self, Backend, Chat, Copilot};
+use super::signal::{Player, matched, status_of};
 
 const BIN: &str = env!("CARGO_BIN_EXE_relaymesh");
 
@@ -252,4 +253,50 @@ async fn four_hundred_users_joining_one_channel_at_once_over_two_gateways_all_ge
         members.abort_all();
         mesh.shutdown().await.unwrap();
     }
+}
+
+#[tokio::test]
+async fn a_killed_gateways_players_leave_the_lobby_and_their_match_fails_once() {
+    let Some(redis) = shared_redis() else { return };
+    let mesh = harness::start(&Backend::Redis(redis.clone()), &[]).await;
+    let (mut doomed, addr) = gateway_process(&mesh, &redis).await;
+
+    // alice plays from the doomed gateway, bob from the surviving one;
+    // carol, on the doomed one too, only waits in the lobby.
+    let (mut alice, _) = Player::joined(addr, "alice").await;
+    let (_carol, _) = Player::joined(addr, "carol").await;
+    let (mut bob, _) = Player::joined(mesh.gateway_addr, "bob").await;
+    let sid = matched(&mut alice, &mut bob).await;
+    bob.lobby_until(|p| p.len() == 3 && status_of(p, "bob").as_deref() == Some("in_match"))
+        .await;
+
+    kill_9(&doomed);
+    doomed.wait().await.unwrap();
+    // Within seconds (liveness TTL 3 s): the failure, and a snapshot
+    // without the dead gateway's players, in whichever order.
+    let (mut failed, mut alone) = (Vec::new(), false);
+    while failed.is_empty() || !alone {
+        let v = bob
+            .try_frame(Duration::from_secs(15))
+            .await
+            .expect("bob is told about the dead gateway's players");
+        match v["type"].as_str() {
+            Some("match_failed") => failed.push(v["payload"].clone()),
+            Some("lobby_update") => {
+                let players = v["payload"]["players"].as_array().unwrap();
+                alone = players.len() == 1 && status_of(players, "bob").as_deref() == Some("available");
+            }
+            _ => panic!("unexpected {v}"),
+        }
+    }
+    assert_eq!(
+        failed,
+        [json!({"opponentId": "alice", "reason": "opponent_left", "sessionId": sid})]
+    );
+    // Once: nothing else comes (lobby snapshots aside).
+    assert_eq!(bob.try_next(Duration::from_millis(1500)).await, None);
+    // bob is free: he matches a new player at once.
+    let (mut dave, _) = Player::joined(mesh.gateway_addr, "dave").await;
+    let _ = matched(&mut dave, &mut bob).await;
+    mesh.shutdown().await.unwrap();
 }

@@ -96,6 +96,8 @@ pub struct Client {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     /// A close frame read while waiting for a text frame, for [`Self::ended`].
     closed: Option<Ended>,
+    /// Whether the last frame returned came as binary MessagePack.
+    pub last_binary: bool,
 }
 
 /// How a socket ended, as seen by the client.
@@ -113,7 +115,11 @@ impl Client {
         let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}{path}"))
             .await
             .expect("ws connects");
-        Self { ws, closed: None }
+        Self {
+            ws,
+            closed: None,
+            last_binary: false,
+        }
     }
 
     pub async fn send_text(&mut self, text: &str) {
@@ -140,7 +146,8 @@ impl Client {
         self.ws.send(Message::Binary(bytes.into())).await.expect("send");
     }
 
-    /// The next text frame as JSON, skipping the server's pings.
+    /// The next text frame as JSON (or binary frame as MessagePack, read as
+    /// the same JSON value), skipping the server's pings.
     pub async fn recv(&mut self) -> Value {
         self.try_recv(WAIT).await.expect("a text frame")
     }
@@ -164,7 +171,12 @@ impl Client {
                     if skip_pings && v["type"] == "ping" {
                         continue;
                     }
+                    self.last_binary = false;
                     return Some(v);
+                }
+                Message::Binary(b) => {
+                    self.last_binary = true;
+                    return Some(rmp_serde::from_slice(&b).expect("server binary frames are MessagePack"));
                 }
                 Message::Close(frame) => {
                     self.closed =

@@ -1,6 +1,6 @@
 //! Seed 004 over real sockets: lobby, the match state machine, SDP/ICE
 //! relay, with the two players on different gateway replicas, on every
-//! backend under test.
+//! backend under test; JSON and MessagePack (`?format=msgpack`) clients.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -9,24 +9,36 @@ use serde_json::{Value, json};
 
 use super::harness::{self, Backend, Client, backends, token};
 
-/// A signal client connected as `id`.
-struct Player {
-    id: String,
+/// A signal client connected as `id`, speaking JSON text frames or, when
+/// `msgpack`, MessagePack binary frames.
+pub(super) struct Player {
+    pub(super) id: String,
     client: Client,
+    msgpack: bool,
 }
 
 impl Player {
     async fn connect(addr: SocketAddr, id: &str) -> Self {
-        let client = Client::connect(addr, &format!("/ws/signal?token={}", token(id, 600))).await;
+        Self::connect_in(addr, id, false).await
+    }
+
+    async fn connect_in(addr: SocketAddr, id: &str, msgpack: bool) -> Self {
+        let format = if msgpack { "format=msgpack&" } else { "" };
+        let client = Client::connect(addr, &format!("/ws/signal?{format}token={}", token(id, 600))).await;
         Self {
             id: id.to_owned(),
             client,
+            msgpack,
         }
     }
 
     /// Connects and joins the lobby; returns the player and `lobby_joined`.
-    async fn joined(addr: SocketAddr, id: &str) -> (Self, Value) {
-        let mut p = Self::connect(addr, id).await;
+    pub(super) async fn joined(addr: SocketAddr, id: &str) -> (Self, Value) {
+        Self::joined_in(addr, id, false).await
+    }
+
+    async fn joined_in(addr: SocketAddr, id: &str, msgpack: bool) -> (Self, Value) {
+        let mut p = Self::connect_in(addr, id, msgpack).await;
         p.send(
             "join_lobby",
             json!({"playerId": id, "playerName": format!("{id}-name")}),
@@ -37,14 +49,51 @@ impl Player {
     }
 
     async fn send(&mut self, kind: &str, payload: Value) {
-        self.client.send_json(json!({"type": kind, "payload": payload})).await;
+        let frame = json!({"type": kind, "payload": payload});
+        if self.msgpack {
+            self.client.send_binary(rmp_serde::to_vec_named(&frame).unwrap()).await;
+        } else {
+            self.client.send_json(frame).await;
+        }
+    }
+
+    /// The next frame, checked to come in the player's format.
+    async fn recv(&mut self) -> Value {
+        let v = self.client.recv().await;
+        assert_eq!(
+            self.client.last_binary, self.msgpack,
+            "{}: {v} in the wrong format",
+            self.id
+        );
+        v
+    }
+
+    /// The next frame within `wait`, lobby snapshots included.
+    pub(super) async fn try_frame(&mut self, wait: Duration) -> Option<Value> {
+        let v = self.client.try_recv(wait).await?;
+        assert_eq!(
+            self.client.last_binary, self.msgpack,
+            "{}: {v} in the wrong format",
+            self.id
+        );
+        Some(v)
+    }
+
+    /// The next frame within `wait`, skipping lobby snapshots.
+    pub(super) async fn try_next(&mut self, wait: Duration) -> Option<Value> {
+        loop {
+            let v = self.try_frame(wait).await?;
+            if v["type"] != "lobby_update" {
+                return Some(v);
+            }
+        }
     }
 
     /// The next frame of type `kind`, skipping lobby snapshots (and
     /// failing on any other frame first).
-    async fn next(&mut self, kind: &str) -> Value {
+    pub(super) async fn next(&mut self, kind: &str) -> Value {
         loop {
-            let v = self.client.recv().await;
+            let v = self.recv().await;
             if v["type"] == kind {
                 return v["payload"].clone();
             }
@@ -63,7 +112,7 @@ impl Player {
     async fn outcome(&mut self) -> (String, Option<i64>) {
         let mut refused = None;
         loop {
-            let v = self.client.recv().await;
+            let v = self.recv().await;
             match v["type"].as_str() {
                 Some(t @ ("match_request_accepted" | "match_request_cancelled")) => return (t.to_owned(), refused),
                 Some("error") => refused = v["payload"]["code"].as_i64(),
@@ -73,9 +122,9 @@ impl Player {
     }
 
     /// Waits for a lobby snapshot satisfying `want`.
-    async fn lobby_until(&mut self, want: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    pub(super) async fn lobby_until(&mut self, want: impl Fn(&[Value]) -> bool) -> Vec<Value> {
         loop {
-            let v = self.client.recv().await;
+            let v = self.recv().await;
             if v["type"] == "lobby_update" {
                 let players = v["payload"]["players"].as_array().unwrap().clone();
                 if want(&players) {
@@ -86,7 +135,7 @@ impl Player {
     }
 }
 
-fn status_of(players: &[Value], id: &str) -> Option<String> {
+pub(super) fn status_of(players: &[Value], id: &str) -> Option<String> {
     players
         .iter()
         .find(|p| p["playerId"] == id)
@@ -95,15 +144,20 @@ fn status_of(players: &[Value], id: &str) -> Option<String> {
 
 /// A mesh with two gateway replicas; players A and B joined, one on each.
 async fn two_players(backend: &Backend, extra: &[&str]) -> (relaymesh::Mesh, Player, Player) {
+    two_players_in(backend, extra, false).await
+}
+
+/// [`two_players`], A speaking MessagePack when `a_msgpack`.
+async fn two_players_in(backend: &Backend, extra: &[&str], a_msgpack: bool) -> (relaymesh::Mesh, Player, Player) {
     let mut mesh = harness::start(backend, extra).await;
     let second = mesh.add_gateway(0, None).await.unwrap();
-    let (a, _) = Player::joined(mesh.gateway_addr, "alice").await;
+    let (a, _) = Player::joined_in(mesh.gateway_addr, "alice", a_msgpack).await;
     let (b, _) = Player::joined(second, "bob").await;
     (mesh, a, b)
 }
 
 /// A requests B and B accepts; returns the session id.
-async fn matched(a: &mut Player, b: &mut Player) -> String {
+pub(super) async fn matched(a: &mut Player, b: &mut Player) -> String {
     let sid = requested(a, b).await;
     b.send("accept_match", json!({"accepterId": b.id, "requesterId": a.id}))
         .await;
@@ -154,43 +208,60 @@ async fn lobby_shows_players_and_their_status_across_replicas() {
 async fn a_match_is_negotiated_in_order_between_two_replicas() {
     for backend in backends() {
         let (mesh, mut a, mut b) = two_players(&backend, &[]).await;
-        let sid = matched(&mut a, &mut b).await;
-        a.send(
-            "send_sdp_offer",
-            json!({"senderId": "alice", "receiverId": "bob", "sdp": "offer-sdp"}),
-        )
-        .await;
-        let offer = b.next("sdp_offer_received").await;
-        assert_eq!(
-            offer,
-            json!({"senderId": "alice", "sdp": "offer-sdp", "sessionId": sid})
-        );
-        b.send(
-            "send_sdp_answer",
-            json!({"senderId": "bob", "receiverId": "alice", "sdp": "answer-sdp", "sessionId": sid}),
-        )
-        .await;
-        assert_eq!(a.next("sdp_answer_received").await["sdp"], "answer-sdp");
-        trickle(&mut a, &mut b, &backend).await;
-        trickle(&mut b, &mut a, &backend).await;
-        a.send(
-            "report_connection",
-            json!({"playerId": "alice", "sessionId": sid, "connected": true}),
-        )
-        .await;
-        b.send(
-            "report_connection",
-            json!({"playerId": "bob", "sessionId": sid, "connected": true}),
-        )
-        .await;
-        let started = a.next("match_started").await;
-        assert_eq!(
-            started,
-            json!({"opponentId": "bob", "opponentName": "bob-name", "sessionId": sid})
-        );
-        assert_eq!(b.next("match_started").await["opponentId"], "alice");
+        negotiate(&mut a, &mut b, &backend).await;
         mesh.shutdown().await.unwrap();
     }
+}
+
+#[tokio::test]
+async fn a_msgpack_player_and_a_json_player_negotiate_a_match_between_two_replicas() {
+    for backend in backends() {
+        let (mesh, mut a, mut b) = two_players_in(&backend, &[], true).await;
+        let players = a.lobby_until(|p| p.len() == 2).await;
+        assert_eq!(status_of(&players, "bob").as_deref(), Some("available"), "{backend:?}");
+        negotiate(&mut a, &mut b, &backend).await;
+        mesh.shutdown().await.unwrap();
+    }
+}
+
+/// A (the requester) and B match and exchange offer, answer and ICE both
+/// ways until the match starts.
+async fn negotiate(a: &mut Player, b: &mut Player, backend: &Backend) {
+    let sid = matched(a, b).await;
+    a.send(
+        "send_sdp_offer",
+        json!({"senderId": "alice", "receiverId": "bob", "sdp": "offer-sdp"}),
+    )
+    .await;
+    let offer = b.next("sdp_offer_received").await;
+    assert_eq!(
+        offer,
+        json!({"senderId": "alice", "sdp": "offer-sdp", "sessionId": sid})
+    );
+    b.send(
+        "send_sdp_answer",
+        json!({"senderId": "bob", "receiverId": "alice", "sdp": "answer-sdp", "sessionId": sid}),
+    )
+    .await;
+    assert_eq!(a.next("sdp_answer_received").await["sdp"], "answer-sdp");
+    trickle(a, b, backend).await;
+    trickle(b, a, backend).await;
+    a.send(
+        "report_connection",
+        json!({"playerId": "alice", "sessionId": sid, "connected": true}),
+    )
+    .await;
+    b.send(
+        "report_connection",
+        json!({"playerId": "bob", "sessionId": sid, "connected": true}),
+    )
+    .await;
+    let started = a.next("match_started").await;
+    assert_eq!(
+        started,
+        json!({"opponentId": "bob", "opponentName": "bob-name", "sessionId": sid})
+    );
+    assert_eq!(b.next("match_started").await["opponentId"], "alice");
 }
 
 /// Four ICE candidates from `from` reach `to` in order.
@@ -364,8 +435,10 @@ async fn a_disconnect_mid_match_fails_it_and_tells_the_opponent() {
             json!({"opponentId": "bob", "reason": "opponent_left", "sessionId": sid}),
             "{backend:?}"
         );
-        let players = a.lobby_until(|p| p.len() == 1).await;
-        assert_eq!(status_of(&players, "alice").as_deref(), Some("available"));
+        // Snapshots are coalesced: one may show bob gone and alice still in
+        // the match; the last one shows her available.
+        a.lobby_until(|p| p.len() == 1 && status_of(p, "alice").as_deref() == Some("available"))
+            .await;
         mesh.shutdown().await.unwrap();
     }
 }
@@ -514,6 +587,56 @@ async fn join_lobby_answers_with_ice_servers_and_turn_credentials() {
     assert_eq!(
         (servers[1]["username"].as_str(), servers[1]["credential"].as_str()),
         (Some(user.as_str()), Some(pass.as_str()))
+    );
+    mesh.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn malformed_msgpack_gets_the_error_frame_and_the_connection_stays_open() {
+    for backend in backends() {
+        let mesh = harness::start(&backend, &[]).await;
+        let mut p = Player::connect_in(mesh.gateway_addr, "alice", true).await;
+        // Not MessagePack; a value that is not a map; an unknown type.
+        for (bytes, code) in [
+            (vec![0xc1], 4000),
+            (rmp_serde::to_vec_named(&json!(["join_lobby"])).unwrap(), 4000),
+            (
+                rmp_serde::to_vec_named(&json!({"type": "dance", "payload": {}})).unwrap(),
+                4001,
+            ),
+        ] {
+            p.client.send_binary(bytes).await;
+            assert_eq!(p.error().await, (code, None), "{backend:?}");
+        }
+        // A text frame on a msgpack connection is refused in msgpack.
+        p.client
+            .send_json(json!({"type": "leave_lobby", "payload": {"playerId": "alice"}}))
+            .await;
+        assert_eq!(p.error().await.0, 4000);
+        // Still open: the same connection joins.
+        p.send("join_lobby", json!({"playerId": "alice", "playerName": "A"}))
+            .await;
+        assert_eq!(p.next("lobby_joined").await["playerId"], "alice");
+        mesh.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn json_connections_refuse_binary_and_unknown_formats_are_refused() {
+    let mesh = harness::start(&Backend::Memory, &[]).await;
+    let mut p = Player::connect(mesh.gateway_addr, "alice").await;
+    p.client
+        .send_binary(rmp_serde::to_vec_named(&json!({"type": "leave_lobby", "payload": {}})).unwrap())
+        .await;
+    assert_eq!(p.error().await.0, 4000);
+    let url = format!(
+        "ws://{}/ws/signal?format=cbor&token={}",
+        mesh.gateway_addr,
+        token("bob", 600)
+    );
+    assert!(
+        tokio_tungstenite::connect_async(url).await.is_err(),
+        "an unknown format fails the upgrade"
     );
     mesh.shutdown().await.unwrap();
 }

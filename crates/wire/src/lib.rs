@@ -25,10 +25,28 @@ pub enum FrameError {
     TooLarge { size: usize, max: usize },
     #[error("binary frames are not accepted")]
     Binary,
+    #[error("frame is not valid MessagePack: {0}")]
+    NotMsgpack(String),
+    #[error("frame is not a MessagePack map")]
+    NotMap,
+    #[error("text frames are not accepted on a msgpack connection")]
+    Text,
     #[error("unknown frame type {0}")]
     UnknownType(String),
     #[error("invalid {kind} frame: {why}")]
     InvalidPayload { kind: String, why: String },
+}
+
+/// How a WebSocket connection encodes its frames, chosen at connect
+/// (`?format=`). Both carry the same objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// JSON text frames.
+    #[default]
+    Json,
+    /// MessagePack binary frames: each one map, the JSON frame's object.
+    Msgpack,
 }
 
 /// Checks that `text` is one JSON object and returns it unparsed.
@@ -38,6 +56,23 @@ pub fn raw_object(text: &str) -> Result<&RawValue, FrameError> {
         Ok(raw)
     } else {
         Err(FrameError::NotObject)
+    }
+}
+
+/// Checks that `bytes` is one MessagePack value, a map, and nothing after it.
+pub fn msgpack_map(bytes: &[u8]) -> Result<(), FrameError> {
+    let mut rest = bytes;
+    let mut de = rmp_serde::Deserializer::new(&mut rest);
+    <serde::de::IgnoredAny as serde::Deserialize>::deserialize(&mut de)
+        .map_err(|e| FrameError::NotMsgpack(e.to_string()))?;
+    drop(de);
+    if !rest.is_empty() {
+        return Err(FrameError::NotMsgpack(format!("{} bytes after the value", rest.len())));
+    }
+    // fixmap, map 16, map 32
+    match bytes.first() {
+        Some(0x80..=0x8f | 0xde | 0xdf) => Ok(()),
+        _ => Err(FrameError::NotMap),
     }
 }
 

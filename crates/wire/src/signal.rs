@@ -4,6 +4,10 @@
 //! `relaymesh.client.v1.SignalRequest` ([`parse`]) and a typed
 //! `SignalResponse` into JSON ([`render`]).
 //!
+//! The same objects travel as MessagePack maps on `?format=msgpack`
+//! connections ([`parse_msgpack`], [`render_msgpack`]): one set of serde
+//! types, two encodings.
+//!
 //! The frames are serde mirrors of the proto messages: `type` is the oneof
 //! field's name, `payload` its message. Enums travel as the seed's strings
 //! (`"available"`, `"in_match"`), error codes as numbers.
@@ -14,7 +18,7 @@ use relaymesh_proto::client::v1::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{FrameError, raw_object};
+use crate::{FrameError, msgpack_map, raw_object};
 
 /// The frame's type, read before its payload so an unknown type is told
 /// apart from a malformed payload.
@@ -221,11 +225,31 @@ pub fn parse(text: &str) -> Result<SignalRequest, SignalResponse> {
 
 fn parse_json(text: &str) -> Result<SignalRequest, FrameError> {
     let raw = raw_object(text)?;
-    let head: Head = serde_json::from_str(raw.get()).map_err(|e| invalid("frame", &e))?;
+    typed(|| serde_json::from_str(raw.get()), || serde_json::from_str(raw.get()))
+}
+
+/// Parses one binary frame of a msgpack connection: a MessagePack map with
+/// the JSON frame's keys and values. A refusal is the `error` event.
+pub fn parse_msgpack(bytes: &[u8]) -> Result<SignalRequest, SignalResponse> {
+    parse_map(bytes).map_err(|err| frame_error(&err))
+}
+
+fn parse_map(bytes: &[u8]) -> Result<SignalRequest, FrameError> {
+    msgpack_map(bytes)?;
+    typed(|| rmp_serde::from_slice(bytes), || rmp_serde::from_slice(bytes))
+}
+
+/// The typed request of an object, read in two steps whatever its encoding:
+/// its `type` first, so an unknown type is told apart from a bad payload.
+fn typed<E: std::fmt::Display>(
+    head: impl FnOnce() -> Result<Head, E>,
+    frame: impl FnOnce() -> Result<ClientFrame, E>,
+) -> Result<SignalRequest, FrameError> {
+    let head = head().map_err(|e| invalid("frame", &e))?;
     if !REQUEST_TYPES.contains(&head.kind.as_str()) {
         return Err(FrameError::UnknownType(head.kind));
     }
-    let frame: ClientFrame = serde_json::from_str(raw.get()).map_err(|e| invalid(&head.kind, &e))?;
+    let frame = frame().map_err(|e| invalid(&head.kind, &e))?;
     Ok(SignalRequest {
         request: Some(frame.into()),
     })
@@ -462,6 +486,12 @@ pub fn render(event: &SignalResponse) -> Option<String> {
     serde_json::to_string(&server_frame(event)?).ok()
 }
 
+/// Renders one event as a MessagePack map (keys by name, as in JSON) for a
+/// binary frame; None for a closing.
+pub fn render_msgpack(event: &SignalResponse) -> Option<Vec<u8>> {
+    rmp_serde::to_vec_named(&server_frame(event)?).ok()
+}
+
 /// An `error` event.
 pub fn error(code: SignalErrorCode, message: impl Into<String>, session_id: Option<String>) -> SignalResponse {
     SignalResponse {
@@ -503,20 +533,23 @@ pub fn frame_error(err: &FrameError) -> SignalResponse {
 mod tests {
     use super::*;
 
+    /// One frame of each client type.
+    const FRAMES: [&str; 10] = [
+        r#"{"type":"join_lobby","payload":{"playerId":"p1","playerName":"Ryu"}}"#,
+        r#"{"type":"leave_lobby","payload":{"playerId":"p1"}}"#,
+        r#"{"type":"request_match","payload":{"requesterId":"p1","targetId":"p2"}}"#,
+        r#"{"type":"accept_match","payload":{"accepterId":"p2","requesterId":"p1"}}"#,
+        r#"{"type":"decline_match","payload":{"declinerId":"p2","requesterId":"p1"}}"#,
+        r#"{"type":"send_sdp_offer","payload":{"senderId":"p1","receiverId":"p2","sdp":"v=0"}}"#,
+        r#"{"type":"send_sdp_answer","payload":{"senderId":"p2","receiverId":"p1","sdp":"v=0"}}"#,
+        r#"{"type":"send_ice_candidate","payload":{"senderId":"p1","receiverId":"p2","candidate":{"candidate":"c","sdpMid":"0","sdpMLineIndex":0}}}"#,
+        r#"{"type":"cancel_match_request","payload":{"requesterId":"p1","targetId":"p2","sessionId":"s"}}"#,
+        r#"{"type":"report_connection","payload":{"playerId":"p1","sessionId":"s","connected":true}}"#,
+    ];
+
     #[test]
     fn parses_every_client_type_of_the_seed() {
-        let frames = [
-            r#"{"type":"join_lobby","payload":{"playerId":"p1","playerName":"Ryu"}}"#,
-            r#"{"type":"leave_lobby","payload":{"playerId":"p1"}}"#,
-            r#"{"type":"request_match","payload":{"requesterId":"p1","targetId":"p2"}}"#,
-            r#"{"type":"accept_match","payload":{"accepterId":"p2","requesterId":"p1"}}"#,
-            r#"{"type":"decline_match","payload":{"declinerId":"p2","requesterId":"p1"}}"#,
-            r#"{"type":"send_sdp_offer","payload":{"senderId":"p1","receiverId":"p2","sdp":"v=0"}}"#,
-            r#"{"type":"send_sdp_answer","payload":{"senderId":"p2","receiverId":"p1","sdp":"v=0"}}"#,
-            r#"{"type":"send_ice_candidate","payload":{"senderId":"p1","receiverId":"p2","candidate":{"candidate":"c","sdpMid":"0","sdpMLineIndex":0}}}"#,
-            r#"{"type":"cancel_match_request","payload":{"requesterId":"p1","targetId":"p2","sessionId":"s"}}"#,
-            r#"{"type":"report_connection","payload":{"playerId":"p1","sessionId":"s","connected":true}}"#,
-        ];
+        let frames = FRAMES;
         for f in frames {
             assert!(parse(f).is_ok(), "{f}");
         }
@@ -549,6 +582,22 @@ mod tests {
         assert_eq!(code_of(parse(r#"{"type":"join_lobby"}"#)), 4000);
     }
 
+    /// An `ice_candidate_received` event.
+    fn ice_event() -> SignalResponse {
+        SignalResponse {
+            event: Some(Event::IceCandidateReceived(proto::IceCandidateReceived {
+                sender_id: "p1".into(),
+                candidate: Some(proto::RtcIceCandidate {
+                    candidate: "candidate:1".into(),
+                    sdp_mid: Some("0".into()),
+                    sdp_m_line_index: Some(0),
+                    username_fragment: None,
+                }),
+                session_id: "s".into(),
+            })),
+        }
+    }
+
     #[test]
     fn renders_the_seed_shapes() {
         let update = SignalResponse {
@@ -564,18 +613,7 @@ mod tests {
             render(&update).unwrap(),
             r#"{"type":"lobby_update","payload":{"players":[{"playerId":"p1","playerName":"Ryu","status":"in_match"}]}}"#
         );
-        let ice = SignalResponse {
-            event: Some(Event::IceCandidateReceived(proto::IceCandidateReceived {
-                sender_id: "p1".into(),
-                candidate: Some(proto::RtcIceCandidate {
-                    candidate: "candidate:1".into(),
-                    sdp_mid: Some("0".into()),
-                    sdp_m_line_index: Some(0),
-                    username_fragment: None,
-                }),
-                session_id: "s".into(),
-            })),
-        };
+        let ice = ice_event();
         assert_eq!(
             render(&ice).unwrap(),
             r#"{"type":"ice_candidate_received","payload":{"senderId":"p1","candidate":{"candidate":"candidate:1","sdpMid":"0","sdpMLineIndex":0},"sessionId":"s"}}"#
@@ -585,5 +623,43 @@ mod tests {
             render(&err).unwrap(),
             r#"{"type":"error","payload":{"code":4008,"message":"no","sessionId":"s"}}"#
         );
+    }
+
+    /// `value` as a msgpack client would send it.
+    fn msgpack(value: &serde_json::Value) -> Vec<u8> {
+        rmp_serde::to_vec_named(value).unwrap()
+    }
+
+    #[test]
+    fn msgpack_frames_carry_the_json_objects() {
+        for f in FRAMES {
+            let value: serde_json::Value = serde_json::from_str(f).unwrap();
+            assert_eq!(parse_msgpack(&msgpack(&value)).unwrap(), parse(f).unwrap(), "{f}");
+        }
+        let ice = ice_event();
+        let err = error(SignalErrorCode::NotTarget, "no", Some("s".into()));
+        for event in [ice, err] {
+            let bytes = render_msgpack(&event).unwrap();
+            let decoded: serde_json::Value = rmp_serde::from_slice(&bytes).unwrap();
+            let json: serde_json::Value = serde_json::from_str(&render(&event).unwrap()).unwrap();
+            assert_eq!(decoded, json);
+        }
+    }
+
+    #[test]
+    fn msgpack_refusals_carry_the_seed_codes() {
+        use serde_json::json;
+        assert_eq!(code_of(parse_msgpack(&[0xc1])), 4000, "never used marker");
+        assert_eq!(code_of(parse_msgpack(&[0x82, 0xa1])), 4000, "truncated");
+        assert_eq!(code_of(parse_msgpack(&msgpack(&json!([1])))), 4000, "not a map");
+        let mut trailing = msgpack(&json!({"type": "leave_lobby", "payload": {"playerId": "p1"}}));
+        trailing.push(0xc0);
+        assert_eq!(code_of(parse_msgpack(&trailing)), 4000, "bytes after the map");
+        assert_eq!(
+            code_of(parse_msgpack(&msgpack(&json!({"type": "dance", "payload": {}})))),
+            4001
+        );
+        let bad = json!({"type": "join_lobby", "payload": {"playerId": 7, "playerName": "x"}});
+        assert_eq!(code_of(parse_msgpack(&msgpack(&bad))), 4000);
     }
 }

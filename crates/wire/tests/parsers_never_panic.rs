@@ -83,6 +83,16 @@ proptest! {
     }
 
     #[test]
+    fn signal_msgpack_parse_never_panics(
+        bytes in prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..256),
+            json_value(3).prop_map(|v| rmp_serde::to_vec_named(&v).unwrap_or_default()),
+        ]
+    ) {
+        let _ = signal::parse_msgpack(&bytes);
+    }
+
+    #[test]
     fn node_envelope_parse_never_panics(text in frame_text()) {
         let _ = Envelope::parse(&text);
     }

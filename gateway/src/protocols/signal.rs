@@ -2,11 +2,13 @@
 //! authenticated at connect. Typed requests become calls on the match
 //! service (lobby, state machine) and the signaling service (SDP/ICE
 //! relay); their refusals become `error` events through one table
-//! ([`error_code`]). Its JSON form is `relaymesh_wire::signal`.
+//! ([`error_code`]). Its JSON and MessagePack forms are
+//! `relaymesh_wire::signal`.
 
 use std::time::Duration;
 
 use axum::extract::ws::{Message, Utf8Bytes};
+use bytes::Bytes;
 use relaymesh_proto::client::v1::{
     ClientProtocol, CloseCode, LobbyJoined, SignalErrorCode, SignalRequest, SignalResponse, signal_request::Request,
     signal_response::Event,
@@ -250,6 +252,14 @@ impl WsCodec for SignalProtocol {
 
     fn render(event: &SignalResponse) -> Option<Utf8Bytes> {
         wire::render(event).map(Utf8Bytes::from)
+    }
+
+    fn parse_msgpack(&self, bytes: &[u8]) -> Result<SignalRequest, SignalResponse> {
+        wire::parse_msgpack(bytes)
+    }
+
+    fn render_msgpack(event: &SignalResponse) -> Option<Bytes> {
+        wire::render_msgpack(event).map(Bytes::from)
     }
 
     fn refused(&self, err: &FrameError) -> SignalResponse {

@@ -1,20 +1,23 @@
-//! The JSON WebSocket transport every endpoint shares.
+//! The WebSocket transport every endpoint shares: JSON text frames, or,
+//! where the protocol has that encoding and the client asked for it
+//! (`?format=msgpack`), MessagePack binary frames carrying the same objects.
 //!
 //! One task per connection owns the socket and `select!`s over: the socket,
 //! its bounded outbound queue (events delivered by other tasks or replicas),
 //! the heartbeat timer, eviction and shutdown. A protocol adapter only turns
 //! typed requests into calls and typed events ([`Protocol`]); this module
-//! parses each text frame once and renders each event once, through the
-//! protocol's [`WsCodec`], so it cannot block writes or leak the task.
+//! parses each frame once and renders each event once per encoding, through
+//! the protocol's [`WsCodec`], so it cannot block writes or leak the task.
 
 mod table;
 
 use std::sync::Arc;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use bytes::Bytes;
 use relaymesh_proto::client::v1::CloseCode;
 use relaymesh_state::ConnectionId;
-use relaymesh_wire::FrameError;
+use relaymesh_wire::{Format, FrameError};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -24,8 +27,9 @@ pub use table::{ConnHandle, ConnectionTable, LatestSlot, Offered, Outbound, Tran
 use crate::Shared;
 use crate::protocols::{Ctx, Protocol, dispatch, frame_span, protocol_name, record_user};
 
-/// How a protocol looks as JSON text frames on a WebSocket: the one place
-/// its frames are parsed and rendered.
+/// How a protocol looks as WebSocket frames: the one place its frames are
+/// parsed and rendered, as JSON text and, for protocols that have it, as
+/// MessagePack binary.
 pub trait WsCodec: Protocol {
     /// Parses one text frame; a refusal is the protocol's error event.
     fn parse(&self, text: &str) -> Result<Self::Request, Self::Event>;
@@ -34,7 +38,22 @@ pub trait WsCodec: Protocol {
     /// close, which goes out as a close frame).
     fn render(event: &Self::Event) -> Option<Utf8Bytes>;
 
-    /// The error event for a frame refused before parsing (too large, binary).
+    /// Parses one binary frame of a `?format=msgpack` connection (a
+    /// MessagePack map of the JSON frame's object); a refusal is the
+    /// protocol's error event. Protocols without that encoding never get
+    /// here: their endpoints accept only JSON.
+    fn parse_msgpack(&self, _bytes: &[u8]) -> Result<Self::Request, Self::Event> {
+        Err(self.refused(&FrameError::Binary))
+    }
+
+    /// Renders one event as a MessagePack binary frame; None when it has no
+    /// frame (or the protocol no such encoding).
+    fn render_msgpack(_event: &Self::Event) -> Option<Bytes> {
+        None
+    }
+
+    /// The error event for a frame refused before parsing (too large, of
+    /// the wrong kind for the connection's format).
     fn refused(&self, err: &FrameError) -> Self::Event;
 
     /// A frame the server sends each heartbeat period, for protocols where
@@ -58,10 +77,11 @@ pub trait WsCodec: Protocol {
 /// This transport's name in traces.
 const TRANSPORT: &str = "websocket";
 
-/// Runs one connection to its end. The caller has already inserted its
-/// handle into the [`ConnectionTable`].
+/// Runs one connection to its end, its frames in `format`. The caller has
+/// already inserted its handle into the [`ConnectionTable`].
 pub async fn run<P: WsCodec>(
     mut socket: WebSocket,
+    format: Format,
     mut proto: P,
     gw: Arc<Shared>,
     id: ConnectionId,
@@ -70,7 +90,7 @@ pub async fn run<P: WsCodec>(
 ) {
     let name = protocol_name(P::NAME);
     let mut cx = Ctx::<P::Event>::new(id.clone(), gw.clone());
-    let mut pending: Vec<Utf8Bytes> = Vec::new();
+    let mut pending: Vec<Message> = Vec::new();
     let cfg = &gw.config;
     let mut heartbeat = tokio::time::interval_at(
         tokio::time::Instant::now() + cfg.heartbeat_interval(),
@@ -87,7 +107,7 @@ pub async fn run<P: WsCodec>(
     let span = frame_span(P::NAME, TRANSPORT, "open", &cx);
     Box::pin(proto.on_open(&mut cx)).instrument(span).await;
     // How the last write went: the loop runs while they are done.
-    let mut write = flush::<P>(&mut socket, &mut cx, &mut pending, cfg.send_timeout()).await;
+    let mut write = flush::<P>(&mut socket, format, &mut cx, &mut pending, cfg.send_timeout()).await;
     // Why a slow consumer is closed, for its metric and log line.
     let mut slow: Option<&'static str> = None;
 
@@ -100,12 +120,13 @@ pub async fn run<P: WsCodec>(
                 cx.close(CloseCode::TryAgainLater, "slow consumer: outbound queue full");
             }
             out = rx.recv() => match out {
-                Some(Outbound::Text(text)) => pending.push(text),
-                Some(Outbound::Latest(slot)) => {
-                    if let Some(Outbound::Text(text)) = slot.take() {
-                        pending.push(text);
-                    }
-                }
+                Some(Outbound::Text(text)) => pending.push(Message::Text(text)),
+                Some(Outbound::Binary(bytes)) => pending.push(Message::Binary(bytes)),
+                Some(Outbound::Latest(slot)) => match slot.take() {
+                    Some(Outbound::Text(text)) => pending.push(Message::Text(text)),
+                    Some(Outbound::Binary(bytes)) => pending.push(Message::Binary(bytes)),
+                    _ => {}
+                },
                 Some(Outbound::Close(code, reason)) => cx.close(code, reason),
                 Some(Outbound::Nudge(reason)) => {
                     let span = frame_span(P::NAME, TRANSPORT, "nudge", &cx);
@@ -119,29 +140,28 @@ pub async fn run<P: WsCodec>(
                 Some(Ok(Message::Text(text))) => {
                     heard = true;
                     metrics::counter!("relaymesh_gateway_frames_in_total", "protocol" => name).increment(1);
-                    if text.len() > cfg.max_frame_bytes {
-                        let err = FrameError::TooLarge { size: text.len(), max: cfg.max_frame_bytes };
-                        refuse(&mut cx, &proto, &err);
-                    } else {
-                        match proto.parse(text.as_str()) {
-                            Ok(req) => {
-                                if proto.pong_deadline() && P::answers_ping(&req) {
-                                    (missed, pong_due) = (0, None);
-                                }
-                                let span = frame_span(P::NAME, TRANSPORT, P::op_name(&req), &cx);
-                                Box::pin(dispatch(&mut proto, &mut cx, req)).instrument(span.clone()).await;
-                                record_user(&span, &cx);
-                            }
-                            Err(error_event) => {
-                                metrics::counter!("relaymesh_gateway_frames_refused_total", "protocol" => name).increment(1);
-                                cx.send(error_event);
+                    let answered = match format {
+                        Format::Json => take(&mut cx, &mut proto, text.len(), cfg.max_frame_bytes, |p| p.parse(text.as_str())).await,
+                        Format::Msgpack => {
+                            refuse(&mut cx, &proto, &FrameError::Text);
+                            false
+                        }
+                    };
+                    if answered {
+                        (missed, pong_due) = (0, None);
+                    }
+                }
+                Some(Ok(Message::Binary(bytes))) => {
+                    heard = true;
+                    match format {
+                        Format::Json => refuse(&mut cx, &proto, &FrameError::Binary),
+                        Format::Msgpack => {
+                            metrics::counter!("relaymesh_gateway_frames_in_total", "protocol" => name).increment(1);
+                            if take(&mut cx, &mut proto, bytes.len(), cfg.max_frame_bytes, |p| p.parse_msgpack(&bytes)).await {
+                                (missed, pong_due) = (0, None);
                             }
                         }
                     }
-                }
-                Some(Ok(Message::Binary(_))) => {
-                    heard = true;
-                    refuse(&mut cx, &proto, &FrameError::Binary);
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => heard = true,
                 // The client closed, or the socket broke: nothing more to write.
@@ -199,7 +219,7 @@ pub async fn run<P: WsCodec>(
             }
         }
         if write == Write::Done {
-            write = flush::<P>(&mut socket, &mut cx, &mut pending, cfg.send_timeout()).await;
+            write = flush::<P>(&mut socket, format, &mut cx, &mut pending, cfg.send_timeout()).await;
         }
         if write == Write::TooSlow {
             // The reader does not keep up with what it is sent: 1013.
@@ -281,6 +301,37 @@ pub async fn finish_close_handshake(socket: &mut WebSocket) {
     .await;
 }
 
+/// Parses one inbound frame of `size` bytes (refused past `max`) and runs
+/// its request; true when the protocol has pong deadlines and the request
+/// answers the server's ping.
+async fn take<P: WsCodec>(
+    cx: &mut Ctx<P::Event>,
+    proto: &mut P,
+    size: usize,
+    max: usize,
+    parse: impl FnOnce(&P) -> Result<P::Request, P::Event>,
+) -> bool {
+    if size > max {
+        refuse(cx, proto, &FrameError::TooLarge { size, max });
+        return false;
+    }
+    match parse(proto) {
+        Ok(req) => {
+            let answered = proto.pong_deadline() && P::answers_ping(&req);
+            let span = frame_span(P::NAME, TRANSPORT, P::op_name(&req), cx);
+            Box::pin(dispatch(proto, cx, req)).instrument(span.clone()).await;
+            record_user(&span, cx);
+            answered
+        }
+        Err(error_event) => {
+            metrics::counter!("relaymesh_gateway_frames_refused_total", "protocol" => protocol_name(P::NAME))
+                .increment(1);
+            cx.send(error_event);
+            false
+        }
+    }
+}
+
 fn refuse<P: WsCodec>(cx: &mut Ctx<P::Event>, proto: &P, err: &FrameError) {
     metrics::counter!("relaymesh_gateway_frames_refused_total", "protocol" => protocol_name(P::NAME)).increment(1);
     cx.send(proto.refused(err));
@@ -301,17 +352,26 @@ enum Write {
 /// the client may be reading again by then, or never.
 const SLOW_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// One event as a frame in `format`; None when it has none.
+fn render<P: WsCodec>(format: Format, event: &P::Event) -> Option<Message> {
+    match format {
+        Format::Json => P::render(event).map(Message::Text),
+        Format::Msgpack => P::render_msgpack(event).map(Message::Binary),
+    }
+}
+
 /// Writes delivered frames, then the handler's events, in that order,
 /// stopping at the first write that does not finish.
 async fn flush<P: WsCodec>(
     socket: &mut WebSocket,
+    format: Format,
     cx: &mut Ctx<P::Event>,
-    pending: &mut Vec<Utf8Bytes>,
+    pending: &mut Vec<Message>,
     timeout: std::time::Duration,
 ) -> Write {
-    pending.extend(cx.take_out().filter_map(|e| P::render(&e)));
-    for text in pending.drain(..) {
-        let write = send(socket, Message::Text(text), timeout).await;
+    pending.extend(cx.take_out().filter_map(|e| render::<P>(format, &e)));
+    for msg in pending.drain(..) {
+        let write = send(socket, msg, timeout).await;
         if write != Write::Done {
             return write;
         }

@@ -5,17 +5,21 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
 use relaymesh_proto::client::v1::CloseCode;
 use relaymesh_proto::delivery::v1::{ForwardedRequest, NudgeReason};
 use relaymesh_state::{Body, ConnectionId, Envelope};
+use relaymesh_wire::Format;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// What the connection task is asked to do by someone else.
 #[derive(Debug)]
 pub enum Outbound {
-    /// A frame already rendered for a WebSocket.
+    /// A frame already rendered for a JSON WebSocket.
     Text(Utf8Bytes),
+    /// A frame already rendered for a MessagePack WebSocket.
+    Binary(Bytes),
     /// A typed event, for a gRPC stream.
     Event(Arc<Body>),
     Close(CloseCode, String),
@@ -48,8 +52,9 @@ impl LatestSlot {
 /// How a connection is carried: what form its events take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
-    /// JSON text frames: events are rendered once per delivery.
-    WebSocket,
+    /// WebSocket frames in this format: events are rendered once per
+    /// delivery and format.
+    WebSocket(Format),
     /// gRPC stream: events stay typed.
     Grpc,
 }
@@ -103,19 +108,42 @@ pub struct ConnectionTable {
     map: Mutex<HashMap<ConnectionId, ConnHandle>>,
 }
 
-/// The WebSocket text of a delivered event: each protocol's one renderer.
-/// Each call is counted in `relaymesh_gateway_frames_rendered_total`, so
-/// "rendered once per gateway, whatever the number of recipients" can be
-/// checked from outside.
-fn render_body(body: &Body) -> Option<Utf8Bytes> {
-    let (protocol, text) = match body {
-        Body::Livechat(e) => ("livechat", relaymesh_wire::livechat::render(e)),
-        Body::Copilot(e) => ("copilot", relaymesh_wire::copilot::render(e)),
-        Body::Signal(e) => ("signal", relaymesh_wire::signal::render(e)),
-        Body::Close(_) | Body::Nudge(_) | Body::Forwarded(_) => return None,
+/// The WebSocket frame of a delivered event in `format`: each protocol's
+/// one renderer per encoding. Each render is counted in
+/// `relaymesh_gateway_frames_rendered_total`, so "rendered once per gateway
+/// and format, whatever the number of recipients" can be checked from outside.
+fn render_body(body: &Body, format: Format) -> Option<Outbound> {
+    let (protocol, out) = match (format, body) {
+        (Format::Json, Body::Livechat(e)) => (
+            "livechat",
+            relaymesh_wire::livechat::render(e).map(|t| Outbound::Text(t.into())),
+        ),
+        (Format::Json, Body::Copilot(e)) => (
+            "copilot",
+            relaymesh_wire::copilot::render(e).map(|t| Outbound::Text(t.into())),
+        ),
+        (Format::Json, Body::Signal(e)) => (
+            "signal",
+            relaymesh_wire::signal::render(e).map(|t| Outbound::Text(t.into())),
+        ),
+        (Format::Msgpack, Body::Signal(e)) => (
+            "signal",
+            relaymesh_wire::signal::render_msgpack(e).map(|b| Outbound::Binary(b.into())),
+        ),
+        (Format::Msgpack, Body::Livechat(_) | Body::Copilot(_))
+        | (_, Body::Close(_) | Body::Nudge(_) | Body::Forwarded(_)) => return None,
     };
     metrics::counter!("relaymesh_gateway_frames_rendered_total", "protocol" => protocol).increment(1);
-    text.map(Utf8Bytes::from)
+    out
+}
+
+/// A copy of a rendered frame for one more connection (shares its bytes).
+fn copy(out: &Outbound) -> Option<Outbound> {
+    match out {
+        Outbound::Text(t) => Some(Outbound::Text(t.clone())),
+        Outbound::Binary(b) => Some(Outbound::Binary(b.clone())),
+        _ => None,
+    }
 }
 
 impl ConnectionTable {
@@ -161,7 +189,8 @@ impl ConnectionTable {
     }
 
     /// Hands a delivery envelope to its connections. An event is rendered
-    /// at most once, however many WebSocket connections here receive it.
+    /// at most once per format, however many WebSocket connections here
+    /// receive it.
     ///
     /// An envelope raised inside a trace continues it: its delivery here is
     /// a child of the span that raised it (the service call, on whichever
@@ -214,7 +243,8 @@ impl ConnectionTable {
             }
             event => {
                 let event = Arc::new(event);
-                let mut text: Option<Option<Utf8Bytes>> = None;
+                // Rendered frames by format, each rendered on first need.
+                let (mut json, mut msgpack): (Option<Option<Outbound>>, Option<Option<Outbound>>) = (None, None);
                 for id in &ids {
                     let Some(h) = map.get(id) else {
                         record(Offered::Unknown);
@@ -222,10 +252,20 @@ impl ConnectionTable {
                     };
                     let out = match h.transport {
                         Transport::Grpc => Outbound::Event(event.clone()),
-                        Transport::WebSocket => match text.get_or_insert_with(|| render_body(&event)) {
-                            Some(t) => Outbound::Text(t.clone()),
-                            None => continue,
-                        },
+                        Transport::WebSocket(format) => {
+                            let rendered = match format {
+                                Format::Json => &mut json,
+                                Format::Msgpack => &mut msgpack,
+                            };
+                            match rendered
+                                .get_or_insert_with(|| render_body(&event, format))
+                                .as_ref()
+                                .and_then(copy)
+                            {
+                                Some(out) => out,
+                                None => continue,
+                            }
+                        }
                     };
                     record(offer_event(h, out, env.droppable));
                 }
@@ -286,7 +326,10 @@ mod tests {
         let (tx, rx) = mpsc::channel(cap);
         let evict = CancellationToken::new();
         let id = ConnectionId::new("c");
-        table.insert(id.clone(), ConnHandle::new(tx, evict.clone(), Transport::WebSocket));
+        table.insert(
+            id.clone(),
+            ConnHandle::new(tx, evict.clone(), Transport::WebSocket(Format::Json)),
+        );
         (table, id, rx, evict)
     }
 
@@ -346,5 +389,34 @@ mod tests {
             table.offer(&ConnectionId::new("zz"), Outbound::Text("a".into()), false),
             Offered::Unknown
         );
+    }
+
+    #[test]
+    fn each_connection_gets_the_event_in_its_format() {
+        use relaymesh_proto::client::v1::SignalResponse;
+        let table = ConnectionTable::default();
+        let mut rxs = Vec::new();
+        for (id, format) in [("j1", Format::Json), ("m1", Format::Msgpack), ("j2", Format::Json)] {
+            let (tx, rx) = mpsc::channel(4);
+            let handle = ConnHandle::new(tx, CancellationToken::new(), Transport::WebSocket(format));
+            table.insert(ConnectionId::new(id), handle);
+            rxs.push(rx);
+        }
+        let event = relaymesh_wire::signal::error(relaymesh_proto::client::v1::SignalErrorCode::NotTarget, "no", None);
+        table.deliver(Envelope {
+            connection_ids: vec!["j1".into(), "m1".into(), "j2".into()],
+            body: Some(Body::Signal(SignalResponse::clone(&event))),
+            ..Envelope::default()
+        });
+        let json = relaymesh_wire::signal::render(&event).unwrap();
+        let msgpack = relaymesh_wire::signal::render_msgpack(&event).unwrap();
+        let got: Vec<Outbound> = rxs.iter_mut().map(|rx| rx.try_recv().unwrap()).collect();
+        assert!(matches!(&got[0], Outbound::Text(t) if t.as_str() == json));
+        assert!(matches!(&got[1], Outbound::Binary(b) if b[..] == msgpack[..]));
+        // Rendered once: both JSON connections share the same bytes.
+        let (Outbound::Text(a), Outbound::Text(b)) = (&got[0], &got[2]) else {
+            panic!("text frames")
+        };
+        assert_eq!(a.as_str().as_ptr(), b.as_str().as_ptr());
     }
 }

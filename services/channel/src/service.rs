@@ -53,7 +53,6 @@ struct Inner {
     shutdown: CancellationToken,
 }
 
-
 /// Fan-out shards: events of one channel stay in order on one shard.
 const FANOUT_SHARDS: usize = 4;
 
@@ -304,11 +303,25 @@ impl ChannelService {
             && g.expires_at_ms <= chrono::Utc::now().timestamp_millis()
         {
             let expire = FloorEvent::Expire { grant_id: g.grant_id };
-            let change = floor::transition(rec.floor, &mut floor, expire, chrono::Utc::now().timestamp_millis(), max_talk, new_grant_id)?;
+            let change = floor::transition(
+                rec.floor,
+                &mut floor,
+                expire,
+                chrono::Utc::now().timestamp_millis(),
+                max_talk,
+                new_grant_id,
+            )?;
             holder_changed |= matches!(change, FloorChange::Holder { .. });
             self.floor_changed(rec, &floor, &change).await;
         }
-        let change = floor::transition(rec.floor, &mut floor, event, chrono::Utc::now().timestamp_millis(), max_talk, new_grant_id)?;
+        let change = floor::transition(
+            rec.floor,
+            &mut floor,
+            event,
+            chrono::Utc::now().timestamp_millis(),
+            max_talk,
+            new_grant_id,
+        )?;
         holder_changed |= matches!(change, FloorChange::Holder { .. });
         store.put_floor(&rec.channel_id, &floor).await?;
         self.floor_changed(rec, &floor, &change).await;
@@ -336,7 +349,8 @@ impl ChannelService {
 
     fn arm_expiry(&self, channel_id: String, grant_id: String, expires_at_ms: i64) {
         let svc = self.clone();
-        let wait = Duration::from_millis(u64::try_from(expires_at_ms - chrono::Utc::now().timestamp_millis()).unwrap_or(0));
+        let wait =
+            Duration::from_millis(u64::try_from(expires_at_ms - chrono::Utc::now().timestamp_millis()).unwrap_or(0));
         self.inner.timers.spawn(async move {
             tokio::select! {
                 () = svc.inner.shutdown.cancelled() => return,

@@ -249,8 +249,13 @@ impl Inner {
     }
 
     /// Leaving clears the player's pending request and fails an open match.
+    /// A player already out of the lobby still has them cleared: a dead
+    /// gateway's players may have been dropped from the lobby by a snapshot
+    /// (their connections gone from the registry) before its reaper calls
+    /// here. A player in the lobby from another connection is left alone.
     async fn leave(&self, r: LeaveLobbyRequest) -> Result<()> {
-        if !self.lobby.leave(&r.player_id, &r.connection_id).await? {
+        if !self.lobby.leave(&r.player_id, &r.connection_id).await? && self.lobby.member(&r.player_id).await?.is_some()
+        {
             return Ok(());
         }
         self.lobby.clear_busy(&r.player_id).await?;
