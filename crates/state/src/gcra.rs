@@ -54,21 +54,25 @@ impl Rate {
 pub fn decide(rate: Rate, tat_us: Option<f64>, now_us: f64, cost: u32) -> (RateDecision, f64) {
     let interval = rate.interval_us();
     let tat = tat_us.unwrap_or(now_us).max(now_us);
-    let new_tat = tat + f64::from(rate.charge(cost)) * interval;
-    let allow_at = new_tat - f64::from(rate.burst) * interval;
-    if allow_at > now_us {
+    let charge = f64::from(rate.charge(cost));
+    // Offsets from now, not absolute instants: `now + c - c` need not be
+    // `now` in floating point, and a full bucket must take a full burst.
+    let until_tat = tat - now_us;
+    let ahead = until_tat + (charge - f64::from(rate.burst)) * interval;
+    if ahead > 0.0 {
         let decision = RateDecision {
             allowed: false,
             remaining: 0,
-            reset_after: micros(allow_at - now_us),
+            reset_after: micros(ahead),
         };
         return (decision, tat);
     }
     let decision = RateDecision {
         allowed: true,
-        remaining: ((now_us - allow_at) / interval) as u32,
-        reset_after: micros(new_tat - now_us),
+        remaining: (-ahead / interval) as u32,
+        reset_after: micros(until_tat + charge * interval),
     };
+    let new_tat = tat + charge * interval;
     (decision, new_tat)
 }
 
