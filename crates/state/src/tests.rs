@@ -302,16 +302,24 @@ async fn rate_limit_allows_exactly_the_limit_per_sliding_window() {
     }
 }
 
+/// How many of `calls`, run at once, were allowed.
+async fn allowed_of<F, E>(calls: impl Iterator<Item = F>) -> usize
+where
+    F: std::future::Future<Output = std::result::Result<RateDecision, E>>,
+    E: std::fmt::Debug,
+{
+    futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .filter(|d| d.as_ref().unwrap().allowed)
+        .count()
+}
+
 #[tokio::test]
 async fn racing_rate_limit_callers_get_exactly_the_limit() {
     for s in backends("ratelimit-race").await {
         let calls = (0..20).map(|_| s.rate_limit("rl:race", 10, Duration::from_secs(30)));
-        let allowed = futures_util::future::join_all(calls)
-            .await
-            .into_iter()
-            .filter(|d| d.as_ref().unwrap().allowed)
-            .count();
-        assert_eq!(allowed, 10, "{s:?}");
+        assert_eq!(allowed_of(calls).await, 10, "{s:?}");
     }
 }
 
@@ -347,12 +355,7 @@ async fn racing_throttle_callers_get_exactly_the_burst() {
     let rate = Rate::new(0.001, 10).unwrap();
     for s in backends("throttle-race").await {
         let calls = (0..30).map(|_| s.throttle("tb:race", rate, 1));
-        let allowed = futures_util::future::join_all(calls)
-            .await
-            .into_iter()
-            .filter(|d| d.as_ref().unwrap().allowed)
-            .count();
-        assert_eq!(allowed, 10, "{s:?}");
+        assert_eq!(allowed_of(calls).await, 10, "{s:?}");
     }
 }
 
