@@ -30,19 +30,20 @@ fn spawn(cmd: &mut Command) -> Child {
         .unwrap_or_else(|e| panic!("{cmd:?} must be installed (apt-get install coturn): {e}"))
 }
 
-/// Waits until a STUN binding request to `port` is answered.
-async fn stun_ready(port: u16) {
+/// Whether a STUN binding request to `port` is answered within `within`.
+async fn answers_stun(port: u16, within: Duration) -> bool {
     let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let mut req = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
     req.extend_from_slice(&[7u8; 12]);
     let mut buf = [0u8; 512];
-    for _ in 0..100 {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
         s.send_to(&req, ("127.0.0.1", port)).await.unwrap();
         if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(100), s.recv_from(&mut buf)).await {
-            return;
+            return true;
         }
     }
-    panic!("turnserver on {port} did not answer STUN");
+    false
 }
 
 /// A coturn with `use-auth-secret` on loopback, and a UDP echo peer.
@@ -51,36 +52,63 @@ struct Coturn {
     peer_port: u16,
     _server: Child,
     _peer: Child,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Coturn {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 impl Coturn {
+    /// Starts coturn on a free port. The port is found free and then
+    /// released before coturn binds it, so another test's socket can take
+    /// it in between, and a loaded CI box can be slow to start it: a start
+    /// that does not answer STUN is retried on fresh ports, and the last
+    /// attempt's log is shown if none does.
     async fn start() -> Self {
-        let (port, peer_port) = (free_udp_port().await, free_udp_port().await);
-        let relay_min = free_udp_port().await.saturating_sub(20).max(40000);
-        let server = spawn(Command::new("turnserver").args([
-            "-n",
-            "--listening-ip=127.0.0.1",
-            "--relay-ip=127.0.0.1",
-            &format!("--listening-port={port}"),
-            "--use-auth-secret",
-            &format!("--static-auth-secret={SECRET}"),
-            "--realm=relaymesh.test",
-            "--no-tls",
-            "--no-dtls",
-            "--no-cli",
-            &format!("--min-port={relay_min}"),
-            &format!("--max-port={}", relay_min + 200),
-            "--allow-loopback-peers",
-            "--log-file=stdout",
-        ]));
-        let peer = spawn(Command::new("turnutils_peer").args(["-L", "127.0.0.1", "-p", &peer_port.to_string()]));
-        stun_ready(port).await;
-        Self {
-            port,
-            peer_port,
-            _server: server,
-            _peer: peer,
+        let mut last_log = String::new();
+        for attempt in 1..=3 {
+            let dir = std::env::temp_dir().join(format!("relaymesh-coturn-{}", uuid::Uuid::new_v4()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let (port, peer_port) = (free_udp_port().await, free_udp_port().await);
+            let relay_min = free_udp_port().await.saturating_sub(20).max(40000);
+            let log = dir.join("turnserver.log");
+            let server = spawn(Command::new("turnserver").args([
+                "-n",
+                "--listening-ip=127.0.0.1",
+                "--relay-ip=127.0.0.1",
+                &format!("--listening-port={port}"),
+                "--use-auth-secret",
+                &format!("--static-auth-secret={SECRET}"),
+                "--realm=relaymesh.test",
+                "--no-tls",
+                "--no-dtls",
+                "--no-cli",
+                &format!("--min-port={relay_min}"),
+                &format!("--max-port={}", relay_min + 200),
+                "--allow-loopback-peers",
+                &format!("--pidfile={}", dir.join("turnserver.pid").display()),
+                &format!("--userdb={}", dir.join("turndb").display()),
+                &format!("--log-file={}", log.display()),
+                "--simple-log",
+            ]));
+            let peer = spawn(Command::new("turnutils_peer").args(["-L", "127.0.0.1", "-p", &peer_port.to_string()]));
+            if answers_stun(port, Duration::from_secs(20)).await {
+                return Self {
+                    port,
+                    peer_port,
+                    _server: server,
+                    _peer: peer,
+                    dir,
+                };
+            }
+            last_log = std::fs::read_to_string(&log).unwrap_or_default();
+            let _ = std::fs::remove_dir_all(&dir);
+            eprintln!("turnserver on {port} did not answer STUN (attempt {attempt})");
         }
+        panic!("turnserver never answered STUN; its last log:\n{last_log}");
     }
 
     /// Allocates a relay with (username, password) and sends through it;
