@@ -1,5 +1,7 @@
 //! The whole mesh in one process: six services on loopback gRPC, one or
-//! more gateway replicas, shared state in memory or Redis.
+//! more gateway replicas, shared state in memory or Redis. The roles call
+//! each other in process unless `in_process_calls` is off
+//! (`relaymesh_rpc::local`); other processes reach them over gRPC.
 
 use std::net::SocketAddr;
 
@@ -26,6 +28,9 @@ pub struct MeshOptions {
     pub gateway_port: u16,
     /// First of six consecutive gRPC ports; None picks free ones.
     pub grpc_base_port: Option<u16>,
+    /// Roles call each other in process (`relaymesh_rpc::local`); set for
+    /// the whole process when a mesh starts.
+    pub in_process_calls: bool,
     pub redis_url: Option<String>,
     /// Redis Cluster seed nodes, comma-separated; instead of `redis_url`.
     pub redis_cluster_urls: Option<String>,
@@ -97,6 +102,7 @@ impl Mesh {
         // cannot move elsewhere: no point waiting for them.
         options.media_relay.media_drain_timeout_ms = 0;
         let state = options.connect_state().await.context("connecting shared state")?;
+        relaymesh_rpc::local::set_enabled(options.in_process_calls);
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let port = |i: u16| options.grpc_base_port.map_or(0, |b| b + i);

@@ -26,6 +26,12 @@ pub struct UpArgs {
     /// channel, media-relay, match, scheduler); free ports when unset.
     #[arg(long, env = "GRPC_BASE_PORT")]
     pub grpc_base_port: Option<u16>,
+    /// Calls between the roles of this process skip the socket: the same
+    /// gRPC services, encoding, metadata and status codes, run in the
+    /// caller's task (`docs/performance.md`). Every role still serves gRPC
+    /// on its port for other processes. `false` sends them over loopback.
+    #[arg(long, env = "IN_PROCESS_CALLS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub in_process_calls: bool,
     #[command(flatten)]
     pub state: StateArgs,
     #[command(flatten)]
@@ -95,6 +101,7 @@ impl UpArgs {
             host: self.host,
             gateway_port: self.port,
             grpc_base_port: self.grpc_base_port,
+            in_process_calls: self.in_process_calls,
             redis_url: self.state.redis_url,
             redis_cluster_urls: self.state.redis_cluster_urls,
             redis_key_prefix: self.state.redis_key_prefix,

@@ -54,7 +54,44 @@ pub type RpcChannel = InterceptedService<Bounded, TracedChannel>;
 /// there to take them.
 #[derive(Debug, Clone)]
 pub struct Bounded {
-    inner: Timeout<Channel>,
+    inner: Timeout<Transport>,
+}
+
+/// The network channel, or the server of this process listening on the
+/// channel's one address when it takes in-process calls (`crate::local`),
+/// looked up again for every call.
+#[derive(Debug, Clone)]
+pub struct Transport {
+    net: Channel,
+    local: Option<SocketAddr>,
+    /// The in-process server found ready by `poll_ready`, for `call`.
+    ready_local: Option<crate::local::LocalService>,
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for Transport {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if let Some(svc) = self.local.and_then(crate::local::lookup) {
+            self.ready_local = Some(svc);
+            return Poll::Ready(Ok(()));
+        }
+        self.ready_local = None;
+        self.net.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        use tower::ServiceExt;
+        match self.ready_local.take() {
+            Some(svc) => Box::pin(svc.oneshot(req)),
+            None => {
+                let call = self.net.call(req);
+                Box::pin(async move { call.await.map_err(Into::into) })
+            }
+        }
+    }
 }
 
 impl tower::Service<http::Request<tonic::body::Body>> for Bounded {
@@ -76,7 +113,7 @@ impl tower::Service<http::Request<tonic::body::Body>> for Bounded {
 pin_project_lite::pin_project! {
     pub struct BoundedCall {
         #[pin]
-        inner: <Timeout<Channel> as tower::Service<http::Request<tonic::body::Body>>>::Future,
+        inner: <Timeout<Transport> as tower::Service<http::Request<tonic::body::Body>>>::Future,
     }
 }
 
@@ -117,9 +154,16 @@ fn endpoint(url: &str, host: &str, request_timeout: Duration, tls: Option<&Clien
     Ok(endpoint)
 }
 
-fn wrap(channel: Channel, request_timeout: Duration) -> RpcChannel {
+/// `local`: the one address the channel goes to, which a server of this
+/// process may take calls for in process (`crate::local`).
+fn wrap(channel: Channel, request_timeout: Duration, local: Option<SocketAddr>) -> RpcChannel {
+    let transport = Transport {
+        net: channel,
+        local,
+        ready_local: None,
+    };
     let bounded = Bounded {
-        inner: Timeout::new(channel, request_timeout),
+        inner: Timeout::new(transport, request_timeout),
     };
     InterceptedService::new(bounded, TracedChannel)
 }
@@ -142,6 +186,7 @@ pub fn connect_lazy(url: &str, request_timeout: Duration) -> Result<RpcChannel, 
         )?
         .connect_lazy(),
         request_timeout,
+        plain_single_target(url),
     ))
 }
 
@@ -209,6 +254,15 @@ fn parse_targets(urls: &str) -> Result<Vec<Target>, RpcError> {
         .and_then(|t| if t.is_empty() { Err(invalid(urls)) } else { Ok(t) })
 }
 
+/// The address of a plain-HTTP URL naming one IP address and port: the
+/// only channels that may be handed to a server of this process.
+fn plain_single_target(urls: &str) -> Option<SocketAddr> {
+    match parse_targets(urls).ok()?.as_slice() {
+        [t] if t.scheme == "http" => crate::local::target(&t.host, t.port),
+        _ => None,
+    }
+}
+
 /// A channel spreading calls over every address `urls` resolves to.
 /// `urls` is one URL (`http://auth-headless:50051`) or a comma-separated
 /// list; each host is resolved with `resolver` now and every
@@ -229,7 +283,7 @@ pub fn connect_balanced<R: Resolve>(
     let (channel, changes) = Channel::balance_channel::<SocketAddr>(64);
     let timeout = opts.request_timeout;
     let task = tokio::spawn(keep_resolved(targets, opts, resolver, changes, shutdown));
-    Ok((wrap(channel, timeout), task))
+    Ok((wrap(channel, timeout, plain_single_target(urls)), task))
 }
 
 /// Resolves `targets` every `opts.refresh` and tells the balancer which
@@ -327,7 +381,7 @@ pub fn connect_active(
     let (channel, changes) = Channel::balance_channel::<usize>(endpoints.len().max(1));
     let watcher = tokio::spawn(follow_active(endpoints, service, changes));
     Ok((
-        wrap(channel, request_timeout),
+        wrap(channel, request_timeout, None),
         tokio_util::task::AbortOnDropHandle::new(watcher),
     ))
 }

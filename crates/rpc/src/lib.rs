@@ -6,12 +6,15 @@
 //! - [`client`]: lazily connected channels that inject the current trace
 //!   context into every call; balanced ones spread calls over every replica
 //!   a name resolves to.
+//! - [`local`]: calls between roles of one process (`relaymesh up`) handed
+//!   to the served routes without the socket.
 //! - [`tls`]: optional TLS of the mesh's own gRPC.
 //! - [`ServiceError`]: the one mapping from a service's error enum to a
 //!   `tonic::Status`.
 
 pub mod client;
 mod error;
+pub mod local;
 mod metrics_layer;
 mod server;
 pub mod tls;

@@ -129,9 +129,31 @@ impl GrpcServer {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);
 
+        let routes = self.routes.routes();
+        let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(opts.max_concurrent_requests));
+        // In-process callers (see `crate::local`) get the same routes and
+        // layers, and count against the same concurrency limit.
+        let registration = match (&opts.tls, crate::local::enabled()) {
+            (None, true) => {
+                let local = tower::ServiceBuilder::new()
+                    .map_err(|never: Infallible| -> tower::BoxError { match never {} })
+                    .layer(tower::layer::layer_fn(|inner| Spanned { inner }))
+                    .layer(GlobalConcurrencyLimitLayer::with_semaphore(limit.clone()))
+                    .layer(RpcMetricsLayer)
+                    .service(routes.clone());
+                Some(crate::local::register(
+                    listener.local_addr()?,
+                    tower::util::BoxCloneSyncService::new(local),
+                ))
+            }
+            _ => None,
+        };
         let names = self.names.clone();
         let drain = async move {
             shutdown.cancelled().await;
+            // From now on callers in this process go the network way, and
+            // are refused as other processes are.
+            drop(registration);
             for name in &names {
                 health.set_service_status(*name, ServingStatus::NotServing).await;
             }
@@ -145,9 +167,9 @@ impl GrpcServer {
             .timeout(opts.request_timeout)
             .concurrency_limit_per_connection(opts.max_concurrent_per_connection)
             .trace_fn(request_span)
-            .layer(GlobalConcurrencyLimitLayer::new(opts.max_concurrent_requests))
+            .layer(GlobalConcurrencyLimitLayer::with_semaphore(limit))
             .layer(RpcMetricsLayer)
-            .add_routes(self.routes.routes())
+            .add_routes(routes)
             // With an incoming stream tonic applies none of its TCP settings;
             // without TCP_NODELAY small HTTP/2 frames wait behind Nagle.
             .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), drain);
@@ -159,6 +181,32 @@ impl GrpcServer {
     }
 }
 
+/// Runs an in-process call inside the span a network call gets from the
+/// server's `trace_fn`.
+#[derive(Debug, Clone)]
+struct Spanned<S> {
+    inner: S,
+}
+
+impl<S> tower::Service<http::Request<Body>> for Spanned<S>
+where
+    S: tower::Service<http::Request<Body>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = tracing::instrument::Instrumented<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        use tracing::Instrument;
+        let span = call_span(req.uri().path(), req.headers());
+        self.inner.call(req).instrument(span)
+    }
+}
+
 /// The span of one incoming call, as the OpenTelemetry RPC conventions name
 /// it (`package.Service/Method`, `rpc.system`, `rpc.service`, `rpc.method`,
 /// `rpc.grpc.status_code` when it ends); child of the caller's span when the
@@ -166,7 +214,11 @@ impl GrpcServer {
 /// (`relaymesh.channel.v1.…` is `channel`), so inside `relaymesh up` it is
 /// exported under that role's `service.name`.
 fn request_span(req: &http::Request<()>) -> tracing::Span {
-    let (service, method) = crate::metrics_layer::split_path(req.uri().path());
+    call_span(req.uri().path(), req.headers())
+}
+
+fn call_span(path: &str, headers: &http::HeaderMap) -> tracing::Span {
+    let (service, method) = crate::metrics_layer::split_path(path);
     let span = tracing::info_span!(
         "grpc.request",
         otel.name = %format_args!("{service}/{method}"),
@@ -177,7 +229,7 @@ fn request_span(req: &http::Request<()>) -> tracing::Span {
         rpc.grpc.status_code = tracing::field::Empty,
         relaymesh.role = role_of(service),
     );
-    relaymesh_telemetry::propagation::set_parent_from(&span, req.headers());
+    relaymesh_telemetry::propagation::set_parent_from(&span, headers);
     span
 }
 

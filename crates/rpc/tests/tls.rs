@@ -70,6 +70,9 @@ async fn check(channel: &RpcChannel) -> Result<(), tonic::Status> {
 
 #[tokio::test]
 async fn a_caller_trusting_the_ca_reaches_a_tls_server_by_its_address() {
+    // Even with in-process calls on, a caller that asked for TLS gets TLS:
+    // a TLS server never takes calls in process.
+    relaymesh_rpc::local::set_enabled(true);
     let stop = CancellationToken::new();
     let pki = pki();
     let addr = tls_server(&pki, &stop).await;
@@ -78,6 +81,7 @@ async fn a_caller_trusting_the_ca_reaches_a_tls_server_by_its_address() {
     check(&channel(&format!("https://{addr}"), Some(tls), &stop))
         .await
         .unwrap();
+    assert!(relaymesh_rpc::local::lookup(addr).is_none());
     stop.cancel();
 }
 
