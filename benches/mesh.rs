@@ -2,8 +2,9 @@
 //! same run (the machines are shared and noisy):
 //!
 //! - `rpc`: the gateway->service unary round trip (a tonic client exactly as
-//!   the gateway builds it, to the auth service over loopback) against the
-//!   same handler called in-process, and a raw loopback TCP echo;
+//!   the gateway builds it, to the auth service over loopback, and in
+//!   process as inside `relaymesh up`) against the same handler called
+//!   directly, and a raw loopback TCP echo;
 //! - `copilot`: a server->client callback (`SignalingService.CallClient`
 //!   from a service, `request_api` to the socket, `api_result` back through
 //!   the gateway and signaling) and a whole query with two callbacks,
@@ -24,6 +25,10 @@
 //!   gateway replicas), and one relayed SDP offer (sender's socket to the
 //!   receiver's) against a WebSocket ping answered by the gateway itself, on
 //!   the same sockets.
+//!
+//! `livechat`, `copilot` and `rpc` run twice: with the roles calling each
+//! other in process (`relaymesh up`'s default) and over loopback gRPC
+//! (`--in-process-calls false`, as separate processes do).
 //!
 //! `cargo bench --bench mesh` runs all; `cargo bench --bench mesh -- rpc`
 //! runs one. `BENCH_ITERS` and `BENCH_SOCKETS` scale them.
@@ -97,6 +102,10 @@ fn row(name: &str, s: &Stats, base: &Stats) {
     );
 }
 
+/// `up`'s flag that sends calls between its roles over loopback gRPC, as
+/// between processes (the default calls them in process).
+const NETWORK: &[&str] = &["--in-process-calls", "false"];
+
 /// The whole mesh in this process on port 0, plus `extra` flags of `up`.
 /// Frame rate limits are off: these measure how fast frames go, thousands
 /// a second on one connection, which the limits would mostly refuse.
@@ -141,10 +150,7 @@ async fn tcp_echo(iters: usize) -> Stats {
 
 async fn bench_rpc(iters: usize) {
     println!("== rpc: gateway->service unary round trip ({iters} sequential calls)");
-    let mesh = start_mesh(&[]).await;
-    let auth_addr = mesh.services.iter().find(|(r, _)| *r == "auth").unwrap().1;
     let t = token("bench-user");
-
     let config = AuthConfig {
         jwt_secret: Some(SECRET.into()),
         verify_signature: true,
@@ -157,39 +163,61 @@ async fn bench_rpc(iters: usize) {
     })
     .await;
 
-    let channel = relaymesh_rpc::connect_lazy(&format!("http://{auth_addr}"), Duration::from_secs(5)).unwrap();
-    let mut client = AuthServiceClient::new(channel);
-    let over_grpc = measure(iters, async || {
-        client
-            .verify_token(VerifyTokenRequest { token: t.clone() })
-            .await
-            .unwrap();
-    })
-    .await;
+    // The same client, as the gateway builds it, to a mesh whose roles
+    // call each other over loopback and to one whose roles call in process.
+    let mut rows = Vec::new();
+    for (mode, flags) in [("over loopback", NETWORK), ("in process (`up`)", &[][..])] {
+        let mesh = start_mesh(flags).await;
+        let auth_addr = mesh.services.iter().find(|(r, _)| *r == "auth").unwrap().1;
+        let channel = relaymesh_rpc::connect_lazy(&format!("http://{auth_addr}"), Duration::from_secs(5)).unwrap();
+        let mut client = AuthServiceClient::new(channel);
+        let stats = measure(iters, async || {
+            client
+                .verify_token(VerifyTokenRequest { token: t.clone() })
+                .await
+                .unwrap();
+        })
+        .await;
+        rows.push((mode, stats));
+        mesh.shutdown().await.unwrap();
+    }
     let echo = tcp_echo(iters).await;
 
-    row("in-process call (baseline)", &in_process, &in_process);
-    row("gRPC over loopback (as the gateway calls)", &over_grpc, &in_process);
+    row("handler called directly (baseline)", &in_process, &in_process);
+    for (mode, stats) in &rows {
+        row(&format!("gRPC client, {mode}"), stats, &in_process);
+    }
     row("raw TCP echo, 64 B (network floor)", &echo, &in_process);
     println!(
-        "gRPC overhead above the raw socket: median {:.1}x the TCP echo",
-        over_grpc.median.as_secs_f64() / echo.median.as_secs_f64()
+        "gRPC over loopback above the raw socket: median {:.1}x the TCP echo",
+        rows[0].1.median.as_secs_f64() / echo.median.as_secs_f64()
     );
-    mesh.shutdown().await.unwrap();
 }
 
 async fn bench_copilot(iters: usize) {
+    for (mode, flags) in [("in process (`up`)", &[][..]), ("over loopback gRPC", NETWORK)] {
+        copilot_mode(iters, mode, flags).await;
+    }
+}
+
+/// The caller of `CallClient` is a client of the signaling service in this
+/// process, as the built-in query handler is in `up`: with in-process calls
+/// it calls in process, otherwise over loopback like another pod would.
+async fn copilot_mode(iters: usize, mode: &str, flags: &[&str]) {
     use relaymesh_proto::signaling::v1::signaling_service_client::SignalingServiceClient;
     use relaymesh_proto::signaling::v1::{CallClientRequest, CallbackKind};
 
-    println!("== copilot: callbacks through the mesh vs the gateway's own ping->pong ({iters} sequential round trips)");
-    let mesh = start_mesh(&[
+    println!(
+        "== copilot: callbacks through the mesh vs the gateway's own ping->pong ({iters} sequential round trips); roles call {mode}"
+    );
+    let mut args = vec![
         "--rate-limit-requests",
         "1000000000",
         "--heartbeat-interval-ms",
         "600000",
-    ])
-    .await;
+    ];
+    args.extend_from_slice(flags);
+    let mesh = start_mesh(&args).await;
     let url = format!("ws://{}/ws/copilot?token={}", mesh.gateway_addr, token("ws-user"));
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     let Message::Text(hello) = ws.next().await.unwrap().unwrap() else {
@@ -519,8 +547,14 @@ async fn livechat_load(
 }
 
 async fn bench_livechat(iters: usize) {
-    println!("== livechat: MESSAGE_CREATE (channel service) against HEARTBEAT (gateway only)");
-    let mesh = start_mesh(&[]).await;
+    for (mode, flags) in [("in process (`up`)", &[][..]), ("over loopback gRPC", NETWORK)] {
+        livechat_mode(iters, mode, flags).await;
+    }
+}
+
+async fn livechat_mode(iters: usize, mode: &str, flags: &[&str]) {
+    println!("== livechat: MESSAGE_CREATE (channel service) against HEARTBEAT (gateway only); roles call {mode}");
+    let mesh = start_mesh(flags).await;
     for conns in [1usize, 16] {
         let mut chats = Vec::new();
         for i in 0..conns {
@@ -573,7 +607,9 @@ async fn bench_fanout(messages: usize) {
     sender
         .call(11, serde_json::json!({"channel_id": "big", "ssrc": 1}))
         .await;
-    // Members join, 64 at a time, half on each replica.
+    // Members join, 64 at a time, half on each replica (issue 12's "an
+    // event start where everyone joins at once").
+    let joins_started = Instant::now();
     let mut members = Vec::with_capacity(MEMBERS);
     for chunk in (0..MEMBERS).collect::<Vec<_>>().chunks(64) {
         let joins = chunk.iter().map(|&i| {
@@ -587,6 +623,11 @@ async fn bench_fanout(messages: usize) {
         });
         members.extend(futures_util::future::join_all(joins).await);
     }
+    println!(
+        "{:<44} {:>9.1?}",
+        format!("{MEMBERS} joins answered (64 in flight)"),
+        joins_started.elapsed()
+    );
     // Each member records when each message reaches it.
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
     let mut readers = Vec::new();
