@@ -68,6 +68,22 @@ pub struct Talker {
 pub struct Floor {
     pub holder: Option<Grant>,
     pub queue: Vec<Talker>,
+    /// Grows with every stored change ([`Floor::next_version`]), so the
+    /// media relay can ignore a floor that reaches it after a newer one
+    /// (`SetFloorRequest.floor_version`). Absent in floors stored before it
+    /// existed: 0.
+    #[serde(default)]
+    pub version: u64,
+}
+
+impl Floor {
+    /// Moves [`Floor::version`] past its current value and past `now_us`
+    /// (microseconds since the epoch): a channel deleted and created again
+    /// starts above any version a relay still holds for the old one.
+    pub fn next_version(&mut self, now_us: i64) {
+        let now = u64::try_from(now_us).unwrap_or(0);
+        self.version = now.max(self.version.saturating_add(1));
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -198,6 +214,23 @@ mod tests {
             user_id: format!("user-{s}"),
             ssrc: s.len() as u32,
         }
+    }
+
+    #[test]
+    fn every_floor_version_is_above_the_last_and_the_clock() {
+        let mut floor = Floor::default();
+        floor.next_version(1_000);
+        assert_eq!(floor.version, 1_000);
+        // The same microsecond, or a clock stepped back: still above.
+        floor.next_version(1_000);
+        assert_eq!(floor.version, 1_001);
+        floor.next_version(10);
+        assert_eq!(floor.version, 1_002);
+        floor.next_version(5_000);
+        assert_eq!(floor.version, 5_000);
+        // A floor stored before versions existed reads as 0.
+        let old: Floor = serde_json::from_str(r#"{"holder":null,"queue":[]}"#).unwrap();
+        assert_eq!(old.version, 0);
     }
 
     fn apply(policy: FloorPolicy, floor: &mut Floor, e: FloorEvent) -> Result<FloorChange, ChannelError> {

@@ -279,6 +279,7 @@ impl ChannelService {
                 channel_id: rec.channel_id.clone(),
                 floor_controlled: true,
                 holder_ssrc: floor.holder.as_ref().map_or(0, |g| g.talker.ssrc),
+                floor_version: floor.version,
             };
             if let Err(status) = relay.set_floor(req).await {
                 tracing::warn!(channel_id = %rec.channel_id, error = %status.message(), "relay set_floor failed");
@@ -323,6 +324,7 @@ impl ChannelService {
             new_grant_id,
         )?;
         holder_changed |= matches!(change, FloorChange::Holder { .. });
+        floor.next_version(chrono::Utc::now().timestamp_micros());
         store.put_floor(&rec.channel_id, &floor).await?;
         self.floor_changed(rec, &floor, &change).await;
         let follow_up = RelayFollowUp {

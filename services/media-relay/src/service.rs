@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use crate::error::MediaRelayError;
 use crate::rtp::Ssrc;
 use crate::stats::RelayCounters;
-use crate::table::{Added, RelayTable};
+use crate::table::{Added, FloorApplied, RelayTable};
 
 pub struct MediaRelayService {
     table: Arc<RelayTable>,
@@ -75,9 +75,19 @@ impl media_relay_service_server::MediaRelayService for MediaRelayService {
         let req = req.into_inner();
         // 0 is the contract's "nobody holds the floor".
         let holder = (req.holder_ssrc != 0).then_some(Ssrc(req.holder_ssrc));
-        self.table
-            .set_floor(&req.channel_id, req.floor_controlled, holder)
+        let applied = self
+            .table
+            .set_floor(&req.channel_id, req.floor_controlled, holder, req.floor_version)
             .map_err(refuse)?;
+        if let FloorApplied::Stale { current } = applied {
+            tracing::debug!(
+                channel_id = %req.channel_id,
+                floor_version = req.floor_version,
+                current,
+                "stale media floor ignored"
+            );
+            return Ok(Response::new(SetFloorResponse {}));
+        }
         tracing::debug!(
             channel_id = %req.channel_id,
             floor_controlled = req.floor_controlled,

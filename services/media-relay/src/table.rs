@@ -73,6 +73,18 @@ struct Member {
 struct Channel {
     members: Vec<Member>,
     floor: Floor,
+    /// The version of the last floor applied (`SetFloorRequest.floor_version`).
+    floor_version: u64,
+}
+
+/// What a floor request did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FloorApplied {
+    Applied,
+    /// Older than the floor already applied (`current`): ignored.
+    Stale {
+        current: u64,
+    },
 }
 
 /// The control plane's view, behind the mutex.
@@ -250,6 +262,7 @@ impl RelayTable {
             .or_insert_with(|| Channel {
                 members: Vec::new(),
                 floor: Floor::Open,
+                floor_version: 0,
             })
             .members
             .push(Member { ssrc, addr: None });
@@ -285,11 +298,22 @@ impl RelayTable {
 
     /// Sets who may speak in `channel_id`. With `floor_controlled`, only
     /// `holder` (a member) is forwarded, and `None` forwards nobody.
-    pub fn set_floor(&self, channel_id: &str, floor_controlled: bool, holder: Option<Ssrc>) -> Result<()> {
+    pub fn set_floor(
+        &self,
+        channel_id: &str,
+        floor_controlled: bool,
+        holder: Option<Ssrc>,
+        version: u64,
+    ) -> Result<FloorApplied> {
         let mut tables = self.lock();
         let Some(channel) = tables.channels.get_mut(channel_id) else {
             return Err(MediaRelayError::UnknownChannel(channel_id.to_owned()));
         };
+        if version != 0 && version < channel.floor_version {
+            return Ok(FloorApplied::Stale {
+                current: channel.floor_version,
+            });
+        }
         channel.floor = if floor_controlled {
             if let Some(ssrc) = holder
                 && !channel.members.iter().any(|m| m.ssrc == ssrc)
@@ -303,8 +327,9 @@ impl RelayTable {
         } else {
             Floor::Open
         };
+        channel.floor_version = channel.floor_version.max(version);
         self.publish(&tables);
-        Ok(())
+        Ok(FloorApplied::Applied)
     }
 
     /// Removes every peer not seen for more than `idle_timeout_ms`; returns
@@ -571,7 +596,7 @@ mod tests {
     #[test]
     fn floor_holder_alone_is_forwarded() {
         let table = latched(&[1, 2, 3]);
-        table.set_floor("c", true, Some(Ssrc(1))).unwrap();
+        table.set_floor("c", true, Some(Ssrc(1)), 0).unwrap();
         assert_eq!(
             route(&table, 1, addr(1001)),
             (Route::Forward, vec![addr(1002), addr(1003)])
@@ -582,7 +607,7 @@ mod tests {
     #[test]
     fn floor_without_holder_forwards_nobody() {
         let table = latched(&[1, 2]);
-        table.set_floor("c", true, None).unwrap();
+        table.set_floor("c", true, None, 0).unwrap();
         assert_eq!(route(&table, 1, addr(1001)).0, Route::NoFloor);
         assert_eq!(route(&table, 2, addr(1002)).0, Route::NoFloor);
     }
@@ -590,15 +615,15 @@ mod tests {
     #[test]
     fn uncontrolled_floor_forwards_everyone_again() {
         let table = latched(&[1, 2]);
-        table.set_floor("c", true, None).unwrap();
-        table.set_floor("c", false, None).unwrap();
+        table.set_floor("c", true, None, 0).unwrap();
+        table.set_floor("c", false, None, 0).unwrap();
         assert_eq!(route(&table, 2, addr(1002)), (Route::Forward, vec![addr(1001)]));
     }
 
     #[test]
     fn refused_packet_still_latches_its_sender() {
         let table = latched(&[1, 2]);
-        table.set_floor("c", true, Some(Ssrc(1))).unwrap();
+        table.set_floor("c", true, Some(Ssrc(1)), 0).unwrap();
         assert_eq!(route(&table, 2, addr(2222)).0, Route::NoFloor);
         assert_eq!(route(&table, 1, addr(1001)), (Route::Forward, vec![addr(2222)]));
     }
@@ -606,20 +631,45 @@ mod tests {
     #[test]
     fn removing_the_holder_silences_the_channel() {
         let table = latched(&[1, 2]);
-        table.set_floor("c", true, Some(Ssrc(1))).unwrap();
+        table.set_floor("c", true, Some(Ssrc(1)), 0).unwrap();
         table.remove_peer("c", Ssrc(1)).unwrap();
         assert_eq!(route(&table, 2, addr(1002)).0, Route::NoFloor);
+    }
+
+    #[test]
+    fn a_floor_older_than_the_one_applied_is_ignored() {
+        let table = latched(&[1, 2]);
+        assert_eq!(
+            table.set_floor("c", true, Some(Ssrc(2)), 7).unwrap(),
+            FloorApplied::Applied
+        );
+        // A replica's earlier change, arriving late: 2 keeps the floor.
+        assert_eq!(
+            table.set_floor("c", true, Some(Ssrc(1)), 5).unwrap(),
+            FloorApplied::Stale { current: 7 }
+        );
+        assert_eq!(route(&table, 2, addr(1002)), (Route::Forward, vec![addr(1001)]));
+        assert_eq!(route(&table, 1, addr(1001)).0, Route::NoFloor);
+        // The same version again, a newer one, and an unversioned one apply.
+        assert_eq!(table.set_floor("c", true, None, 7).unwrap(), FloorApplied::Applied);
+        assert_eq!(
+            table.set_floor("c", true, Some(Ssrc(1)), 9).unwrap(),
+            FloorApplied::Applied
+        );
+        assert_eq!(route(&table, 1, addr(1001)), (Route::Forward, vec![addr(1002)]));
+        assert_eq!(table.set_floor("c", false, None, 0).unwrap(), FloorApplied::Applied);
+        assert_eq!(route(&table, 2, addr(1002)).0, Route::Forward);
     }
 
     #[test]
     fn floor_on_unknown_channel_or_for_a_stranger_is_refused() {
         let table = latched(&[1]);
         assert!(matches!(
-            table.set_floor("nope", true, None),
+            table.set_floor("nope", true, None, 0),
             Err(MediaRelayError::UnknownChannel(_))
         ));
         assert!(matches!(
-            table.set_floor("c", true, Some(Ssrc(7))),
+            table.set_floor("c", true, Some(Ssrc(7)), 0),
             Err(MediaRelayError::HolderNotMember { .. })
         ));
     }

@@ -51,7 +51,7 @@ fn relaying_reads_of_any_size_allocates_nothing() {
         .collect();
     let muted = bind();
     table.add_peer("ptt", Ssrc(7), "muted", 0, 60_000).unwrap();
-    table.set_floor("ptt", true, None).unwrap();
+    table.set_floor("ptt", true, None, 0).unwrap();
     table.route(Ssrc(7), muted.local_addr().unwrap(), 0, &mut dests);
 
     // Warm up: the first read brings the forwarder's copy of the routes up

@@ -216,6 +216,23 @@ async fn floor_holder_alone_is_forwarded() {
 }
 
 #[tokio::test]
+async fn a_floor_that_arrives_after_a_newer_one_is_ignored() {
+    let mut relay = Relay::start().await;
+    let a = relay.join("floor-order", 81, "alice").await;
+    let b = relay.join("floor-order", 82, "bob").await;
+    relay.latch(&[&a, &b]).await;
+    // Two channel replicas' changes, the older arriving second.
+    relay.set_floor_version("floor-order", true, 82, 20).await;
+    relay.set_floor_version("floor-order", true, 81, 10).await;
+
+    a.send(1, b"stale holder").await;
+    relay.wait_stats("no_floor drop", |s| s.dropped_no_floor == 1).await;
+    let spoken = b.send(2, b"current holder").await;
+    assert_eq!(a.recv().await, spoken, "the stale holder's packet must not come first");
+    relay.stop().await;
+}
+
+#[tokio::test]
 async fn floor_without_holder_forwards_nobody_until_released() {
     let mut relay = Relay::start().await;
     let a = relay.join("floor-none", 71, "alice").await;

@@ -83,10 +83,23 @@ impl Relay {
     }
 
     pub async fn set_floor(&mut self, channel_id: &str, floor_controlled: bool, holder_ssrc: u32) {
+        self.set_floor_version(channel_id, floor_controlled, holder_ssrc, 0)
+            .await;
+    }
+
+    /// As [`Self::set_floor`], with the channel service's floor version.
+    pub async fn set_floor_version(
+        &mut self,
+        channel_id: &str,
+        floor_controlled: bool,
+        holder_ssrc: u32,
+        version: u64,
+    ) {
         let req = SetFloorRequest {
             channel_id: channel_id.into(),
             floor_controlled,
             holder_ssrc,
+            floor_version: version,
         };
         self.client.set_floor(req).await.unwrap();
     }
