@@ -29,7 +29,8 @@ use tracing::Instrument;
 use crate::Shared;
 use crate::identity::{self, AuthFailure, Identity};
 use crate::protocols::{
-    CopilotProtocol, Ctx, LivechatProtocol, Protocol, SignalProtocol, dispatch, frame_span, protocol_name, record_user,
+    Beat, CopilotProtocol, Ctx, Heartbeat, LivechatProtocol, Liveness, Protocol, SignalProtocol, dispatch, frame_span,
+    protocol_name, record_user,
 };
 use crate::ws::{ConnHandle, Outbound, Transport};
 
@@ -41,15 +42,15 @@ pub trait StreamCodec: Protocol {
     fn from_forwarded(req: ForwardedRequest) -> Option<Self::Request>;
     /// The last event of a stream the server closes.
     fn closing(code: CloseCode, reason: String) -> Self::Event;
-    /// Where the server pings (seed 001): the event sent each heartbeat
-    /// period, which the client must answer within PONG_TIMEOUT_MS; None
-    /// where the client heartbeats on its own.
-    fn heartbeat_ping() -> Option<Self::Event> {
-        None
-    }
-    /// With [`Self::heartbeat_ping`], whether `req` answers it.
-    fn is_pong(_req: &Self::Request) -> bool {
-        false
+}
+
+/// A stream's heartbeat: where the server pings (seed 001) as on the
+/// WebSocket; otherwise only session refreshes, HTTP/2 keeping the stream
+/// itself alive.
+fn stream_liveness<P: Protocol>() -> Liveness {
+    match P::LIVENESS {
+        Liveness::PongDeadline => Liveness::PongDeadline,
+        Liveness::ClientBeats | Liveness::Unchecked => Liveness::Unchecked,
     }
 }
 
@@ -125,14 +126,6 @@ impl StreamCodec for CopilotProtocol {
                 reason,
             })),
         }
-    }
-
-    fn heartbeat_ping() -> Option<CopilotResponse> {
-        Some(relaymesh_wire::copilot::ping())
-    }
-
-    fn is_pong(req: &CopilotRequest) -> bool {
-        <Self as crate::ws::WsCodec>::answers_ping(req)
     }
 }
 
@@ -242,14 +235,7 @@ async fn run_stream<P, O>(
     let name = protocol_name(P::NAME);
     let mut cx = Ctx::<P::Event>::new(id.clone(), gw.clone());
     let cfg = &gw.config;
-    let mut refresh = tokio::time::interval_at(
-        tokio::time::Instant::now() + cfg.heartbeat_interval(),
-        cfg.heartbeat_interval(),
-    );
-    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Where the server pings: when the pong to the last ping is due, and
-    // how many pings in a row went unanswered (as on the WebSocket).
-    let (mut pong_due, mut missed) = (None::<tokio::time::Instant>, 0u32);
+    let mut heartbeat = Heartbeat::new(cfg, stream_liveness::<P>());
     metrics::gauge!("relaymesh_gateway_grpc_streams", "protocol" => name).increment(1.0);
     let span = frame_span(P::NAME, TRANSPORT, "open", &cx);
     Box::pin(proto.on_open(&mut cx)).instrument(span).await;
@@ -272,15 +258,7 @@ async fn run_stream<P, O>(
                     Box::pin(proto.on_nudge(&mut cx, reason)).instrument(span).await;
                 }
                 Some(Outbound::Forwarded(f)) => match P::from_forwarded(f) {
-                    Some(req) => {
-                        cx.touch();
-                        if P::is_pong(&req) {
-                            (missed, pong_due) = (0, None);
-                        }
-                        let span = frame_span(P::NAME, TRANSPORT, P::op_name(&req), &cx);
-                        Box::pin(dispatch(&mut proto, &mut cx, req)).instrument(span.clone()).await;
-                        record_user(&span, &cx);
-                    }
+                    Some(req) => take(&mut proto, &mut cx, &mut heartbeat, req).await,
                     None => tracing::debug!(connection_id = %id, "forwarded request of another protocol"),
                 },
                 // A snapshot, the newest of its kind (see `LatestSlot`).
@@ -298,39 +276,24 @@ async fn run_stream<P, O>(
             req = inbound.next() => match req {
                 Some(Ok(req)) => {
                     metrics::counter!("relaymesh_gateway_frames_in_total", "protocol" => name).increment(1);
-                    cx.touch();
-                    if P::is_pong(&req) {
-                        (missed, pong_due) = (0, None);
-                    }
-                    let span = frame_span(P::NAME, TRANSPORT, P::op_name(&req), &cx);
-                    Box::pin(dispatch(&mut proto, &mut cx, req)).instrument(span.clone()).await;
-                    record_user(&span, &cx);
+                    take(&mut proto, &mut cx, &mut heartbeat, req).await;
                 }
                 // The client ended its side, or the stream broke.
                 Some(Err(_)) | None => break,
             },
-            () = crate::ws::sleep_until(pong_due), if pong_due.is_some() => {
-                pong_due = None;
-                missed += 1;
-                if missed >= cfg.heartbeat_max_missed {
-                    cx.close(CloseCode::HeartbeatLost, "heartbeat lost: pongs missed");
-                }
-            }
-            _ = refresh.tick() => {
-                if let Some(ping) = P::heartbeat_ping() {
-                    // A deadline that falls on this tick counts here.
-                    if pong_due.take().is_some() {
-                        missed += 1;
+            beat = heartbeat.next() => match beat {
+                Beat::Period { heard } => {
+                    if heard {
+                        cx.touch();
                     }
-                    if missed >= cfg.heartbeat_max_missed {
-                        cx.close(CloseCode::HeartbeatLost, "heartbeat lost: pongs missed");
-                    } else {
+                    if let Some(ping) = P::ping_event() {
                         cx.send(ping);
-                        pong_due = Some(tokio::time::Instant::now() + cfg.pong_timeout());
                     }
+                    cx.refresh_session().await;
                 }
-                cx.refresh_session().await;
-            }
+                Beat::Lost(reason) => cx.close(CloseCode::HeartbeatLost, reason),
+                Beat::Missed => {}
+            },
         }
         open = open && flush(&mut cx, &out, wrap, cfg.send_timeout()).await;
     }
@@ -347,6 +310,18 @@ async fn run_stream<P, O>(
     .instrument(span)
     .await;
     metrics::gauge!("relaymesh_gateway_grpc_streams", "protocol" => name).decrement(1.0);
+}
+
+/// Runs one request from the stream (or forwarded to it from `Send`); a
+/// request that answers the server's ping tells `heartbeat`.
+async fn take<P: Protocol>(proto: &mut P, cx: &mut Ctx<P::Event>, heartbeat: &mut Heartbeat, req: P::Request) {
+    heartbeat.heard();
+    if P::LIVENESS == Liveness::PongDeadline && P::answers_ping(&req) {
+        heartbeat.answered();
+    }
+    let span = frame_span(P::NAME, TRANSPORT, P::op_name(&req), cx);
+    Box::pin(dispatch(proto, cx, req)).instrument(span.clone()).await;
+    record_user(&span, cx);
 }
 
 /// Sends the handler's events; false when the client is gone or too slow.

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use axum::extract::ws::{Message, Utf8Bytes};
+use axum::extract::ws::Utf8Bytes;
 use relaymesh_proto::client::v1::{
     ClientProtocol, CloseCode, CopilotAnswer, CopilotCallbackAnswer, CopilotErrorCode, CopilotQuery, CopilotRequest,
     CopilotResponse, copilot_request::Request, copilot_response::Event,
@@ -27,7 +27,7 @@ use relaymesh_wire::copilot as wire;
 use tokio::task::JoinSet;
 use tonic::{Code, Status};
 
-use super::{Ctx, Protocol};
+use super::{Ctx, Liveness, Protocol};
 use crate::identity::Identity;
 use crate::ws::WsCodec;
 
@@ -178,6 +178,19 @@ impl CopilotProtocol {
 
 impl Protocol for CopilotProtocol {
     const NAME: ClientProtocol = ClientProtocol::Copilot;
+
+    /// Seed 001: the server pings, and each `ping` needs a `pong` within
+    /// PONG_TIMEOUT_MS.
+    const LIVENESS: Liveness = Liveness::PongDeadline;
+
+    fn ping_event() -> Option<CopilotResponse> {
+        Some(wire::ping())
+    }
+
+    /// Seed 001: only a `pong` answers the server's `ping`.
+    fn answers_ping(req: &CopilotRequest) -> bool {
+        matches!(req.request, Some(Request::Pong(_)))
+    }
     type Request = CopilotRequest;
     type Event = CopilotResponse;
 
@@ -251,19 +264,5 @@ impl WsCodec for CopilotProtocol {
 
     fn refused(&self, err: &FrameError) -> CopilotResponse {
         wire::frame_error(err)
-    }
-
-    fn ping(&self) -> Option<Message> {
-        wire::render(&wire::ping()).map(|t| Message::Text(t.into()))
-    }
-
-    /// Seed 001: a `pong` within PONG_TIMEOUT_MS of each `ping`.
-    fn pong_deadline(&self) -> bool {
-        true
-    }
-
-    /// Seed 001: only a `pong` answers the server's `ping`.
-    fn answers_ping(req: &CopilotRequest) -> bool {
-        matches!(req.request, Some(Request::Pong(_)))
     }
 }

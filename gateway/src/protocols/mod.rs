@@ -7,6 +7,7 @@
 //! refusal to its error event.
 
 mod copilot;
+pub mod heartbeat;
 mod livechat;
 mod node;
 mod signal;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use copilot::CopilotProtocol;
+pub use heartbeat::{Beat, Heartbeat, Liveness};
 pub use livechat::LivechatProtocol;
 pub use node::NodeProtocol;
 use relaymesh_proto::client::v1::{ClientProtocol, CloseCode};
@@ -39,6 +41,22 @@ pub trait Protocol: Send + 'static {
 
     /// Sends the first events (HELLO, connected…).
     fn on_open(&mut self, cx: &mut Ctx<Self::Event>) -> impl Future<Output = ()> + Send;
+
+    /// How a connection of this protocol shows it is alive (see
+    /// [`heartbeat`]); the client's own frames unless the protocol says the
+    /// server pings.
+    const LIVENESS: Liveness = Liveness::ClientBeats;
+
+    /// With [`Liveness::PongDeadline`]: the event the server pings with
+    /// each heartbeat period.
+    fn ping_event() -> Option<Self::Event> {
+        None
+    }
+
+    /// With [`Liveness::PongDeadline`]: whether `req` answers the ping.
+    fn answers_ping(_req: &Self::Request) -> bool {
+        true
+    }
 
     /// The request's name in traces (`MESSAGE_CREATE`, `join_lobby`…).
     fn op_name(_req: &Self::Request) -> &'static str {

@@ -25,7 +25,7 @@ use tracing::Instrument;
 pub use table::{ConnHandle, ConnectionTable, LatestSlot, Offered, Outbound, Transport};
 
 use crate::Shared;
-use crate::protocols::{Ctx, Protocol, dispatch, frame_span, protocol_name, record_user};
+use crate::protocols::{Beat, Ctx, Heartbeat, Liveness, Protocol, dispatch, frame_span, protocol_name, record_user};
 
 /// How a protocol looks as WebSocket frames: the one place its frames are
 /// parsed and rendered, as JSON text and, for protocols that have it, as
@@ -56,21 +56,12 @@ pub trait WsCodec: Protocol {
     /// the wrong kind for the connection's format).
     fn refused(&self, err: &FrameError) -> Self::Event;
 
-    /// A frame the server sends each heartbeat period, for protocols where
-    /// the server pings; None where the client heartbeats on its own.
+    /// The frame the server sends each heartbeat period: the protocol's
+    /// ping event ([`Protocol::ping_event`]) where it has one; a protocol
+    /// may send a WebSocket ping instead, which browsers answer by
+    /// themselves. None: the client heartbeats on its own.
     fn ping(&self) -> Option<Message> {
-        None
-    }
-
-    /// Whether each [`Self::ping`] must be answered within PONG_TIMEOUT_MS
-    /// (seed 001) rather than any frame within the heartbeat period.
-    fn pong_deadline(&self) -> bool {
-        false
-    }
-
-    /// With [`Self::pong_deadline`], whether `req` answers the server's ping.
-    fn answers_ping(_req: &Self::Request) -> bool {
-        true
+        Self::ping_event().and_then(|e| Self::render(&e)).map(Message::Text)
     }
 }
 
@@ -92,14 +83,7 @@ pub async fn run<P: WsCodec>(
     let mut cx = Ctx::<P::Event>::new(id.clone(), gw.clone());
     let mut pending: Vec<Message> = Vec::new();
     let cfg = &gw.config;
-    let mut heartbeat = tokio::time::interval_at(
-        tokio::time::Instant::now() + cfg.heartbeat_interval(),
-        cfg.heartbeat_interval(),
-    );
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let (mut heard, mut missed) = (false, 0u32);
-    // Where the server pings: when the pong to the last ping is due.
-    let mut pong_due: Option<tokio::time::Instant> = None;
+    let mut heartbeat = Heartbeat::new(cfg, P::LIVENESS);
     metrics::gauge!("relaymesh_gateway_connections", "protocol" => name).increment(1.0);
 
     // Handler futures are boxed so the idle connection's future stays small:
@@ -138,32 +122,24 @@ pub async fn run<P: WsCodec>(
             },
             msg = socket.recv() => match msg {
                 Some(Ok(Message::Text(text))) => {
-                    heard = true;
+                    heartbeat.heard();
                     metrics::counter!("relaymesh_gateway_frames_in_total", "protocol" => name).increment(1);
-                    let answered = match format {
-                        Format::Json => take(&mut cx, &mut proto, text.len(), cfg.max_frame_bytes, |p| p.parse(text.as_str())).await,
-                        Format::Msgpack => {
-                            refuse(&mut cx, &proto, &FrameError::Text);
-                            false
-                        }
-                    };
-                    if answered {
-                        (missed, pong_due) = (0, None);
+                    match format {
+                        Format::Json => take(&mut cx, &mut proto, &mut heartbeat, text.len(), cfg.max_frame_bytes, |p| p.parse(text.as_str())).await,
+                        Format::Msgpack => refuse(&mut cx, &proto, &FrameError::Text),
                     }
                 }
                 Some(Ok(Message::Binary(bytes))) => {
-                    heard = true;
+                    heartbeat.heard();
                     match format {
                         Format::Json => refuse(&mut cx, &proto, &FrameError::Binary),
                         Format::Msgpack => {
                             metrics::counter!("relaymesh_gateway_frames_in_total", "protocol" => name).increment(1);
-                            if take(&mut cx, &mut proto, bytes.len(), cfg.max_frame_bytes, |p| p.parse_msgpack(&bytes)).await {
-                                (missed, pong_due) = (0, None);
-                            }
+                            take(&mut cx, &mut proto, &mut heartbeat, bytes.len(), cfg.max_frame_bytes, |p| p.parse_msgpack(&bytes)).await;
                         }
                     }
                 }
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => heard = true,
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => heartbeat.heard(),
                 // The client closed, or the socket broke: nothing more to write.
                 Some(Ok(Message::Close(_))) | None => break,
                 Some(Err(err)) => match protocol_violation(err) {
@@ -178,45 +154,19 @@ pub async fn run<P: WsCodec>(
                     None => break,
                 },
             },
-            () = sleep_until(pong_due), if pong_due.is_some() => {
-                pong_due = None;
-                missed += 1;
-                if missed >= cfg.heartbeat_max_missed {
-                    cx.close(CloseCode::HeartbeatLost, "heartbeat lost: pongs missed");
-                }
-            }
-            _ = heartbeat.tick() => {
-                if heard {
-                    cx.touch();
-                }
-                if proto.pong_deadline() {
-                    heard = false;
-                    // Misses are counted by pong deadline; a deadline that
-                    // falls on this tick counts here, before the next ping.
-                    if pong_due.take().is_some() {
-                        missed += 1;
+            beat = heartbeat.next() => match beat {
+                Beat::Period { heard } => {
+                    if heard {
+                        cx.touch();
                     }
-                    if missed >= cfg.heartbeat_max_missed {
-                        cx.close(CloseCode::HeartbeatLost, "heartbeat lost: pongs missed");
-                    } else if let Some(ping) = proto.ping() {
+                    if let Some(ping) = proto.ping() {
                         write = send(&mut socket, ping, cfg.send_timeout()).await;
                     }
-                    pong_due = Some(tokio::time::Instant::now() + cfg.pong_timeout());
                     cx.refresh_session().await;
-                } else {
-                    // A heartbeat period without a frame is a miss.
-                    missed = if heard { 0 } else { missed + 1 };
-                    heard = false;
-                    if missed >= cfg.heartbeat_max_missed {
-                        cx.close(CloseCode::HeartbeatLost, "heartbeat lost");
-                    } else {
-                        if let Some(ping) = proto.ping() {
-                            write = send(&mut socket, ping, cfg.send_timeout()).await;
-                        }
-                        cx.refresh_session().await;
-                    }
                 }
-            }
+                Beat::Lost(reason) => cx.close(CloseCode::HeartbeatLost, reason),
+                Beat::Missed => {}
+            },
         }
         if write == Write::Done {
             write = flush::<P>(&mut socket, format, &mut cx, &mut pending, cfg.send_timeout()).await;
@@ -302,32 +252,32 @@ pub async fn finish_close_handshake(socket: &mut WebSocket) {
 }
 
 /// Parses one inbound frame of `size` bytes (refused past `max`) and runs
-/// its request; true when the protocol has pong deadlines and the request
-/// answers the server's ping.
+/// its request; a request that answers the server's ping tells `heartbeat`.
 async fn take<P: WsCodec>(
     cx: &mut Ctx<P::Event>,
     proto: &mut P,
+    heartbeat: &mut Heartbeat,
     size: usize,
     max: usize,
     parse: impl FnOnce(&P) -> Result<P::Request, P::Event>,
-) -> bool {
+) {
     if size > max {
         refuse(cx, proto, &FrameError::TooLarge { size, max });
-        return false;
+        return;
     }
     match parse(proto) {
         Ok(req) => {
-            let answered = proto.pong_deadline() && P::answers_ping(&req);
+            if P::LIVENESS == Liveness::PongDeadline && P::answers_ping(&req) {
+                heartbeat.answered();
+            }
             let span = frame_span(P::NAME, TRANSPORT, P::op_name(&req), cx);
             Box::pin(dispatch(proto, cx, req)).instrument(span.clone()).await;
             record_user(&span, cx);
-            answered
         }
         Err(error_event) => {
             metrics::counter!("relaymesh_gateway_frames_refused_total", "protocol" => protocol_name(P::NAME))
                 .increment(1);
             cx.send(error_event);
-            false
         }
     }
 }
