@@ -54,80 +54,52 @@ fn stream_liveness<P: Protocol>() -> Liveness {
     }
 }
 
-impl StreamCodec for LivechatProtocol {
-    fn from_body(body: &Body) -> Option<LivechatResponse> {
-        match body {
-            Body::Livechat(e) => Some(e.clone()),
-            _ => None,
-        }
-    }
+/// Each protocol's [`StreamCodec`] differs only in the names of its
+/// envelope body, forwarded request and event types.
+macro_rules! stream_codec {
+    ($protocol:ty, $variant:ident, $request:ty, $response:ident, $events:ident) => {
+        impl StreamCodec for $protocol {
+            fn from_body(body: &Body) -> Option<$response> {
+                match body {
+                    Body::$variant(e) => Some(e.clone()),
+                    _ => None,
+                }
+            }
 
-    fn from_forwarded(req: ForwardedRequest) -> Option<LivechatRequest> {
-        match req.request {
-            Some(forwarded_request::Request::Livechat(r)) => Some(r),
-            _ => None,
-        }
-    }
+            fn from_forwarded(req: ForwardedRequest) -> Option<$request> {
+                match req.request {
+                    Some(forwarded_request::Request::$variant(r)) => Some(r),
+                    _ => None,
+                }
+            }
 
-    fn closing(code: CloseCode, reason: String) -> LivechatResponse {
-        LivechatResponse {
-            event: Some(livechat_response::Event::Closing(Closing {
-                code: code as i32,
-                reason,
-            })),
+            fn closing(code: CloseCode, reason: String) -> $response {
+                $response {
+                    event: Some($events::Event::Closing(Closing {
+                        code: code as i32,
+                        reason,
+                    })),
+                }
+            }
         }
-    }
+    };
 }
 
-impl StreamCodec for SignalProtocol {
-    fn from_body(body: &Body) -> Option<SignalResponse> {
-        match body {
-            Body::Signal(e) => Some(e.clone()),
-            _ => None,
-        }
-    }
-
-    fn from_forwarded(req: ForwardedRequest) -> Option<SignalRequest> {
-        match req.request {
-            Some(forwarded_request::Request::Signal(r)) => Some(r),
-            _ => None,
-        }
-    }
-
-    fn closing(code: CloseCode, reason: String) -> SignalResponse {
-        SignalResponse {
-            event: Some(signal_response::Event::Closing(Closing {
-                code: code as i32,
-                reason,
-            })),
-        }
-    }
-}
-
-impl StreamCodec for CopilotProtocol {
-    fn from_body(body: &Body) -> Option<CopilotResponse> {
-        match body {
-            Body::Copilot(e) => Some(e.clone()),
-            _ => None,
-        }
-    }
-
-    fn from_forwarded(req: ForwardedRequest) -> Option<CopilotRequest> {
-        match req.request {
-            Some(forwarded_request::Request::Copilot(r)) => Some(r),
-            _ => None,
-        }
-    }
-
-    fn closing(code: CloseCode, reason: String) -> CopilotResponse {
-        CopilotResponse {
-            event: Some(copilot_response::Event::Closing(Closing {
-                code: code as i32,
-                reason,
-            })),
-        }
-    }
-}
+stream_codec!(
+    LivechatProtocol,
+    Livechat,
+    LivechatRequest,
+    LivechatResponse,
+    livechat_response
+);
+stream_codec!(SignalProtocol, Signal, SignalRequest, SignalResponse, signal_response);
+stream_codec!(
+    CopilotProtocol,
+    Copilot,
+    CopilotRequest,
+    CopilotResponse,
+    copilot_response
+);
 
 /// The gRPC status a stream ends with when the server closes it.
 fn close_status(code: CloseCode, reason: &str) -> Status {

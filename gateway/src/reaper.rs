@@ -11,15 +11,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use relaymesh_proto::channel::v1::DropSessionRequest;
 use relaymesh_proto::client::v1::ClientProtocol;
-use relaymesh_proto::r#match::v1::LeaveLobbyRequest;
-use relaymesh_proto::scheduler::v1::NodeDisconnectedRequest;
-use relaymesh_proto::signaling::v1::DropSessionRequest as CopilotDropSessionRequest;
 use relaymesh_state::{GatewayLiveness, SessionEntry};
 use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
+use crate::protocols::{CopilotProtocol, Ended, LivechatProtocol, NodeProtocol, Protocol, SignalProtocol};
 
 /// How often the survivors look for dead replicas.
 pub const PERIOD: Duration = Duration::from_secs(1);
@@ -56,58 +53,24 @@ pub async fn run(gw: Arc<Shared>, liveness: GatewayLiveness, stop: CancellationT
     }
 }
 
-/// What a closed socket of `session`'s protocol would have cleaned up.
+/// What a closed socket of `session`'s protocol would have cleaned up
+/// (each protocol's [`Protocol::release`]).
 async fn drop_session(gw: &Shared, session: &SessionEntry) {
-    let conn = session.connection_id.clone();
+    let ended = Ended {
+        connection_id: &session.connection_id,
+        user_id: &session.user_id,
+    };
     let outcome = match ClientProtocol::try_from(session.protocol).unwrap_or(ClientProtocol::Unspecified) {
-        ClientProtocol::Livechat => gw
-            .upstreams
-            .channel
-            .clone()
-            .drop_session(DropSessionRequest {
-                session_id: conn.clone(),
-            })
-            .await
-            .map(|_| ()),
-        ClientProtocol::Node => gw
-            .upstreams
-            .scheduler
-            .clone()
-            .node_disconnected(NodeDisconnectedRequest {
-                node_id: session.user_id.clone(),
-                connection_id: conn.clone(),
-            })
-            .await
-            .map(|_| ()),
-        // Callbacks still waiting for the dead connection fail at once with
-        // CONNECTION_CLOSED instead of running into their timeout.
-        ClientProtocol::Copilot => gw
-            .upstreams
-            .signaling
-            .clone()
-            .drop_session(CopilotDropSessionRequest {
-                connection_id: conn.clone(),
-            })
-            .await
-            .map(|_| ()),
-        // As the socket's close would: leave the lobby, clear the pending
-        // request, fail an open match.
-        ClientProtocol::Signal => gw
-            .upstreams
-            .r#match
-            .clone()
-            .leave_lobby(LeaveLobbyRequest {
-                player_id: session.user_id.clone(),
-                connection_id: conn.clone(),
-            })
-            .await
-            .map(|_| ()),
+        ClientProtocol::Livechat => LivechatProtocol::release(gw, ended).await,
+        ClientProtocol::Node => NodeProtocol::release(gw, ended).await,
+        ClientProtocol::Copilot => CopilotProtocol::release(gw, ended).await,
+        ClientProtocol::Signal => SignalProtocol::release(gw, ended).await,
         ClientProtocol::Unspecified => Ok(()),
     };
     match outcome {
         Ok(()) => metrics::counter!("relaymesh_gateway_dead_sessions_dropped_total").increment(1),
         Err(status) => {
-            tracing::warn!(connection_id = %conn, user_id = %session.user_id, error = %status.message(), "dead session not cleaned up")
+            tracing::warn!(connection_id = %session.connection_id, user_id = %session.user_id, error = %status.message(), "dead session not cleaned up")
         }
     }
 }

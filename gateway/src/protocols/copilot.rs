@@ -27,7 +27,8 @@ use relaymesh_wire::copilot as wire;
 use tokio::task::JoinSet;
 use tonic::{Code, Status};
 
-use super::{Ctx, Liveness, Protocol};
+use super::{Ctx, Ended, Liveness, Protocol};
+use crate::Shared;
 use crate::identity::Identity;
 use crate::ws::WsCodec;
 
@@ -244,12 +245,22 @@ impl Protocol for CopilotProtocol {
         // connection and fails at once; then the ones already waiting are
         // released instead of running into their timeout.
         cx.unregister().await;
-        let req = DropSessionRequest {
-            connection_id: cx.id.to_string(),
+        let ended = Ended {
+            connection_id: cx.id.as_str(),
+            user_id: &self.who.user_id,
         };
-        if let Err(status) = cx.gw.upstreams.signaling.clone().drop_session(req).await {
+        if let Err(status) = Self::release(&cx.gw, ended).await {
             tracing::warn!(connection_id = %cx.id, code = ?status.code(), "copilot callbacks not released");
         }
+    }
+
+    /// Callbacks still waiting for the connection fail at once with
+    /// CONNECTION_CLOSED instead of running into their timeout.
+    async fn release(gw: &Shared, ended: Ended<'_>) -> Result<(), Status> {
+        let req = DropSessionRequest {
+            connection_id: ended.connection_id.to_owned(),
+        };
+        gw.upstreams.signaling.clone().drop_session(req).await.map(drop)
     }
 }
 

@@ -16,7 +16,8 @@ use relaymesh_wire::FrameError;
 use relaymesh_wire::livechat as wire;
 use tonic::Status;
 
-use super::{Ctx, Protocol};
+use super::{Ctx, Ended, Protocol};
+use crate::Shared;
 use crate::identity::{self, AuthFailure, Identity};
 use crate::ws::WsCodec;
 
@@ -303,17 +304,23 @@ impl Protocol for LivechatProtocol {
     /// A closed or zombie session leaves every channel it joined; the other
     /// members get the leave events.
     async fn on_close(&mut self, cx: &mut Ctx<LivechatResponse>) {
-        if self.user_id.is_some() {
-            let mut channel = cx.gw.upstreams.channel.clone();
-            if let Err(status) = channel
-                .drop_session(DropSessionRequest {
-                    session_id: cx.id.to_string(),
-                })
-                .await
-            {
+        if let Some(user_id) = &self.user_id {
+            let ended = Ended {
+                connection_id: cx.id.as_str(),
+                user_id,
+            };
+            if let Err(status) = Self::release(&cx.gw, ended).await {
                 tracing::warn!(connection_id = %cx.id, error = %status.message(), "channel cleanup failed");
             }
         }
+    }
+
+    /// The session leaves every channel it joined, with the normal events.
+    async fn release(gw: &Shared, ended: Ended<'_>) -> Result<(), Status> {
+        let req = DropSessionRequest {
+            session_id: ended.connection_id.to_owned(),
+        };
+        gw.upstreams.channel.clone().drop_session(req).await.map(drop)
     }
 }
 

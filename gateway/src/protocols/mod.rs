@@ -84,6 +84,21 @@ pub trait Protocol: Send + 'static {
     fn on_close(&mut self, _cx: &mut Ctx<Self::Event>) -> impl Future<Output = ()> + Send {
         async {}
     }
+
+    /// What the services must forget of a session that ended: called by
+    /// [`Protocol::on_close`], and by the reaper for the sessions of a
+    /// replica that died without closing them (`crate::reaper`).
+    fn release(_gw: &Shared, _ended: Ended<'_>) -> impl Future<Output = Result<(), tonic::Status>> + Send {
+        async { Ok(()) }
+    }
+}
+
+/// A session that ended, as [`Protocol::release`] needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct Ended<'a> {
+    pub connection_id: &'a str,
+    /// The user (a node's id for the node protocol).
+    pub user_id: &'a str,
 }
 
 /// Handles one client request: under the connection's and its user's rate

@@ -31,7 +31,8 @@ use relaymesh_wire::node::{
 use serde::Serialize;
 use tonic::{Code, Status};
 
-use super::{Ctx, Protocol};
+use super::{Ctx, Ended, Protocol};
+use crate::Shared;
 use crate::ws::WsCodec;
 
 #[derive(Debug, Default)]
@@ -446,15 +447,25 @@ impl Protocol for NodeProtocol {
 
     async fn on_close(&mut self, cx: &mut Ctx<String>) {
         if let Some(node_id) = self.node_id.take() {
-            let mut scheduler = cx.gw.upstreams.scheduler.clone();
-            let req = NodeDisconnectedRequest {
-                node_id: node_id.to_string(),
-                connection_id: cx.id.to_string(),
+            let node = node_id.to_string();
+            let ended = Ended {
+                connection_id: cx.id.as_str(),
+                user_id: &node,
             };
-            if let Err(status) = scheduler.node_disconnected(req).await {
+            if let Err(status) = Self::release(&cx.gw, ended).await {
                 tracing::warn!(node_id = %node_id, error = %status.message(), "node disconnect not recorded");
             }
         }
+    }
+
+    /// The scheduler marks the node disconnected (this connection's, not a
+    /// newer one's) and requeues what it ran.
+    async fn release(gw: &Shared, ended: Ended<'_>) -> Result<(), Status> {
+        let req = NodeDisconnectedRequest {
+            node_id: ended.user_id.to_owned(),
+            connection_id: ended.connection_id.to_owned(),
+        };
+        gw.upstreams.scheduler.clone().node_disconnected(req).await.map(drop)
     }
 }
 

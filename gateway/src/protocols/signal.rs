@@ -22,7 +22,8 @@ use relaymesh_wire::FrameError;
 use relaymesh_wire::signal as wire;
 use tonic::{Code, Status};
 
-use super::{Ctx, Protocol};
+use super::{Ctx, Ended, Protocol};
+use crate::Shared;
 use crate::identity::Identity;
 use crate::ws::WsCodec;
 
@@ -235,13 +236,23 @@ impl Protocol for SignalProtocol {
         if !self.joined {
             return;
         }
-        let req = LeaveLobbyRequest {
-            player_id: self.who.user_id.clone(),
-            connection_id: cx.id.to_string(),
+        let ended = Ended {
+            connection_id: cx.id.as_str(),
+            user_id: &self.who.user_id,
         };
-        if let Err(status) = cx.gw.upstreams.r#match.clone().leave_lobby(req).await {
+        if let Err(status) = Self::release(&cx.gw, ended).await {
             tracing::warn!(connection_id = %cx.id, error = %status.message(), "lobby cleanup failed");
         }
+    }
+
+    /// As leaving the lobby: the pending request is cancelled and an open
+    /// match fails, telling the opponent.
+    async fn release(gw: &Shared, ended: Ended<'_>) -> Result<(), Status> {
+        let req = LeaveLobbyRequest {
+            player_id: ended.user_id.to_owned(),
+            connection_id: ended.connection_id.to_owned(),
+        };
+        gw.upstreams.r#match.clone().leave_lobby(req).await.map(drop)
     }
 }
 
