@@ -29,8 +29,8 @@ use tracing::Instrument;
 use crate::Shared;
 use crate::identity::{self, AuthFailure, Identity};
 use crate::protocols::{
-    Beat, CopilotProtocol, Ctx, Heartbeat, LivechatProtocol, Liveness, Protocol, SignalProtocol, dispatch, frame_span,
-    protocol_name, record_user,
+    Beat, CopilotProtocol, Ctx, Heartbeat, LivechatProtocol, Liveness, Protocol, SignalProtocol, finish, frame_span,
+    handle, protocol_name,
 };
 use crate::ws::{ConnHandle, Outbound, Transport};
 
@@ -273,14 +273,7 @@ async fn run_stream<P, O>(
         let _ = out.try_send(Ok(wrap(P::closing(code, reason.clone()))));
         let _ = out.try_send(Err(close_status(code, &reason)));
     }
-    gw.table.remove(&id);
-    let span = frame_span(P::NAME, TRANSPORT, "close", &cx);
-    async {
-        Box::pin(proto.on_close(&mut cx)).await;
-        cx.unregister().await;
-    }
-    .instrument(span)
-    .await;
+    finish(&mut proto, &mut cx, TRANSPORT).await;
     metrics::gauge!("relaymesh_gateway_grpc_streams", "protocol" => name).decrement(1.0);
 }
 
@@ -288,12 +281,7 @@ async fn run_stream<P, O>(
 /// request that answers the server's ping tells `heartbeat`.
 async fn take<P: Protocol>(proto: &mut P, cx: &mut Ctx<P::Event>, heartbeat: &mut Heartbeat, req: P::Request) {
     heartbeat.heard();
-    if P::LIVENESS == Liveness::PongDeadline && P::answers_ping(&req) {
-        heartbeat.answered();
-    }
-    let span = frame_span(P::NAME, TRANSPORT, P::op_name(&req), cx);
-    Box::pin(dispatch(proto, cx, req)).instrument(span.clone()).await;
-    record_user(&span, cx);
+    handle(proto, cx, heartbeat, TRANSPORT, req).await;
 }
 
 /// Sends the handler's events; false when the client is gone or too slow.

@@ -24,6 +24,7 @@ use relaymesh_proto::client::v1::{ClientProtocol, CloseCode};
 use relaymesh_proto::delivery::v1::NudgeReason;
 use relaymesh_state::{ConnectionId, SessionEntry, close_envelope, protocol_key};
 pub use signal::SignalProtocol;
+use tracing::Instrument;
 
 use crate::Shared;
 use crate::limits::FrameLimiter;
@@ -114,6 +115,38 @@ pub async fn dispatch<P: Protocol>(proto: &mut P, cx: &mut Ctx<P::Event>, req: P
         Ok(()) => proto.on_request(cx, req).await,
         Err(limited) => proto.on_rate_limited(cx, req, limited.retry_after).await,
     }
+}
+
+/// Runs one parsed request on a connection of any transport: a request
+/// that answers the server's ping tells `heartbeat`, and the handler runs
+/// under the frame's span ([`dispatch`]).
+pub async fn handle<P: Protocol>(
+    proto: &mut P,
+    cx: &mut Ctx<P::Event>,
+    heartbeat: &mut Heartbeat,
+    transport: &'static str,
+    req: P::Request,
+) {
+    if P::LIVENESS == Liveness::PongDeadline && P::answers_ping(&req) {
+        heartbeat.answered();
+    }
+    let span = frame_span(P::NAME, transport, P::op_name(&req), cx);
+    Box::pin(dispatch(proto, cx, req)).instrument(span.clone()).await;
+    record_user(&span, cx);
+}
+
+/// The end of a connection of any transport, once nothing more can be
+/// written to it: out of the table, the protocol's cleanup, out of the
+/// registry.
+pub async fn finish<P: Protocol>(proto: &mut P, cx: &mut Ctx<P::Event>, transport: &'static str) {
+    cx.gw.table.remove(&cx.id);
+    let span = frame_span(P::NAME, transport, "close", cx);
+    async {
+        Box::pin(proto.on_close(cx)).await;
+        cx.unregister().await;
+    }
+    .instrument(span)
+    .await;
 }
 
 /// The registry's name of a protocol, for logs and metric labels.

@@ -25,7 +25,7 @@ use tracing::Instrument;
 pub use table::{ConnHandle, ConnectionTable, LatestSlot, Offered, Outbound, Transport};
 
 use crate::Shared;
-use crate::protocols::{Beat, Ctx, Heartbeat, Liveness, Protocol, dispatch, frame_span, protocol_name, record_user};
+use crate::protocols::{Beat, Ctx, Heartbeat, Protocol, finish, frame_span, handle, protocol_name};
 
 /// How a protocol looks as WebSocket frames: the one place its frames are
 /// parsed and rendered, as JSON text and, for protocols that have it, as
@@ -203,14 +203,7 @@ pub async fn run<P: WsCodec>(
         }
     }
     drop(socket);
-    gw.table.remove(&id);
-    let span = frame_span(P::NAME, TRANSPORT, "close", &cx);
-    async {
-        Box::pin(proto.on_close(&mut cx)).await;
-        cx.unregister().await;
-    }
-    .instrument(span)
-    .await;
+    finish(&mut proto, &mut cx, TRANSPORT).await;
     metrics::gauge!("relaymesh_gateway_connections", "protocol" => name).decrement(1.0);
 }
 
@@ -266,14 +259,7 @@ async fn take<P: WsCodec>(
         return;
     }
     match parse(proto) {
-        Ok(req) => {
-            if P::LIVENESS == Liveness::PongDeadline && P::answers_ping(&req) {
-                heartbeat.answered();
-            }
-            let span = frame_span(P::NAME, TRANSPORT, P::op_name(&req), cx);
-            Box::pin(dispatch(proto, cx, req)).instrument(span.clone()).await;
-            record_user(&span, cx);
-        }
+        Ok(req) => handle(proto, cx, heartbeat, TRANSPORT, req).await,
         Err(error_event) => {
             metrics::counter!("relaymesh_gateway_frames_refused_total", "protocol" => protocol_name(P::NAME))
                 .increment(1);
