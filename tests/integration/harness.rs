@@ -69,26 +69,30 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// As [`http_get`], None when nothing listens yet.
+/// As [`http_get`], None when nothing answers yet (nothing listens, or the
+/// connection breaks: a process still starting, or not ours).
 pub async fn try_http_get(addr: SocketAddr, path: &str) -> Option<u16> {
-    TcpStream::connect(addr).await.ok()?;
-    Some(http_get(addr, path).await.0)
+    fetch(addr, path).await.ok().map(|(status, _)| status)
 }
 
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    fetch(addr, path).await.unwrap()
+}
+
+async fn fetch(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut s = TcpStream::connect(addr).await?;
     let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
+    s.write_all(req.as_bytes()).await?;
     let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.unwrap();
+    s.read_to_end(&mut buf).await?;
     let text = String::from_utf8_lossy(&buf).into_owned();
     let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     let body = text
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
-    (status, body)
+    Ok((status, body))
 }
 
 /// A WebSocket client that reads frames as JSON.

@@ -14,7 +14,7 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, Span};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 use super::harness::{self, Chat};
 
@@ -32,12 +32,21 @@ struct Up {
 }
 
 impl Up {
+    /// Starts `up` on a port found free. Between finding it and `up`
+    /// binding it, another test's listener may take it: `up` then exits
+    /// while starting (or the port answers for someone else), and the start
+    /// is retried on a fresh port.
     async fn start(env: &[(&str, &str)]) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        for _ in 0..3 {
+            if let Some(up) = Self::try_start(env).await {
+                return up;
+            }
+        }
+        panic!("relaymesh up did not start on three free ports");
+    }
+
+    async fn try_start(env: &[(&str, &str)]) -> Option<Self> {
+        let port = harness::free_port();
         let mut cmd = tokio::process::Command::new(BIN);
         cmd.args(["up", "--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["--media-udp-port", "0", "--database-url", "sqlite::memory:"])
@@ -69,16 +78,21 @@ impl Up {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            if TcpStream::connect(addr).await.is_ok() && harness::http_get(addr, "/readyz").await.0 == 200 {
-                break;
+            let ready = harness::try_http_get(addr, "/readyz").await == Some(200);
+            if let Ok(Some(status)) = child.try_wait() {
+                let text = stderr.await.unwrap().join("\n");
+                assert!(
+                    text.contains("binding"),
+                    "relaymesh up exited while starting: {status}\n{text}"
+                );
+                return None;
+            }
+            if ready {
+                return Some(Self { child, addr, stderr });
             }
             assert!(tokio::time::Instant::now() < deadline, "relaymesh up never ready");
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("relaymesh up exited while starting: {status}");
-            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Self { child, addr, stderr }
     }
 
     /// SIGTERM, then the exit status and every stderr line.
