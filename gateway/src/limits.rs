@@ -102,6 +102,8 @@ pub struct Limited {
 pub struct FrameLimiter {
     connection: Option<LocalBucket>,
     user: Option<Rate>,
+    /// (user, its shared bucket's key), for the connection's user.
+    user_key: Option<(String, String)>,
     /// The first refusal is logged; the rest are counted only.
     logged: bool,
 }
@@ -112,6 +114,7 @@ impl FrameLimiter {
         Self {
             connection: connection.map(LocalBucket::new),
             user,
+            user_key: None,
             logged: false,
         }
     }
@@ -143,7 +146,12 @@ impl FrameLimiter {
         if refused.is_none()
             && let (Some(rate), Some(user)) = (self.user, user)
         {
-            match state.throttle(&user_key(name, user), rate, 1).await {
+            // The key is built once per user, not once per frame.
+            if self.user_key.as_ref().is_none_or(|(of, _)| of != user) {
+                self.user_key = Some((user.to_owned(), user_key(name, user)));
+            }
+            let key = self.user_key.as_ref().map_or("", |(_, key)| key.as_str());
+            match state.throttle(key, rate, 1).await {
                 Ok(d) if !d.allowed => {
                     refused = Some(Limited {
                         scope: Scope::User,

@@ -71,7 +71,7 @@ pub struct Transport {
 impl tower::Service<http::Request<tonic::body::Body>> for Transport {
     type Response = http::Response<tonic::body::Body>;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+    type Future = TransportCall;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if let Some(svc) = self.local.and_then(crate::local::lookup) {
@@ -85,11 +85,32 @@ impl tower::Service<http::Request<tonic::body::Body>> for Transport {
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
         use tower::ServiceExt;
         match self.ready_local.take() {
-            Some(svc) => Box::pin(svc.oneshot(req)),
-            None => {
-                let call = self.net.call(req);
-                Box::pin(async move { call.await.map_err(Into::into) })
-            }
+            Some(svc) => TransportCall::Local {
+                inner: svc.oneshot(req),
+            },
+            None => TransportCall::Net {
+                inner: self.net.call(req),
+            },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A call on a [`Transport`]: over the network or in process.
+    #[project = TransportCallProj]
+    pub enum TransportCall {
+        Net { #[pin] inner: tonic::transport::channel::ResponseFuture },
+        Local { #[pin] inner: tower::util::Oneshot<crate::local::LocalService, http::Request<tonic::body::Body>> },
+    }
+}
+
+impl Future for TransportCall {
+    type Output = Result<http::Response<tonic::body::Body>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            TransportCallProj::Net { inner } => inner.poll(cx).map_err(Into::into),
+            TransportCallProj::Local { inner } => inner.poll(cx),
         }
     }
 }
@@ -438,6 +459,20 @@ mod tests {
         assert_eq!((t[0].host.as_str(), t[0].port), ("auth", 50051));
         assert_eq!((t[1].host.as_str(), t[1].port), ("::1", 7));
         assert_eq!((t[2].scheme.as_str(), t[2].port), ("https", 443));
+    }
+
+    #[test]
+    fn only_one_plain_address_may_be_called_in_process() {
+        let addr = |s: &str| Some(s.parse::<SocketAddr>().unwrap());
+        assert_eq!(plain_single_target("http://127.0.0.1:7"), addr("127.0.0.1:7"));
+        assert_eq!(plain_single_target("http://[::1]:7"), addr("[::1]:7"));
+        assert_eq!(
+            plain_single_target("http://auth:7"),
+            None,
+            "a name may resolve elsewhere"
+        );
+        assert_eq!(plain_single_target("https://127.0.0.1:7"), None, "TLS asked for");
+        assert_eq!(plain_single_target("http://127.0.0.1:7,http://127.0.0.1:8"), None);
     }
 
     #[test]

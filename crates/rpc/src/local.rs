@@ -84,8 +84,9 @@ impl Drop for Registration {
 }
 
 /// The address a channel to `host:port` calls in process, when the host is
-/// an IP address (a name may resolve elsewhere: it always goes out).
+/// an IP address (a name may resolve elsewhere: it always goes out). `host`
+/// as a parsed URL target holds it: an IPv6 address without its brackets.
 pub fn target(host: &str, port: u16) -> Option<SocketAddr> {
-    let ip: std::net::IpAddr = host.trim_start_matches('[').trim_end_matches(']').parse().ok()?;
+    let ip: std::net::IpAddr = host.parse().ok()?;
     Some(SocketAddr::new(ip, port))
 }

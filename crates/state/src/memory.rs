@@ -289,9 +289,10 @@ impl MemoryStore {
                 // Absent, expired, or (never written here) another type.
                 _ => None,
             };
-            let (decision, tat) = gcra::decide(rate, tat, gcra::monotonic_us(now), cost);
+            let now_us = gcra::monotonic_us(now);
+            let (decision, tat) = gcra::decide(rate, tat, now_us, cost);
             // Expires once the bucket is full again: a full bucket needs no key.
-            let full_in = Duration::from_secs_f64(((tat - gcra::monotonic_us(now)) / 1e6).max(0.0));
+            let full_in = Duration::from_secs_f64(((tat - now_us) / 1e6).max(0.0));
             data.insert(
                 key.to_owned(),
                 Entry {

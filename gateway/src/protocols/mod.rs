@@ -253,13 +253,14 @@ impl<E> Ctx<E> {
         user: &str,
         single: bool,
     ) -> Result<(), relaymesh_state::StateError> {
+        let now = chrono::Utc::now().timestamp_millis();
         let entry = SessionEntry {
             connection_id: self.id.to_string(),
             gateway_id: self.gw.gateway_id.to_string(),
             protocol: protocol as i32,
             user_id: user.to_owned(),
-            connected_at_ms: chrono::Utc::now().timestamp_millis(),
-            last_activity_ms: chrono::Utc::now().timestamp_millis(),
+            connected_at_ms: now,
+            last_activity_ms: now,
         };
         let registry = self.gw.delivery.registry();
         registry.register(&entry).await?;

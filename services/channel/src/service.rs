@@ -297,34 +297,29 @@ impl ChannelService {
     ) -> Result<(Floor, FloorChange, RelayFollowUp)> {
         let store = &self.inner.store;
         let mut floor = store.floor(&rec.channel_id).await?;
-        let max_talk = rec.max_talk_ms as i64;
+        let now = chrono::Utc::now();
         let mut holder_changed = false;
-        // A grant whose timer was lost with its replica ends here.
-        if let Some(g) = floor.holder.clone()
-            && g.expires_at_ms <= chrono::Utc::now().timestamp_millis()
-        {
-            let expire = FloorEvent::Expire { grant_id: g.grant_id };
+        let mut apply = |floor: &mut Floor, event: FloorEvent| {
             let change = floor::transition(
                 rec.floor,
-                &mut floor,
-                expire,
-                chrono::Utc::now().timestamp_millis(),
-                max_talk,
+                floor,
+                event,
+                now.timestamp_millis(),
+                rec.max_talk_ms as i64,
                 new_grant_id,
             )?;
             holder_changed |= matches!(change, FloorChange::Holder { .. });
+            Ok::<_, ChannelError>(change)
+        };
+        // A grant whose timer was lost with its replica ends here.
+        if let Some(g) = floor.holder.clone()
+            && g.expires_at_ms <= now.timestamp_millis()
+        {
+            let change = apply(&mut floor, FloorEvent::Expire { grant_id: g.grant_id })?;
             self.floor_changed(rec, &floor, &change).await;
         }
-        let change = floor::transition(
-            rec.floor,
-            &mut floor,
-            event,
-            chrono::Utc::now().timestamp_millis(),
-            max_talk,
-            new_grant_id,
-        )?;
-        holder_changed |= matches!(change, FloorChange::Holder { .. });
-        floor.next_version(chrono::Utc::now().timestamp_micros());
+        let change = apply(&mut floor, event)?;
+        floor.next_version(now.timestamp_micros());
         store.put_floor(&rec.channel_id, &floor).await?;
         self.floor_changed(rec, &floor, &change).await;
         let follow_up = RelayFollowUp {
