@@ -31,7 +31,9 @@
 //! (`--in-process-calls false`, as separate processes do).
 //!
 //! `cargo bench --bench mesh` runs all; `cargo bench --bench mesh -- rpc`
-//! runs one. `BENCH_ITERS` and `BENCH_SOCKETS` scale them.
+//! runs one. `BENCH_ITERS` and `BENCH_SOCKETS` scale them;
+//! `BENCH_LIVECHAT_MODES` (`process`, `network`) and `BENCH_LIVECHAT_CONNS`
+//! (say `16`) narrow `livechat` to one case, to attach a profiler.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -59,6 +61,18 @@ fn token(user: &str) -> String {
         &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
     )
     .unwrap()
+}
+
+/// A bench client's WebSocket. Its read buffer is small: tungstenite's
+/// default (128 KiB) is zero-filled on every read, which cost the in-process
+/// client more CPU than the server spent on a frame and so measured the
+/// client, not the mesh (perf: 11-13 % of all samples in `memset` under
+/// `BytesMut::resize` of the client's reads).
+async fn ws_connect(
+    url: impl tokio_tungstenite::tungstenite::client::IntoClientRequest + Unpin,
+) -> tokio_tungstenite::tungstenite::Result<(Ws, tokio_tungstenite::tungstenite::handshake::client::Response)> {
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096);
+    tokio_tungstenite::connect_async_with_config(url, Some(config), false).await
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -219,7 +233,7 @@ async fn copilot_mode(iters: usize, mode: &str, flags: &[&str]) {
     args.extend_from_slice(flags);
     let mesh = start_mesh(&args).await;
     let url = format!("ws://{}/ws/copilot?token={}", mesh.gateway_addr, token("ws-user"));
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let (mut ws, _) = ws_connect(url).await.unwrap();
     let Message::Text(hello) = ws.next().await.unwrap().unwrap() else {
         panic!("connected first")
     };
@@ -357,9 +371,7 @@ async fn bench_idle_sockets(n: usize) {
     let mut sockets = Vec::with_capacity(n + 50);
     let t = token("idle");
     for _ in 0..50 {
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws/copilot?token={t}"))
-            .await
-            .unwrap();
+        let (mut ws, _) = ws_connect(format!("ws://{addr}/ws/copilot?token={t}")).await.unwrap();
         ws.next().await.unwrap().unwrap();
         sockets.push(ws);
     }
@@ -367,9 +379,7 @@ async fn bench_idle_sockets(n: usize) {
     let before = rss_kib(pid);
     for i in 0..n {
         let t = token(&format!("idle-{i}"));
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws/copilot?token={t}"))
-            .await
-            .unwrap();
+        let (mut ws, _) = ws_connect(format!("ws://{addr}/ws/copilot?token={t}")).await.unwrap();
         ws.next().await.unwrap().unwrap();
         sockets.push(ws);
     }
@@ -435,9 +445,7 @@ async fn bench_farm(iters: usize) {
         &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
     )
     .unwrap();
-    let (mut node, _) = tokio_tungstenite::connect_async(format!("ws://{gw}/ws/node"))
-        .await
-        .unwrap();
+    let (mut node, _) = ws_connect(format!("ws://{gw}/ws/node")).await.unwrap();
     node.send(Message::Text(
         node_frame("HELLO", serde_json::json!({"devices": ["D1"], "slots": 20})).into(),
     ))
@@ -487,9 +495,7 @@ struct Chat {
 
 impl Chat {
     async fn connect(addr: std::net::SocketAddr, user: &str) -> Self {
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws/livechat"))
-            .await
-            .unwrap();
+        let (mut ws, _) = ws_connect(format!("ws://{addr}/ws/livechat")).await.unwrap();
         ws.next().await.unwrap().unwrap(); // HELLO
         let identify = serde_json::json!({"op": 3, "d": {"user_id": user, "token": token(user)}});
         ws.send(Message::Text(identify.to_string().into())).await.unwrap();
@@ -547,15 +553,27 @@ async fn livechat_load(
 }
 
 async fn bench_livechat(iters: usize) {
-    for (mode, flags) in [("in process (`up`)", &[][..]), ("over loopback gRPC", NETWORK)] {
-        livechat_mode(iters, mode, flags).await;
+    // BENCH_LIVECHAT_MODES=process|network and BENCH_LIVECHAT_CONNS=16
+    // narrow the run (to attach a profiler to one case).
+    let modes = std::env::var("BENCH_LIVECHAT_MODES").unwrap_or_default();
+    for (key, mode, flags) in [
+        ("process", "in process (`up`)", &[][..]),
+        ("network", "over loopback gRPC", NETWORK),
+    ] {
+        if modes.is_empty() || modes.split(',').any(|m| m == key) {
+            livechat_mode(iters, mode, flags).await;
+        }
     }
 }
 
 async fn livechat_mode(iters: usize, mode: &str, flags: &[&str]) {
     println!("== livechat: MESSAGE_CREATE (channel service) against HEARTBEAT (gateway only); roles call {mode}");
     let mesh = start_mesh(flags).await;
-    for conns in [1usize, 16] {
+    let conn_counts: Vec<usize> = std::env::var("BENCH_LIVECHAT_CONNS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 16]);
+    for conns in conn_counts {
         let mut chats = Vec::new();
         for i in 0..conns {
             let mut c = Chat::connect(mesh.gateway_addr, &format!("u{conns}-{i}")).await;
@@ -715,7 +733,7 @@ struct SignalPeer {
 impl SignalPeer {
     async fn join(addr: std::net::SocketAddr, id: &str) -> Self {
         let url = format!("ws://{addr}/ws/signal?token={}", token(id));
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let (ws, _) = ws_connect(url).await.unwrap();
         let mut p = Self { ws, id: id.to_owned() };
         p.send("join_lobby", serde_json::json!({"playerId": id, "playerName": id}))
             .await;
