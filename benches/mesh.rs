@@ -16,7 +16,9 @@
 //!
 //! - `livechat`: a LiveChat MESSAGE_CREATE answered through the channel
 //!   service against a HEARTBEAT the gateway answers itself, on one
-//!   connection and on 16 at once (round trip and throughput);
+//!   connection and on 16 at once (round trip and throughput); then the
+//!   same against a bare WebSocket server that writes the protocol's frames
+//!   and nothing else (the floor: what the second frame of a message costs);
 //! - `fanout`: one chat message to a 1,000-member channel whose members are
 //!   split over two gateway replicas on Redis (needs `REDIS_URL`): time from
 //!   send to the last member's delivery.
@@ -32,7 +34,7 @@
 //!
 //! `cargo bench --bench mesh` runs all; `cargo bench --bench mesh -- rpc`
 //! runs one. `BENCH_ITERS` and `BENCH_SOCKETS` scale them;
-//! `BENCH_LIVECHAT_MODES` (`process`, `network`) and `BENCH_LIVECHAT_CONNS`
+//! `BENCH_LIVECHAT_MODES` (`process`, `network`, `floor`) and `BENCH_LIVECHAT_CONNS`
 //! (say `16`) narrow `livechat` to one case, to attach a profiler.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -553,22 +555,34 @@ async fn livechat_load(
 }
 
 async fn bench_livechat(iters: usize) {
-    // BENCH_LIVECHAT_MODES=process|network and BENCH_LIVECHAT_CONNS=16
+    // BENCH_LIVECHAT_MODES=process|network|floor and BENCH_LIVECHAT_CONNS=16
     // narrow the run (to attach a profiler to one case).
     let modes = std::env::var("BENCH_LIVECHAT_MODES").unwrap_or_default();
+    let wants = |key: &str| modes.is_empty() || modes.split(',').any(|m| m == key);
     for (key, mode, flags) in [
         ("process", "in process (`up`)", &[][..]),
         ("network", "over loopback gRPC", NETWORK),
     ] {
-        if modes.is_empty() || modes.split(',').any(|m| m == key) {
-            livechat_mode(iters, mode, flags).await;
+        if wants(key) {
+            println!(
+                "== livechat: MESSAGE_CREATE (channel service) against HEARTBEAT (gateway only); roles call {mode}"
+            );
+            let mesh = start_mesh(flags).await;
+            livechat_rows(mesh.gateway_addr, iters).await;
+            mesh.shutdown().await.unwrap();
         }
+    }
+    if wants("floor") {
+        println!(
+            "== livechat floor: a bare WebSocket server (no services, no state) answering each request with an ACK, and MESSAGE_CREATE with a second frame, as the protocol does"
+        );
+        livechat_rows(floor_server().await, iters).await;
     }
 }
 
-async fn livechat_mode(iters: usize, mode: &str, flags: &[&str]) {
-    println!("== livechat: MESSAGE_CREATE (channel service) against HEARTBEAT (gateway only); roles call {mode}");
-    let mesh = start_mesh(flags).await;
+/// Connects the livechat clients to `addr` (1 and 16 connections, or
+/// BENCH_LIVECHAT_CONNS) and prints MESSAGE_CREATE against HEARTBEAT.
+async fn livechat_rows(addr: std::net::SocketAddr, iters: usize) {
     let conn_counts: Vec<usize> = std::env::var("BENCH_LIVECHAT_CONNS")
         .ok()
         .map(|v| v.split(',').filter_map(|n| n.parse().ok()).collect())
@@ -576,7 +590,7 @@ async fn livechat_mode(iters: usize, mode: &str, flags: &[&str]) {
     for conns in conn_counts {
         let mut chats = Vec::new();
         for i in 0..conns {
-            let mut c = Chat::connect(mesh.gateway_addr, &format!("u{conns}-{i}")).await;
+            let mut c = Chat::connect(addr, &format!("u{conns}-{i}")).await;
             let channel = format!("bench-{conns}-{i}");
             c.call(10, serde_json::json!({"channel_id": channel})).await;
             c.call(11, serde_json::json!({"channel_id": channel, "ssrc": i + 1}))
@@ -604,7 +618,57 @@ async fn livechat_mode(iters: usize, mode: &str, flags: &[&str]) {
             msg_rate / hb_rate
         );
     }
-    mesh.shutdown().await.unwrap();
+}
+
+/// The least any server can do for LiveChat's answers, to read the mesh's
+/// ratios against: a bare WebSocket server in the same runtime, with no
+/// services, no state and no fan-out. It sends HELLO, answers IDENTIFY
+/// with READY and every other request with an ACK carrying its nonce, and
+/// MESSAGE_CREATE, as seed 003 requires of a message (the channel,
+/// sender included, receives it), with a MESSAGE_EVENT written after the
+/// ACK. Its MESSAGE_CREATE/HEARTBEAT ratio is what the protocol's second
+/// frame costs by itself on this machine.
+async fn floor_server() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tcp.set_nodelay(true).unwrap();
+            tokio::spawn(async move {
+                let config =
+                    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096);
+                let Ok(mut ws) = tokio_tungstenite::accept_async_with_config(tcp, Some(config)).await else {
+                    return;
+                };
+                let hello = serde_json::json!({"op": 0, "d": {"heartbeat_interval": 30000}});
+                if ws.send(Message::Text(hello.to_string().into())).await.is_err() {
+                    return;
+                }
+                while let Some(Ok(Message::Text(t))) = ws.next().await {
+                    let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                    let op = v["op"].as_u64().unwrap_or(0);
+                    let d = &v["d"];
+                    let reply = match op {
+                        3 => serde_json::json!({"op": 4, "d": {"session_id": "floor", "user_id": d["user_id"]}}),
+                        _ => serde_json::json!({"op": 200, "d": {"request_op": op, "nonce": d["nonce"]}}),
+                    };
+                    if ws.send(Message::Text(reply.to_string().into())).await.is_err() {
+                        return;
+                    }
+                    if op == 20 {
+                        let event = serde_json::json!({"op": 101, "d": {
+                            "channel_id": d["channel_id"], "message_id": "m", "user_id": "u",
+                            "content": d["content"], "timestamp": 0,
+                        }});
+                        if ws.send(Message::Text(event.to_string().into())).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
 }
 
 async fn bench_fanout(messages: usize) {
