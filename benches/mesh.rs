@@ -21,7 +21,8 @@
 //!   and nothing else (the floor: what the second frame of a message costs);
 //! - `fanout`: one chat message to a 1,000-member channel whose members are
 //!   split over two gateway replicas on Redis (needs `REDIS_URL`): time from
-//!   send to the last member's delivery.
+//!   send to the last member's delivery; then its floor, a bare WebSocket
+//!   server writing one frame to 1,000 connections read the same way.
 //! - `signal`: seed 004 matches negotiated per second (join, request,
 //!   accept, offer, answer, 4 ICE candidates each way; players on two
 //!   gateway replicas), and one relayed SDP offer (sender's socket to the
@@ -710,23 +711,7 @@ async fn bench_fanout(messages: usize) {
         format!("{MEMBERS} joins answered (64 in flight)"),
         joins_started.elapsed()
     );
-    // Each member records when each message reaches it.
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
-    let mut readers = Vec::new();
-    for c in members {
-        let tx = tx.clone();
-        readers.push(tokio::spawn(async move {
-            let mut ws = c.ws;
-            while let Some(Ok(Message::Text(t))) = ws.next().await {
-                if let Some(rest) = t.split("\"content\":\"fan-").nth(1)
-                    && let Some(n) = rest.split('"').next().and_then(|n| n.parse().ok())
-                {
-                    let _ = tx.send((n, Instant::now()));
-                }
-            }
-        }));
-    }
-    drop(tx);
+    let (mut rx, readers) = fanout_readers(members.into_iter().map(|c| c.ws).collect());
     // The 1,000 joins queued ~500,000 join-event deliveries behind which the
     // first messages would wait (ordered per channel): time the steady
     // state, once a first message has reached every member.
@@ -759,6 +744,42 @@ async fn bench_fanout(messages: usize) {
             .await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    fanout_report(&mut rx, &sent_at, MEMBERS).await;
+    for r in readers {
+        r.abort();
+    }
+    mesh.shutdown().await.unwrap();
+}
+
+/// Per-message arrivals at each of `members`: (message number, when).
+type Arrivals = tokio::sync::mpsc::UnboundedReceiver<(usize, Instant)>;
+
+/// One reader task per member socket, reporting when each `fan-N` message
+/// reaches it.
+fn fanout_readers(members: Vec<Ws>) -> (Arrivals, Vec<tokio::task::JoinHandle<()>>) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+    let readers = members
+        .into_iter()
+        .map(|mut ws| {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while let Some(Ok(Message::Text(t))) = ws.next().await {
+                    if let Some(rest) = t.split("\"content\":\"fan-").nth(1)
+                        && let Some(n) = rest.split('"').next().and_then(|n| n.parse().ok())
+                    {
+                        let _ = tx.send((n, Instant::now()));
+                    }
+                }
+            })
+        })
+        .collect();
+    (rx, readers)
+}
+
+/// Prints p50/p99 of send -> last member's delivery over the messages
+/// sent at `sent_at` (message n at `sent_at[n]`).
+async fn fanout_report(rx: &mut Arrivals, sent_at: &[Instant], members: usize) {
+    let messages = sent_at.len();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut last = vec![None::<Instant>; messages];
     let mut count = vec![0usize; messages];
@@ -778,12 +799,74 @@ async fn bench_fanout(messages: usize) {
         "send -> last member's delivery",
         s.median,
         s.p99,
-        messages * MEMBERS
+        messages * members
     );
+}
+
+/// The fan-out's floor: a bare WebSocket server in the same runtime, one
+/// task and one bounded queue per connection as the gateway has, that
+/// writes one MESSAGE_EVENT-sized frame to each of 1,000 connections, read
+/// by the same reader tasks: no services, no Redis, no registry, no
+/// sender's request. What 1,000 socket writes and reads cost on this
+/// machine.
+async fn bench_fanout_floor(messages: usize) {
+    const MEMBERS: usize = 1000;
+    println!(
+        "== fanout floor: a bare WebSocket server writing {messages} frames, one every 200 ms, to {MEMBERS} connections"
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let queues = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let accepted = queues.clone();
+    let server = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tcp.set_nodelay(true).unwrap();
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<tokio_tungstenite::tungstenite::Utf8Bytes>(64);
+            accepted.lock().unwrap().push(tx);
+            tokio::spawn(async move {
+                let config =
+                    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096);
+                let Ok(mut ws) = tokio_tungstenite::accept_async_with_config(tcp, Some(config)).await else {
+                    return;
+                };
+                while let Some(frame) = rx.recv().await {
+                    if ws.send(Message::Text(frame)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let mut members = Vec::with_capacity(MEMBERS);
+    for chunk in (0..MEMBERS).collect::<Vec<_>>().chunks(64) {
+        let connects = chunk
+            .iter()
+            .map(|_| async move { ws_connect(format!("ws://{addr}/")).await.unwrap().0 });
+        members.extend(futures_util::future::join_all(connects).await);
+    }
+    while queues.lock().unwrap().len() < MEMBERS {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (mut rx, readers) = fanout_readers(members);
+    let mut sent_at = Vec::with_capacity(messages);
+    for n in 0..messages {
+        sent_at.push(Instant::now());
+        let frame = serde_json::json!({"op": 101, "d": {
+            "channel_id": "big", "message_id": uuid::Uuid::new_v4().to_string(), "user_id": "sender",
+            "content": format!("fan-{n}"), "timestamp": 0,
+        }})
+        .to_string();
+        let frame = tokio_tungstenite::tungstenite::Utf8Bytes::from(frame);
+        for q in queues.lock().unwrap().iter() {
+            let _ = q.try_send(frame.clone());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    fanout_report(&mut rx, &sent_at, MEMBERS).await;
     for r in readers {
         r.abort();
     }
-    mesh.shutdown().await.unwrap();
+    server.abort();
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -956,6 +1039,7 @@ fn main() {
         }
         if wants("fanout") {
             bench_fanout(env_usize("BENCH_FANOUT_MESSAGES", 50)).await;
+            bench_fanout_floor(env_usize("BENCH_FANOUT_MESSAGES", 50)).await;
         }
     });
 }
