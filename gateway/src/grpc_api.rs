@@ -212,11 +212,15 @@ async fn run_stream<P, O>(
     let span = frame_span(P::NAME, TRANSPORT, "open", &cx);
     Box::pin(proto.on_open(&mut cx)).instrument(span).await;
     let mut open = flush(&mut cx, &out, wrap, cfg.send_timeout()).await;
+    // Made once, not per turn (see `ws::run`).
+    let shutdown = gw.shutdown.cancelled();
+    let evicted = evict.cancelled();
+    tokio::pin!(shutdown, evicted);
     while open && !cx.closing() {
         tokio::select! {
             biased;
-            () = gw.shutdown.cancelled() => cx.close(CloseCode::GoingAway, "server shutting down"),
-            () = evict.cancelled() => cx.close(CloseCode::TryAgainLater, "slow consumer: outbound queue full"),
+            () = &mut shutdown => cx.close(CloseCode::GoingAway, "server shutting down"),
+            () = &mut evicted => cx.close(CloseCode::TryAgainLater, "slow consumer: outbound queue full"),
             () = out.closed() => break,
             item = rx.recv() => match item {
                 Some(Outbound::Event(body)) => {

@@ -95,11 +95,18 @@ pub async fn run<P: WsCodec>(
     // Why a slow consumer is closed, for its metric and log line.
     let mut slow: Option<&'static str> = None;
 
+    // Both waits are made once, not per turn of the loop: a new wait
+    // registers with its token (a lock) and the dropped one deregisters
+    // (another), on every frame. Either ends the loop when it fires.
+    let shutdown = gw.shutdown.cancelled();
+    let evicted = evict.cancelled();
+    tokio::pin!(shutdown, evicted);
+
     while write == Write::Done && !cx.closing() {
         tokio::select! {
             biased;
-            () = gw.shutdown.cancelled() => cx.close(CloseCode::GoingAway, "server shutting down"),
-            () = evict.cancelled() => {
+            () = &mut shutdown => cx.close(CloseCode::GoingAway, "server shutting down"),
+            () = &mut evicted => {
                 slow = Some("queue_full");
                 cx.close(CloseCode::TryAgainLater, "slow consumer: outbound queue full");
             }

@@ -80,7 +80,7 @@ impl ConnHandle {
     }
 }
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Offered {
     Queued,
     /// A droppable frame was dropped: a stale one replaced by this newer
@@ -210,14 +210,14 @@ impl ConnectionTable {
         let Some(body) = env.body else { return };
         let ids: Vec<ConnectionId> = env.connection_ids.into_iter().map(ConnectionId::new).collect();
         let map = self.lock();
-        let record = |o: Offered| {
-            metrics::counter!("relaymesh_gateway_deliveries_total", "outcome" => o.label()).increment(1);
-        };
+        // Outcomes are counted here and recorded once per outcome, not once
+        // per recipient (a metrics registry lookup each).
+        let mut tally = Tally::default();
         match body {
             Body::Close(c) => {
                 let code = CloseCode::try_from(c.code).unwrap_or(CloseCode::PolicyViolation);
                 for id in &ids {
-                    record(map.get(id).map_or(Offered::Unknown, |h| {
+                    tally.add(map.get(id).map_or(Offered::Unknown, |h| {
                         offer_to(h, Outbound::Close(code, c.reason.clone()), false)
                     }));
                 }
@@ -227,7 +227,7 @@ impl ConnectionTable {
             Body::Nudge(n) => {
                 let reason = NudgeReason::try_from(n.reason).unwrap_or(NudgeReason::Unspecified);
                 for id in &ids {
-                    record(
+                    tally.add(
                         map.get(id)
                             .map_or(Offered::Unknown, |h| offer_to(h, Outbound::Nudge(reason), true)),
                     );
@@ -235,7 +235,7 @@ impl ConnectionTable {
             }
             Body::Forwarded(f) => {
                 for id in &ids {
-                    record(
+                    tally.add(
                         map.get(id)
                             .map_or(Offered::Unknown, |h| offer_to(h, Outbound::Forwarded(f.clone()), false)),
                     );
@@ -247,7 +247,7 @@ impl ConnectionTable {
                 let (mut json, mut msgpack): (Option<Option<Outbound>>, Option<Option<Outbound>>) = (None, None);
                 for id in &ids {
                     let Some(h) = map.get(id) else {
-                        record(Offered::Unknown);
+                        tally.add(Offered::Unknown);
                         continue;
                     };
                     let out = match h.transport {
@@ -267,8 +267,32 @@ impl ConnectionTable {
                             }
                         }
                     };
-                    record(offer_event(h, out, env.droppable));
+                    tally.add(offer_event(h, out, env.droppable));
                 }
+            }
+        }
+        drop(map);
+        tally.record();
+    }
+}
+
+/// Delivery outcomes of one envelope, recorded once each.
+#[derive(Default)]
+struct Tally([u64; 4]);
+
+impl Tally {
+    /// In the order of [`Offered`]'s variants.
+    const OUTCOMES: [Offered; 4] = [Offered::Queued, Offered::Dropped, Offered::Evicted, Offered::Unknown];
+
+    fn add(&mut self, o: Offered) {
+        self.0[o as usize] += 1;
+    }
+
+    fn record(&self) {
+        let outcomes = Self::OUTCOMES;
+        for (o, &n) in outcomes.iter().zip(&self.0) {
+            if n > 0 {
+                metrics::counter!("relaymesh_gateway_deliveries_total", "outcome" => o.label()).increment(n);
             }
         }
     }
@@ -313,6 +337,18 @@ fn offer_to(handle: &ConnHandle, out: Outbound, droppable: bool) -> Offered {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tally_counts_each_outcome_under_its_own_label() {
+        for (i, o) in Tally::OUTCOMES.iter().enumerate() {
+            assert_eq!(*o as usize, i, "{o:?} out of place");
+        }
+        let mut tally = Tally::default();
+        for o in [Offered::Queued, Offered::Unknown, Offered::Queued, Offered::Evicted] {
+            tally.add(o);
+        }
+        assert_eq!(tally.0, [2, 0, 1, 1]);
+    }
 
     fn table_with(
         cap: usize,
