@@ -745,6 +745,14 @@ async fn bench_fanout(messages: usize) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     fanout_report(&mut rx, &sent_at, MEMBERS).await;
+    if std::env::var_os("BENCH_FANOUT_METRICS").is_some() {
+        // Where the time before the first delivery goes (the mesh's own
+        // histograms: the fan-out job, the RPCs, shared-state calls).
+        let text = http(mesh.gateway_addr, "GET", "/metrics", None, "").await;
+        for line in text.lines().filter(|l| l.contains("_sum") || l.contains("_count")) {
+            println!("  {line}");
+        }
+    }
     for r in readers {
         r.abort();
     }
@@ -781,19 +789,29 @@ fn fanout_readers(members: Vec<Ws>) -> (Arrivals, Vec<tokio::task::JoinHandle<()
 async fn fanout_report(rx: &mut Arrivals, sent_at: &[Instant], members: usize) {
     let messages = sent_at.len();
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut first = vec![None::<Instant>; messages];
     let mut last = vec![None::<Instant>; messages];
     let mut count = vec![0usize; messages];
     while let Ok(Some((n, at))) = tokio::time::timeout(Duration::from_millis(100), rx.recv()).await {
         if n < messages {
             count[n] += 1;
+            first[n] = Some(first[n].map_or(at, |f: Instant| f.min(at)));
             last[n] = Some(last[n].map_or(at, |l: Instant| l.max(at)));
         }
     }
     let delivered: usize = count.iter().sum();
-    let spans: Vec<Duration> = (0..messages)
-        .filter_map(|n| last[n].map(|l| l.duration_since(sent_at[n])))
-        .collect();
-    let s = stats(spans);
+    let since_sent = |at: &[Option<Instant>]| -> Stats {
+        stats(
+            (0..messages)
+                .filter_map(|n| at[n].map(|t| t.duration_since(sent_at[n])))
+                .collect(),
+        )
+    };
+    let (f, s) = (since_sent(&first), since_sent(&last));
+    println!(
+        "{:<44} p50 {:>9.1?}  p99 {:>9.1?}",
+        "send -> first member's delivery", f.median, f.p99,
+    );
     println!(
         "{:<44} p50 {:>9.1?}  p99 {:>9.1?}  ({delivered} of {} deliveries)",
         "send -> last member's delivery",
