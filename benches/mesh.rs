@@ -74,8 +74,13 @@ fn token(user: &str) -> String {
 async fn ws_connect(
     url: impl tokio_tungstenite::tungstenite::client::IntoClientRequest + Unpin,
 ) -> tokio_tungstenite::tungstenite::Result<(Ws, tokio_tungstenite::tungstenite::handshake::client::Response)> {
-    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096);
-    tokio_tungstenite::connect_async_with_config(url, Some(config), false).await
+    tokio_tungstenite::connect_async_with_config(url, Some(small_reads()), false).await
+}
+
+/// A WebSocket configuration with a 4 KiB read buffer, for the bench's
+/// clients and its bare floor servers alike (see [`ws_connect`]).
+fn small_reads() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096)
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -636,9 +641,7 @@ async fn floor_server() -> std::net::SocketAddr {
         while let Ok((tcp, _)) = listener.accept().await {
             tcp.set_nodelay(true).unwrap();
             tokio::spawn(async move {
-                let config =
-                    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096);
-                let Ok(mut ws) = tokio_tungstenite::accept_async_with_config(tcp, Some(config)).await else {
+                let Ok(mut ws) = tokio_tungstenite::accept_async_with_config(tcp, Some(small_reads())).await else {
                     return;
                 };
                 let hello = serde_json::json!({"op": 0, "d": {"heartbeat_interval": 30000}});
@@ -842,9 +845,7 @@ async fn bench_fanout_floor(messages: usize) {
             let (tx, mut rx) = tokio::sync::mpsc::channel::<tokio_tungstenite::tungstenite::Utf8Bytes>(64);
             accepted.lock().unwrap().push(tx);
             tokio::spawn(async move {
-                let config =
-                    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096);
-                let Ok(mut ws) = tokio_tungstenite::accept_async_with_config(tcp, Some(config)).await else {
+                let Ok(mut ws) = tokio_tungstenite::accept_async_with_config(tcp, Some(small_reads())).await else {
                     return;
                 };
                 while let Some(frame) = rx.recv().await {
