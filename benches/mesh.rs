@@ -582,7 +582,8 @@ async fn bench_livechat(iters: usize) {
         println!(
             "== livechat floor: a bare WebSocket server (no services, no state) answering each request with an ACK, and MESSAGE_CREATE with a second frame, as the protocol does"
         );
-        livechat_rows(floor_server().await, iters).await;
+        let floor = floor_server().await;
+        livechat_rows(floor.addr, iters).await;
     }
 }
 
@@ -626,6 +627,45 @@ async fn livechat_rows(addr: std::net::SocketAddr, iters: usize) {
     }
 }
 
+/// A bare WebSocket server for the floors: accepts on loopback and runs
+/// `conn` for each connection (handshake done, 4 KiB reads). Every task it
+/// starts is tracked; dropping the returned server aborts them all.
+struct BareServer {
+    addr: std::net::SocketAddr,
+    /// The accept task, which owns every connection's task; held for its
+    /// Drop.
+    _accept: tokio_util::task::AbortOnDropHandle<()>,
+}
+
+type ServerWs = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+async fn bare_server<F, Fut>(conn: F) -> BareServer
+where
+    F: Fn(ServerWs) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conn = std::sync::Arc::new(conn);
+    let accept = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            while conns.try_join_next().is_some() {}
+            tcp.set_nodelay(true).unwrap();
+            let conn = conn.clone();
+            conns.spawn(async move {
+                if let Ok(ws) = tokio_tungstenite::accept_async_with_config(tcp, Some(small_reads())).await {
+                    conn(ws).await;
+                }
+            });
+        }
+    });
+    BareServer {
+        addr,
+        _accept: tokio_util::task::AbortOnDropHandle::new(accept),
+    }
+}
+
 /// The least any server can do for LiveChat's answers, to read the mesh's
 /// ratios against: a bare WebSocket server in the same runtime, with no
 /// services, no state and no fan-out. It sends HELLO, answers IDENTIFY
@@ -634,45 +674,35 @@ async fn livechat_rows(addr: std::net::SocketAddr, iters: usize) {
 /// sender included, receives it), with a MESSAGE_EVENT written after the
 /// ACK. Its MESSAGE_CREATE/HEARTBEAT ratio is what the protocol's second
 /// frame costs by itself on this machine.
-async fn floor_server() -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            tcp.set_nodelay(true).unwrap();
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async_with_config(tcp, Some(small_reads())).await else {
-                    return;
-                };
-                let hello = serde_json::json!({"op": 0, "d": {"heartbeat_interval": 30000}});
-                if ws.send(Message::Text(hello.to_string().into())).await.is_err() {
-                    return;
-                }
-                while let Some(Ok(Message::Text(t))) = ws.next().await {
-                    let v: serde_json::Value = serde_json::from_str(&t).unwrap();
-                    let op = v["op"].as_u64().unwrap_or(0);
-                    let d = &v["d"];
-                    let reply = match op {
-                        3 => serde_json::json!({"op": 4, "d": {"session_id": "floor", "user_id": d["user_id"]}}),
-                        _ => serde_json::json!({"op": 200, "d": {"request_op": op, "nonce": d["nonce"]}}),
-                    };
-                    if ws.send(Message::Text(reply.to_string().into())).await.is_err() {
-                        return;
-                    }
-                    if op == 20 {
-                        let event = serde_json::json!({"op": 101, "d": {
-                            "channel_id": d["channel_id"], "message_id": "m", "user_id": "u",
-                            "content": d["content"], "timestamp": 0,
-                        }});
-                        if ws.send(Message::Text(event.to_string().into())).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
+async fn floor_server() -> BareServer {
+    bare_server(|mut ws| async move {
+        let hello = serde_json::json!({"op": 0, "d": {"heartbeat_interval": 30000}});
+        if ws.send(Message::Text(hello.to_string().into())).await.is_err() {
+            return;
         }
-    });
-    addr
+        while let Some(Ok(Message::Text(t))) = ws.next().await {
+            let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+            let op = v["op"].as_u64().unwrap_or(0);
+            let d = &v["d"];
+            let reply = match op {
+                3 => serde_json::json!({"op": 4, "d": {"session_id": "floor", "user_id": d["user_id"]}}),
+                _ => serde_json::json!({"op": 200, "d": {"request_op": op, "nonce": d["nonce"]}}),
+            };
+            if ws.send(Message::Text(reply.to_string().into())).await.is_err() {
+                return;
+            }
+            if op == 20 {
+                let event = serde_json::json!({"op": 101, "d": {
+                    "channel_id": d["channel_id"], "message_id": "m", "user_id": "u",
+                    "content": d["content"], "timestamp": 0,
+                }});
+                if ws.send(Message::Text(event.to_string().into())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await
 }
 
 async fn bench_fanout(messages: usize) {
@@ -684,7 +714,7 @@ async fn bench_fanout(messages: usize) {
     println!("== fanout: {messages} messages, one every 200 ms, to {MEMBERS} members on two gateway replicas (Redis)");
     let mut options =
         relaymesh::MeshOptions::loopback(&["--jwt-secret", SECRET, "--max-channel-members", "2000"]).unwrap();
-    options.redis_url = Some(redis);
+    options.redis_url = Some(redis.clone());
     options.redis_key_prefix = format!("bench-fanout-{}", std::process::id());
     let mut mesh = relaymesh::Mesh::start(options).await.unwrap();
     let second = mesh.add_gateway(0, None).await.unwrap();
@@ -748,6 +778,7 @@ async fn bench_fanout(messages: usize) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     fanout_report(&mut rx, &sent_at, MEMBERS).await;
+    redis_replies(&redis, MEMBERS).await;
     if std::env::var_os("BENCH_FANOUT_METRICS").is_some() {
         // Where the time before the first delivery goes (the mesh's own
         // histograms: the fan-out job, the RPCs, shared-state calls).
@@ -760,6 +791,46 @@ async fn bench_fanout(messages: usize) {
         r.abort();
     }
     mesh.shutdown().await.unwrap();
+}
+
+/// What a fan-out's two 1,000-element reads cost through the state crate
+/// (`SharedState`, the code the mesh runs): the members' `HKEYS` that
+/// `SendMessage` reads and the registry's `MGET` that the fan-out job
+/// reads, beside one `GET` (the round trip alone).
+async fn redis_replies(redis: &str, n: usize) {
+    let prefix = format!("bench-replies-{}", std::process::id());
+    let state = relaymesh_state::SharedState::connect(Some(redis), &prefix)
+        .await
+        .unwrap();
+    let ttl = Some(Duration::from_secs(60));
+    let value = [7u8; 90];
+    let keys: Vec<String> = (0..n).map(|i| format!("sess:{i}")).collect();
+    for (i, key) in keys.iter().enumerate() {
+        state.set(key, &value, ttl).await.unwrap();
+        state
+            .hash_set("members", &format!("conn-{i}-0123456789abcdef0123456789"), &value)
+            .await
+            .unwrap();
+    }
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let time = async |op: u8| {
+        let mut samples = Vec::with_capacity(200);
+        for _ in 0..200 {
+            let t = Instant::now();
+            match op {
+                0 => drop(state.get(keys[0]).await.unwrap()),
+                1 => drop(state.hash_fields("members").await.unwrap()),
+                _ => drop(state.get_many(&keys).await.unwrap()),
+            }
+            samples.push(t.elapsed());
+        }
+        stats(samples)
+    };
+    let one = time(0).await;
+    row("redis GET, one key (baseline)", &one, &one);
+    row(&format!("redis HKEYS, {n} fields"), &time(1).await, &one);
+    row(&format!("redis MGET, {n} keys"), &time(2).await, &one);
+    state.delete("members").await.unwrap();
 }
 
 /// Per-message arrivals at each of `members`: (message number, when).
@@ -835,27 +906,21 @@ async fn bench_fanout_floor(messages: usize) {
     println!(
         "== fanout floor: a bare WebSocket server writing {messages} frames, one every 200 ms, to {MEMBERS} connections"
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let queues = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let accepted = queues.clone();
-    let server = tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            tcp.set_nodelay(true).unwrap();
-            let (tx, mut rx) = tokio::sync::mpsc::channel::<tokio_tungstenite::tungstenite::Utf8Bytes>(64);
-            accepted.lock().unwrap().push(tx);
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async_with_config(tcp, Some(small_reads())).await else {
+    let server = bare_server(move |mut ws| {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<tokio_tungstenite::tungstenite::Utf8Bytes>(64);
+        accepted.lock().unwrap().push(tx);
+        async move {
+            while let Some(frame) = rx.recv().await {
+                if ws.send(Message::Text(frame)).await.is_err() {
                     return;
-                };
-                while let Some(frame) = rx.recv().await {
-                    if ws.send(Message::Text(frame)).await.is_err() {
-                        return;
-                    }
                 }
-            });
+            }
         }
-    });
+    })
+    .await;
+    let addr = server.addr;
     let mut members = Vec::with_capacity(MEMBERS);
     for chunk in (0..MEMBERS).collect::<Vec<_>>().chunks(64) {
         let connects = chunk
@@ -885,7 +950,7 @@ async fn bench_fanout_floor(messages: usize) {
     for r in readers {
         r.abort();
     }
-    server.abort();
+    drop(server);
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
