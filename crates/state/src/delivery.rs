@@ -7,7 +7,11 @@
 //! most once: state that must not be lost (device commands) is kept by its
 //! service and re-sent, not by this path.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use prost::Message;
@@ -22,6 +26,9 @@ use crate::{
 pub struct Delivery {
     state: SharedState,
     registry: SessionRegistry,
+    /// Where recently addressed connections are, for a producer that keeps
+    /// them ([`Delivery::with_routes`]).
+    routes: Option<Arc<Routes>>,
 }
 
 fn inbox_topic(gateway: &str) -> String {
@@ -30,7 +37,26 @@ fn inbox_topic(gateway: &str) -> String {
 
 impl Delivery {
     pub fn new(state: SharedState, registry: SessionRegistry) -> Self {
-        Self { state, registry }
+        Self {
+            state,
+            registry,
+            routes: None,
+        }
+    }
+
+    /// This delivery, remembering for about `ttl` which replica holds each
+    /// connection it addressed, for a producer that sends to the same
+    /// connections again and again (a channel's fan-out): the registry is
+    /// then read only for connections it has not addressed lately. A
+    /// connection never moves to another replica, so a remembered route is
+    /// never wrong about where; it can outlive its connection, and then a
+    /// send reports the connection gone only once the route has expired
+    /// (each expires between `ttl / 2` and `ttl` after it was read, spread
+    /// by connection, so a channel's routes are not all read again in one
+    /// send). Clones share the routes; `Delivery::new` keeps none.
+    pub fn with_routes(mut self, ttl: Duration) -> Self {
+        self.routes = Some(Arc::new(Routes::new(ttl)));
+        self
     }
 
     pub fn registry(&self) -> &SessionRegistry {
@@ -63,13 +89,24 @@ impl Delivery {
     /// connection). Returns the connections no replica holds any more.
     pub async fn send_to_connections(&self, conns: &[ConnectionId], envelope: Envelope) -> Result<Vec<ConnectionId>> {
         let envelope = traced(envelope);
-        let entries = self.registry.lookup_many(conns).await?;
         let mut by_gateway: HashMap<String, Vec<String>> = HashMap::new();
+        // With routes kept, only the connections without a live route are
+        // looked up.
+        let unrouted = match &self.routes {
+            Some(routes) => Cow::Owned(routes.resolve(conns, &mut by_gateway)),
+            None => Cow::Borrowed(conns),
+        };
         let mut gone = Vec::new();
-        for (conn, entry) in conns.iter().zip(entries) {
-            match entry {
-                Some(e) => by_gateway.entry(e.gateway_id).or_default().push(e.connection_id),
-                None => gone.push(conn.clone()),
+        if !unrouted.is_empty() {
+            let entries = self.registry.lookup_many(&unrouted).await?;
+            if let Some(routes) = &self.routes {
+                routes.remember(unrouted.iter().zip(&entries));
+            }
+            for (conn, entry) in unrouted.iter().zip(entries) {
+                match entry {
+                    Some(e) => by_gateway.entry(e.gateway_id).or_default().push(e.connection_id),
+                    None => gone.push(conn.clone()),
+                }
             }
         }
         // The replicas' publishes go out together (one round trip, not one
@@ -102,6 +139,87 @@ impl Delivery {
         Ok(GatewayInbox {
             sub: self.state.subscribe(&inbox_topic(gateway.as_str())).await?,
         })
+    }
+}
+
+/// Which replica holds each connection a [`Delivery`] addressed lately
+/// ([`Delivery::with_routes`]).
+#[derive(Debug)]
+struct Routes {
+    ttl: Duration,
+    table: Mutex<RouteTable>,
+    /// Spreads the routes' expiries by connection.
+    spread: std::collections::hash_map::RandomState,
+}
+
+#[derive(Debug)]
+struct RouteTable {
+    /// Connection id -> (its replica, when the route expires).
+    by_connection: HashMap<String, (String, Instant)>,
+    /// When expired routes were last dropped from the table.
+    swept_at: Instant,
+}
+
+impl Routes {
+    fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            table: Mutex::new(RouteTable {
+                by_connection: HashMap::new(),
+                swept_at: Instant::now(),
+            }),
+            spread: Default::default(),
+        }
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, RouteTable> {
+        self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Adds each of `conns` with a live route to its replica's list in
+    /// `by_gateway`; returns the others.
+    fn resolve(&self, conns: &[ConnectionId], by_gateway: &mut HashMap<String, Vec<String>>) -> Vec<ConnectionId> {
+        let now = Instant::now();
+        let table = self.table();
+        let mut unrouted = Vec::new();
+        for conn in conns {
+            match table.by_connection.get(conn.as_str()) {
+                Some((gateway, until)) if *until > now => match by_gateway.get_mut(gateway) {
+                    Some(ids) => ids.push(conn.as_str().to_owned()),
+                    None => {
+                        by_gateway.insert(gateway.clone(), vec![conn.as_str().to_owned()]);
+                    }
+                },
+                _ => unrouted.push(conn.clone()),
+            }
+        }
+        unrouted
+    }
+
+    /// Keeps the routes of connections just read from the registry (and
+    /// forgets those no replica holds); drops expired routes once a `ttl`.
+    fn remember<'a>(&self, read: impl Iterator<Item = (&'a ConnectionId, &'a Option<SessionEntry>)>) {
+        let now = Instant::now();
+        let mut table = self.table();
+        if now.duration_since(table.swept_at) >= self.ttl {
+            table.by_connection.retain(|_, (_, until)| *until > now);
+            table.swept_at = now;
+        }
+        for (conn, entry) in read {
+            match entry {
+                Some(e) => {
+                    // Between ttl/2 and ttl, by connection.
+                    let spread = self.spread.hash_one(conn.as_str()) % 1024;
+                    let ttl = self.ttl / 2 + self.ttl / 2 * spread as u32 / 1024;
+                    table
+                        .by_connection
+                        .insert(conn.as_str().to_owned(), (e.gateway_id.clone(), now + ttl));
+                }
+                None => {
+                    table.by_connection.remove(conn.as_str());
+                }
+            }
+        }
     }
 }
 

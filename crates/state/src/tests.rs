@@ -275,6 +275,64 @@ async fn one_publish_per_gateway_reaches_every_connection_it_holds() {
     }
 }
 
+async fn next_envelope(inbox: &mut GatewayInbox) -> Envelope {
+    tokio::time::timeout(Duration::from_secs(5), inbox.recv())
+        .await
+        .expect("an envelope within 5 s")
+        .expect("inbox open")
+}
+
+/// A delivery that keeps routes reads the registry once per connection
+/// while its route lives: a connection unregistered meanwhile still gets
+/// the envelope at its (old) replica and is not reported gone until the
+/// route expires; one without routes reports it gone at once.
+#[tokio::test]
+async fn remembered_routes_skip_the_registry_until_they_expire() {
+    for s in backends("routes").await {
+        let registry = SessionRegistry::new(s.clone(), Duration::from_secs(60));
+        let ttl = Duration::from_secs(1);
+        let routed = Delivery::new(s.clone(), registry.clone()).with_routes(ttl);
+        let plain = Delivery::new(s.clone(), registry.clone());
+        let mut inbox = routed.inbox(&GatewayId::new("a")).await.unwrap();
+        let entry = SessionEntry {
+            connection_id: "c1".into(),
+            gateway_id: "a".into(),
+            protocol: ClientProtocol::Livechat as i32,
+            user_id: "u1".into(),
+            connected_at_ms: 1,
+            ..Default::default()
+        };
+        registry.register(&entry).await.unwrap();
+        let conns = [ConnectionId::new("c1")];
+        let send = async |d: &Delivery| {
+            d.send_to_connections(&conns, close_envelope(CloseCode::GoingAway, "x"))
+                .await
+                .unwrap()
+        };
+        let read_at = std::time::Instant::now();
+        assert!(send(&routed).await.is_empty(), "{s:?}");
+        assert_eq!(next_envelope(&mut inbox).await.connection_ids, ["c1"]);
+
+        registry.unregister(&entry).await.unwrap();
+        assert!(send(&routed).await.is_empty(), "{s:?}: the route is remembered");
+        assert!(
+            read_at.elapsed() < ttl / 2,
+            "{s:?}: the machine was too slow for this test's ttl"
+        );
+        assert_eq!(next_envelope(&mut inbox).await.connection_ids, ["c1"]);
+        assert_eq!(send(&plain).await, conns, "{s:?}: without routes, gone at once");
+
+        tokio::time::sleep(ttl + Duration::from_millis(50)).await;
+        assert_eq!(send(&routed).await, conns, "{s:?}: expired, read again, gone");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), inbox.recv())
+                .await
+                .is_err(),
+            "{s:?}: nothing published for a gone connection"
+        );
+    }
+}
+
 #[tokio::test]
 async fn rate_limit_allows_exactly_the_limit_per_sliding_window() {
     for s in backends("ratelimit").await {

@@ -56,6 +56,13 @@ struct Inner {
 /// Fan-out shards: events of one channel stay in order on one shard.
 const FANOUT_SHARDS: usize = 4;
 
+/// How long the fan-out remembers which replica holds a member's
+/// connection ([`Delivery::with_routes`]): a message to a channel whose
+/// members it addressed lately reads no registry entry. A member whose
+/// session vanished without a leave (its gateway died; the gateways' reaper
+/// removes those too) is found gone by a message at most this long after.
+const FANOUT_ROUTE_TTL: Duration = Duration::from_secs(5);
+
 fn info(rec: &ChannelRecord, members: &[MemberRecord]) -> Channel {
     Channel {
         channel_id: rec.channel_id.clone(),
@@ -133,7 +140,7 @@ impl ChannelService {
     pub fn new(state: SharedState, config: ChannelConfig, shutdown: CancellationToken) -> Self {
         // Lookups only: the TTL matters to whoever registers sessions.
         let registry = SessionRegistry::new(state.clone(), Duration::from_secs(60));
-        let delivery = Delivery::new(state.clone(), registry);
+        let delivery = Delivery::new(state.clone(), registry).with_routes(FANOUT_ROUTE_TTL);
         Self::with_delivery(state, delivery, config, shutdown)
     }
 
