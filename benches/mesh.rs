@@ -18,11 +18,15 @@
 //!   service against a HEARTBEAT the gateway answers itself, on one
 //!   connection and on 16 at once (round trip and throughput); then the
 //!   same against a bare WebSocket server that writes the protocol's frames
-//!   and nothing else (the floor: what the second frame of a message costs);
+//!   and nothing else (the floor: what the second frame of a message costs).
+//!   With two cores or more it runs both again as their own processes,
+//!   the server on core 0 and the clients on core 1 (the issue's setup);
 //! - `fanout`: one chat message to a 1,000-member channel whose members are
 //!   split over two gateway replicas on Redis (needs `REDIS_URL`): time from
-//!   send to the last member's delivery; then its floor, a bare WebSocket
-//!   server writing one frame to 1,000 connections read the same way.
+//!   send to the last member's delivery, with the mesh in this process and
+//!   then as processes (`relaymesh up` plus a `relaymesh gateway`, as
+//!   deployed); then its floor, a bare WebSocket server writing one frame
+//!   to 1,000 connections read the same way.
 //! - `signal`: seed 004 matches negotiated per second (join, request,
 //!   accept, offer, answer, 4 ICE candidates each way; players on two
 //!   gateway replicas), and one relayed SDP offer (sender's socket to the
@@ -35,8 +39,10 @@
 //!
 //! `cargo bench --bench mesh` runs all; `cargo bench --bench mesh -- rpc`
 //! runs one. `BENCH_ITERS` and `BENCH_SOCKETS` scale them;
-//! `BENCH_LIVECHAT_MODES` (`process`, `network`, `floor`) and `BENCH_LIVECHAT_CONNS`
-//! (say `16`) narrow `livechat` to one case, to attach a profiler.
+//! `BENCH_LIVECHAT_MODES` (`process`, `network`, `floor`, `separate`,
+//! `separate-floor`) and `BENCH_LIVECHAT_CONNS` (say `16`) narrow `livechat`
+//! to one case, to attach a profiler; `BENCH_FANOUT_MODES` (`in-process`,
+//! `processes`, `floor`) narrows `fanout`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -144,6 +150,156 @@ async fn start_mesh(extra: &[&str]) -> relaymesh::Mesh {
     relaymesh::Mesh::start(relaymesh::MeshOptions::loopback(&args).unwrap())
         .await
         .unwrap()
+}
+
+/// A server of the bench running as its own process (`relaymesh up`, a
+/// `relaymesh gateway`, or this bench serving a floor), stopped on drop.
+struct ServerProcess {
+    child: tokio::process::Child,
+}
+
+impl ServerProcess {
+    /// Starts `cmd`, pinned to `cores` with `taskset` when given.
+    fn spawn(
+        cores: Option<&str>,
+        program: &std::path::Path,
+        configure: impl FnOnce(&mut tokio::process::Command),
+    ) -> Self {
+        let mut cmd = match cores {
+            Some(cores) => {
+                let mut c = tokio::process::Command::new("taskset");
+                c.args(["-c", cores]).arg(program);
+                c
+            }
+            None => tokio::process::Command::new(program),
+        };
+        cmd.env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        configure(&mut cmd);
+        Self {
+            child: cmd.spawn().unwrap(),
+        }
+    }
+
+    /// Lines of the process's standard output up to (and including) the
+    /// first that starts with `last`.
+    async fn read_until(&mut self, last: &str) -> Vec<String> {
+        use tokio::io::AsyncBufReadExt;
+        let out = self.child.stdout.as_mut().unwrap();
+        let mut out = tokio::io::BufReader::new(out);
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            assert!(out.read_line(&mut line).await.unwrap() > 0, "server process exited");
+            let done = line.trim().starts_with(last);
+            lines.push(line.trim().to_owned());
+            if done {
+                return lines;
+            }
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// `relaymesh up` as its own process (the binary users run), pinned to
+/// `cores` when given; `env` adds to its environment. Returns it with the
+/// gateway's address and each role's gRPC address as it printed them.
+async fn up_process(
+    cores: Option<&str>,
+    env: &[(&str, &str)],
+) -> (ServerProcess, std::net::SocketAddr, Vec<(String, String)>) {
+    let mut up = ServerProcess::spawn(cores, std::path::Path::new(env!("CARGO_BIN_EXE_relaymesh")), |c| {
+        c.arg("up")
+            .env("PORT", "0")
+            .env("MEDIA_UDP_PORT", "0")
+            .env("DATABASE_URL", "sqlite::memory:")
+            .env("JWT_SECRET", SECRET)
+            .env("RATE_LIMIT_CONN_PER_SEC", "0")
+            .env("RATE_LIMIT_USER_PER_SEC", "0")
+            .env_remove("REDIS_URL")
+            .env_remove("REDIS_CLUSTER_URLS")
+            .envs(env.iter().copied());
+    });
+    let mut gateway = None;
+    let mut services = Vec::new();
+    for line in up.read_until("ready:").await {
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next()) {
+            (Some("gateway"), Some(url)) => gateway = Some(url.trim_start_matches("http://").parse().unwrap()),
+            (Some(role), Some(url)) if url.starts_with("grpc://") => {
+                services.push((role.to_owned(), url.replacen("grpc://", "http://", 1)));
+            }
+            _ => {}
+        }
+    }
+    (up, gateway.unwrap(), services)
+}
+
+/// A `relaymesh gateway` process on the roles `services` of an
+/// [`up_process`] and on `redis` (a second replica, as in Kubernetes).
+async fn gateway_process(
+    services: &[(String, String)],
+    redis: &str,
+    prefix: &str,
+) -> (ServerProcess, std::net::SocketAddr) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let gateway = ServerProcess::spawn(None, std::path::Path::new(env!("CARGO_BIN_EXE_relaymesh")), |c| {
+        c.arg("gateway")
+            .env("HOST", "127.0.0.1")
+            .env("PORT", port.to_string())
+            .env("JWT_SECRET", SECRET)
+            .env("REDIS_URL", redis)
+            .env_remove("REDIS_CLUSTER_URLS")
+            .env("REDIS_KEY_PREFIX", prefix);
+        for (role, url) in services {
+            let var = format!("{}_URL", role.to_uppercase().replace('-', "_"));
+            c.env(var, url);
+        }
+    });
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !gateway_ready(addr).await {
+        assert!(Instant::now() < deadline, "the gateway process never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (gateway, addr)
+}
+
+/// True when the gateway at `addr` listens and its `/readyz` says ready.
+async fn gateway_ready(addr: std::net::SocketAddr) -> bool {
+    if tokio::net::TcpStream::connect(addr).await.is_err() {
+        return false;
+    }
+    http(addr, "GET", "/readyz", None, "").await.contains("\"ready\":true")
+}
+
+/// Pins every thread of this process (the bench's clients) to `cores`
+/// (`taskset -a -p`); threads started later inherit it.
+fn pin_bench(cores: &str) {
+    let pinned = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", cores, &std::process::id().to_string()])
+        .stdout(std::process::Stdio::null())
+        .status();
+    if !pinned.is_ok_and(|s| s.success()) {
+        eprintln!("(could not pin the bench to cores {cores})");
+    }
+}
+
+/// Cores of this machine, as `taskset` lists them (`0-N`).
+fn all_cores() -> String {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    format!("0-{}", n - 1)
 }
 
 /// Raw loopback TCP: one 64-byte write, one 64-byte read back.
@@ -585,6 +741,52 @@ async fn bench_livechat(iters: usize) {
         let floor = floor_server().await;
         livechat_rows(floor.addr, iters).await;
     }
+    // The issue's setup: the server as its own process on one core, the
+    // clients on another, so the clients' reads of the second frame are
+    // not counted against the server's core.
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        return;
+    }
+    if wants("separate") {
+        println!(
+            "== livechat: MESSAGE_CREATE against HEARTBEAT; `relaymesh up` as its own process on core 0, the clients on core 1"
+        );
+        let (up, addr, _) = up_process(Some("0"), &[]).await;
+        pin_bench("1");
+        livechat_rows(addr, iters).await;
+        pin_bench(&all_cores());
+        drop(up);
+    }
+    if wants("separate-floor") {
+        println!("== livechat floor: the bare WebSocket server as its own process on core 0, the clients on core 1");
+        let mut floor = ServerProcess::spawn(Some("0"), &std::env::current_exe().unwrap(), |c| {
+            c.env(SERVE_FLOOR, "1");
+        });
+        let line = floor.read_until("floor").await.pop().unwrap();
+        let addr = line.trim_start_matches("floor").trim().parse().unwrap();
+        pin_bench("1");
+        livechat_rows(addr, iters).await;
+        pin_bench(&all_cores());
+        drop(floor);
+    }
+}
+
+/// Set in the environment of this bench started as a child: it then only
+/// serves the livechat floor ([`floor_server`]), prints `floor <address>`,
+/// and exits when its standard input closes.
+const SERVE_FLOOR: &str = "BENCH_SERVE_FLOOR";
+
+fn serve_floor() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // The server's tasks run on the runtime's workers while this thread
+    // waits for standard input to close.
+    let floor = rt.block_on(floor_server());
+    println!("floor {}", floor.addr);
+    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+    drop(floor);
 }
 
 /// Connects the livechat clients to `addr` (1 and 16 connections, or
@@ -705,20 +907,76 @@ async fn floor_server() -> BareServer {
     .await
 }
 
+const FANOUT_MEMBERS: usize = 1000;
+
 async fn bench_fanout(messages: usize) {
     let Ok(redis) = std::env::var("REDIS_URL") else {
         println!("== fanout: skipped (set REDIS_URL: two gateway replicas share Redis)");
         return;
     };
-    const MEMBERS: usize = 1000;
-    println!("== fanout: {messages} messages, one every 200 ms, to {MEMBERS} members on two gateway replicas (Redis)");
-    let mut options =
-        relaymesh::MeshOptions::loopback(&["--jwt-secret", SECRET, "--max-channel-members", "2000"]).unwrap();
-    options.redis_url = Some(redis.clone());
-    options.redis_key_prefix = format!("bench-fanout-{}", std::process::id());
-    let mut mesh = relaymesh::Mesh::start(options).await.unwrap();
-    let second = mesh.add_gateway(0, None).await.unwrap();
-    let mut sender = Chat::connect(mesh.gateway_addr, "sender").await;
+    // BENCH_FANOUT_MODES=in-process|processes|floor narrows the run.
+    let modes = std::env::var("BENCH_FANOUT_MODES").unwrap_or_default();
+    let wants = |key: &str| modes.is_empty() || modes.split(',').any(|m| m == key);
+    let metrics = std::env::var_os("BENCH_FANOUT_METRICS").is_some();
+    if wants("in-process") {
+        println!(
+            "== fanout: {messages} messages, one every 200 ms, to {FANOUT_MEMBERS} members on two gateway replicas (Redis); the mesh in this process"
+        );
+        let mut options =
+            relaymesh::MeshOptions::loopback(&["--jwt-secret", SECRET, "--max-channel-members", "2000"]).unwrap();
+        options.redis_url = Some(redis.clone());
+        options.redis_key_prefix = format!("bench-fanout-{}", std::process::id());
+        let mut mesh = relaymesh::Mesh::start(options).await.unwrap();
+        let second = mesh.add_gateway(0, None).await.unwrap();
+        fanout_rounds(mesh.gateway_addr, second, messages).await;
+        if metrics {
+            print_histograms(mesh.gateway_addr).await;
+        }
+        mesh.shutdown().await.unwrap();
+    }
+    if wants("processes") {
+        // As deployed: each replica its own process (in Kubernetes, its own
+        // pod), so the two deliver in parallel rather than in one runtime.
+        println!(
+            "== fanout: {messages} messages, one every 200 ms, to {FANOUT_MEMBERS} members on two gateway replicas (Redis); `relaymesh up` and a second `relaymesh gateway` as processes"
+        );
+        let prefix = format!("bench-fanout-processes-{}", std::process::id());
+        let (up, first, services) = up_process(
+            None,
+            &[
+                ("REDIS_URL", redis.as_str()),
+                ("REDIS_KEY_PREFIX", prefix.as_str()),
+                ("MAX_CHANNEL_MEMBERS", "2000"),
+            ],
+        )
+        .await;
+        let (second_process, second) = gateway_process(&services, &redis, &prefix).await;
+        fanout_rounds(first, second, messages).await;
+        if metrics {
+            print_histograms(first).await;
+        }
+        drop((second_process, up));
+    }
+    redis_replies(&redis, FANOUT_MEMBERS).await;
+    if wants("floor") {
+        bench_fanout_floor(messages).await;
+    }
+}
+
+/// Where the time before the first delivery goes: the mesh's own
+/// histograms at `gateway` (the fan-out job, the RPCs, shared-state calls).
+async fn print_histograms(gateway: std::net::SocketAddr) {
+    let text = http(gateway, "GET", "/metrics", None, "").await;
+    for line in text.lines().filter(|l| l.contains("_sum") || l.contains("_count")) {
+        println!("  {line}");
+    }
+}
+
+/// Joins [`FANOUT_MEMBERS`] members to one channel, half on each of the
+/// gateways `first` and `second`, then sends `messages` messages, one every
+/// 200 ms, and prints send -> first and last member's delivery.
+async fn fanout_rounds(first: std::net::SocketAddr, second: std::net::SocketAddr, messages: usize) {
+    let mut sender = Chat::connect(first, "sender").await;
     sender.call(10, serde_json::json!({"channel_id": "big"})).await;
     sender
         .call(11, serde_json::json!({"channel_id": "big", "ssrc": 1}))
@@ -726,10 +984,10 @@ async fn bench_fanout(messages: usize) {
     // Members join, 64 at a time, half on each replica (issue 12's "an
     // event start where everyone joins at once").
     let joins_started = Instant::now();
-    let mut members = Vec::with_capacity(MEMBERS);
-    for chunk in (0..MEMBERS).collect::<Vec<_>>().chunks(64) {
+    let mut members = Vec::with_capacity(FANOUT_MEMBERS);
+    for chunk in (0..FANOUT_MEMBERS).collect::<Vec<_>>().chunks(64) {
         let joins = chunk.iter().map(|&i| {
-            let addr = if i % 2 == 0 { mesh.gateway_addr } else { second };
+            let addr = if i % 2 == 0 { first } else { second };
             async move {
                 let mut c = Chat::connect(addr, &format!("m{i}")).await;
                 c.call(11, serde_json::json!({"channel_id": "big", "ssrc": i + 2}))
@@ -741,7 +999,7 @@ async fn bench_fanout(messages: usize) {
     }
     println!(
         "{:<44} {:>9.1?}",
-        format!("{MEMBERS} joins answered (64 in flight)"),
+        format!("{FANOUT_MEMBERS} joins answered (64 in flight)"),
         joins_started.elapsed()
     );
     let (mut rx, readers) = fanout_readers(members.into_iter().map(|c| c.ws).collect());
@@ -757,7 +1015,7 @@ async fn bench_fanout(messages: usize) {
         )
         .await;
     let mut settled = 0;
-    while settled < MEMBERS {
+    while settled < FANOUT_MEMBERS {
         let (n, _) = rx.recv().await.unwrap();
         settled += usize::from(n == settle);
     }
@@ -777,20 +1035,10 @@ async fn bench_fanout(messages: usize) {
             .await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    fanout_report(&mut rx, &sent_at, MEMBERS).await;
-    redis_replies(&redis, MEMBERS).await;
-    if std::env::var_os("BENCH_FANOUT_METRICS").is_some() {
-        // Where the time before the first delivery goes (the mesh's own
-        // histograms: the fan-out job, the RPCs, shared-state calls).
-        let text = http(mesh.gateway_addr, "GET", "/metrics", None, "").await;
-        for line in text.lines().filter(|l| l.contains("_sum") || l.contains("_count")) {
-            println!("  {line}");
-        }
-    }
+    fanout_report(&mut rx, &sent_at, FANOUT_MEMBERS).await;
     for r in readers {
         r.abort();
     }
-    mesh.shutdown().await.unwrap();
 }
 
 /// What a fan-out's two 1,000-element reads cost through the state crate
@@ -902,7 +1150,7 @@ async fn fanout_report(rx: &mut Arrivals, sent_at: &[Instant], members: usize) {
 /// sender's request. What 1,000 socket writes and reads cost on this
 /// machine.
 async fn bench_fanout_floor(messages: usize) {
-    const MEMBERS: usize = 1000;
+    const MEMBERS: usize = FANOUT_MEMBERS;
     println!(
         "== fanout floor: a bare WebSocket server writing {messages} frames, one every 200 ms, to {MEMBERS} connections"
     );
@@ -1094,6 +1342,9 @@ async fn bench_signal(iters: usize) {
 }
 
 fn main() {
+    if std::env::var_os(SERVE_FLOOR).is_some() {
+        return serve_floor();
+    }
     let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let wants = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
     let iters = env_usize("BENCH_ITERS", 5000);
@@ -1123,7 +1374,6 @@ fn main() {
         }
         if wants("fanout") {
             bench_fanout(env_usize("BENCH_FANOUT_MESSAGES", 50)).await;
-            bench_fanout_floor(env_usize("BENCH_FANOUT_MESSAGES", 50)).await;
         }
     });
 }
