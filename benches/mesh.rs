@@ -296,6 +296,14 @@ fn pin_bench(cores: &str) {
     }
 }
 
+/// Whether `taskset` (util-linux) can pin processes here.
+fn has_taskset() -> bool {
+    std::process::Command::new("taskset")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
 /// Cores of this machine, as `taskset` lists them (`0-N`).
 fn all_cores() -> String {
     let n = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -744,7 +752,10 @@ async fn bench_livechat(iters: usize) {
     // The setup: the server as its own process on one core, the
     // clients on another, so the clients' reads of the second frame are
     // not counted against the server's core.
-    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 || !has_taskset() {
+        if wants("separate") || wants("separate-floor") {
+            println!("== livechat on separate cores: skipped (needs two cores and taskset)");
+        }
         return;
     }
     if wants("separate") {
