@@ -156,10 +156,13 @@ async fn start_mesh(extra: &[&str]) -> relaymesh::Mesh {
 /// `relaymesh gateway`, or this bench serving a floor), stopped on drop.
 struct ServerProcess {
     child: tokio::process::Child,
+    /// Its standard output, read a line at a time.
+    out: tokio::io::BufReader<tokio::process::ChildStdout>,
 }
 
 impl ServerProcess {
-    /// Starts `cmd`, pinned to `cores` with `taskset` when given.
+    /// Starts `program`, set up by `configure`, pinned to `cores` with
+    /// `taskset` when given.
     fn spawn(
         cores: Option<&str>,
         program: &std::path::Path,
@@ -178,21 +181,22 @@ impl ServerProcess {
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true);
         configure(&mut cmd);
-        Self {
-            child: cmd.spawn().unwrap(),
-        }
+        let mut child = cmd.spawn().unwrap();
+        let out = tokio::io::BufReader::new(child.stdout.take().unwrap());
+        Self { child, out }
     }
 
     /// Lines of the process's standard output up to (and including) the
     /// first that starts with `last`.
     async fn read_until(&mut self, last: &str) -> Vec<String> {
         use tokio::io::AsyncBufReadExt;
-        let out = self.child.stdout.as_mut().unwrap();
-        let mut out = tokio::io::BufReader::new(out);
         let mut lines = Vec::new();
         loop {
             let mut line = String::new();
-            assert!(out.read_line(&mut line).await.unwrap() > 0, "server process exited");
+            assert!(
+                self.out.read_line(&mut line).await.unwrap() > 0,
+                "server process exited"
+            );
             let done = line.trim().starts_with(last);
             lines.push(line.trim().to_owned());
             if done {
