@@ -513,36 +513,8 @@ fn rss_kib(pid: u32) -> u64 {
 
 async fn bench_idle_sockets(n: usize) {
     println!("== idle-sockets: resident memory per idle authenticated socket ({n} copilot sockets)");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_relaymesh"))
-        .arg("up")
-        .env("PORT", "0")
-        .env("MEDIA_UDP_PORT", "0")
-        .env("DATABASE_URL", "sqlite::memory:")
-        .env("JWT_SECRET", SECRET)
-        .env("RUST_LOG", "warn")
-        .env_remove("REDIS_URL")
-        .env_remove("REDIS_CLUSTER_URLS")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let pid = child.id().unwrap();
-    let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap());
-    let addr = loop {
-        let mut line = String::new();
-        tokio::io::AsyncBufReadExt::read_line(&mut out, &mut line)
-            .await
-            .unwrap();
-        if let Some(rest) = line.trim().strip_prefix("gateway") {
-            break rest
-                .trim()
-                .trim_start_matches("http://")
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .to_owned();
-        }
-    };
+    let (up, addr, _) = up_process(None, &[]).await;
+    let pid = up.child.id().unwrap();
     // Warm the process (first connections allocate lazily-grown tables).
     let mut sockets = Vec::with_capacity(n + 50);
     let t = token("idle");
@@ -566,7 +538,7 @@ async fn bench_idle_sockets(n: usize) {
     println!("(includes the socket's session-registry entry, in-memory backend; kernel socket buffers excluded)");
     println!("goal: <= 8192 bytes; tungstenite's default buffers alone would be > 131072 bytes");
     drop(sockets);
-    let _ = child.kill().await;
+    drop(up);
 }
 
 const NODE_SECRET: &str = "YmVuY2gtbm9kZS1zZWNyZXQ=";

@@ -184,16 +184,27 @@ impl Routes {
         let mut unrouted = Vec::new();
         for conn in conns {
             match table.by_connection.get(conn.as_str()) {
-                Some((gateway, until)) if *until > now => match by_gateway.get_mut(gateway) {
-                    Some(ids) => ids.push(conn.as_str().to_owned()),
-                    None => {
-                        by_gateway.insert(gateway.clone(), vec![conn.as_str().to_owned()]);
+                Some((gateway, until)) if *until > now => {
+                    // The replica's name is cloned once per send, not once
+                    // per connection.
+                    if !by_gateway.contains_key(gateway) {
+                        by_gateway.insert(gateway.clone(), Vec::new());
                     }
-                },
+                    if let Some(ids) = by_gateway.get_mut(gateway) {
+                        ids.push(conn.as_str().to_owned());
+                    }
+                }
                 _ => unrouted.push(conn.clone()),
             }
         }
         unrouted
+    }
+
+    /// How long the route of `conn` read now lives: between ttl/2 and
+    /// ttl, by connection.
+    fn lifetime(&self, conn: &ConnectionId) -> Duration {
+        let spread = self.spread.hash_one(conn.as_str()) % 1024;
+        self.ttl / 2 + self.ttl / 2 * spread as u32 / 1024
     }
 
     /// Keeps the routes of connections just read from the registry (and
@@ -208,12 +219,10 @@ impl Routes {
         for (conn, entry) in read {
             match entry {
                 Some(e) => {
-                    // Between ttl/2 and ttl, by connection.
-                    let spread = self.spread.hash_one(conn.as_str()) % 1024;
-                    let ttl = self.ttl / 2 + self.ttl / 2 * spread as u32 / 1024;
+                    let until = now + self.lifetime(conn);
                     table
                         .by_connection
-                        .insert(conn.as_str().to_owned(), (e.gateway_id.clone(), now + ttl));
+                        .insert(conn.as_str().to_owned(), (e.gateway_id.clone(), until));
                 }
                 None => {
                     table.by_connection.remove(conn.as_str());
@@ -279,5 +288,55 @@ impl GatewayInbox {
                 Err(_) => metrics::counter!("relaymesh_delivery_envelopes_corrupt_total").increment(1),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(conn: &ConnectionId, gateway: &str) -> Option<SessionEntry> {
+        Some(SessionEntry {
+            connection_id: conn.as_str().to_owned(),
+            gateway_id: gateway.to_owned(),
+            ..Default::default()
+        })
+    }
+
+    /// Routes read together expire spread over (ttl/2, ttl], so a
+    /// channel's members are not all looked up again in one send; once a
+    /// ttl has passed, the next read drops the expired ones from memory.
+    #[test]
+    fn routes_read_together_expire_spread_and_expired_ones_are_dropped() {
+        let ttl = Duration::from_secs(60);
+        let routes = Routes::new(ttl);
+        let conns: Vec<ConnectionId> = (0..1000).map(|i| ConnectionId::new(format!("c{i}"))).collect();
+        let lifetimes: Vec<Duration> = conns.iter().map(|c| routes.lifetime(c)).collect();
+        assert!(lifetimes.iter().all(|l| *l >= ttl / 2 && *l <= ttl));
+        let early = lifetimes.iter().filter(|l| **l < ttl * 3 / 4).count();
+        assert!(
+            (300..=700).contains(&early),
+            "about half expire in the first half of the window: {early}"
+        );
+
+        let entries: Vec<Option<SessionEntry>> = conns.iter().map(|c| entry(c, "gw-a")).collect();
+        routes.remember(conns.iter().zip(&entries));
+        let mut by_gateway = HashMap::new();
+        assert!(routes.resolve(&conns, &mut by_gateway).is_empty());
+        assert_eq!(by_gateway["gw-a"].len(), 1000);
+
+        // Within the ttl nothing is dropped.
+        let fresh = ConnectionId::new("fresh");
+        let fresh_entry = entry(&fresh, "gw-b");
+        routes.remember(std::iter::once((&fresh, &fresh_entry)));
+        assert_eq!(routes.table().by_connection.len(), 1001);
+
+        // With a ttl of zero every route is expired as soon as it is read,
+        // and each read drops the expired ones before keeping its own.
+        let instant = Routes::new(Duration::ZERO);
+        instant.remember(conns.iter().zip(&entries));
+        instant.remember(std::iter::once((&fresh, &fresh_entry)));
+        assert_eq!(instant.table().by_connection.len(), 1);
+        assert_eq!(instant.resolve(&conns, &mut HashMap::new()).len(), 1000);
     }
 }
