@@ -376,12 +376,12 @@ impl ChannelService {
     /// Removes the member; its relay peer is removed after the lock.
     async fn leave_locked(&self, channel_id: &str, session_id: &str) -> Result<RelayFollowUp> {
         let store = &self.inner.store;
-        let rec = store.require(channel_id).await?;
+        let mut rec = store.require(channel_id).await?;
         let member = store
             .member(channel_id, session_id)
             .await?
             .ok_or(ChannelError::NotJoined)?;
-        store.remove_member(channel_id, session_id).await?;
+        store.remove_member(&mut rec, session_id).await?;
         let mut follow_up = RelayFollowUp {
             removed: vec![member.ssrc],
             floor: false,
@@ -423,6 +423,7 @@ impl ChannelService {
             capacity: clamp(u64::from(req.capacity), u64::from(cfg.max_channel_members)) as u32,
             floor,
             max_talk_ms: clamp(req.max_talk_ms, cfg.floor_max_talk_ms),
+            members_version: 0,
         };
         if !self.inner.store.create(&rec).await? {
             return Err(ChannelError::Exists(rec.channel_id));
@@ -447,7 +448,7 @@ impl ChannelService {
         let joined = self
             .locked(&rec.channel_id, async || {
                 // Checked again: the channel may have changed meanwhile.
-                let rec = store.require(&req.channel_id).await?;
+                let mut rec = store.require(&req.channel_id).await?;
                 if store.member(&rec.channel_id, &who.session_id).await?.is_some() {
                     return Err(ChannelError::AlreadyJoined);
                 }
@@ -460,7 +461,7 @@ impl ChannelService {
                     session_id: who.session_id.clone(),
                     ssrc: req.ssrc,
                 };
-                store.add_member(&rec.channel_id, &me).await?;
+                store.add_member(&mut rec, &me).await?;
                 let event = ChannelEvent {
                     session_id: Some(me.session_id.clone()),
                     ssrc: Some(me.ssrc),
@@ -563,7 +564,7 @@ impl ChannelService {
             self.broadcast(&rec.channel_id, &members, Event::ChannelEvent(event))
                 .await;
             for m in &members {
-                store.remove_member(&rec.channel_id, &m.session_id).await?;
+                store.forget_member(&rec.channel_id, &m.session_id).await?;
             }
             store.delete(&rec.channel_id).await?;
             tracing::info!(channel_id = %rec.channel_id, "channel deleted");
@@ -578,10 +579,12 @@ impl ChannelService {
     async fn send_message(&self, req: SendMessageRequest) -> Result<SendMessageResponse> {
         let store = &self.inner.store;
         let who = caller(req.caller)?;
-        // The channel and its members' sessions in one round trip (the two
-        // reads are issued together); membership is checked in that list,
-        // and member records are not decoded: a message needs only who.
-        let (_, sessions) = tokio::try_join!(store.require(&req.channel_id), store.member_sessions(&req.channel_id))?;
+        // The record, then its members' sessions: kept by this replica while
+        // the record's members_version stays, so a busy channel's message
+        // reads one small key. Membership is checked in that list, and
+        // member records are not decoded: a message needs only who.
+        let rec = store.require(&req.channel_id).await?;
+        let sessions = store.member_sessions(&rec).await?;
         if req.content.trim().is_empty() {
             return Err(ChannelError::EmptyMessage);
         }
@@ -596,7 +599,7 @@ impl ChannelService {
         if let Some(cap) = self.inner.config.fanout_rate() {
             store.charge_fanout(&req.channel_id, cap, sessions.len()).await?;
         }
-        let recipients = sessions.into_iter().map(ConnectionId::new).collect();
+        let recipients = sessions.iter().cloned().map(ConnectionId::new).collect();
         let event = Event::MessageEvent(MessageEvent {
             channel_id: req.channel_id.clone(),
             message_id: message_id.clone(),

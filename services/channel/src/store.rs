@@ -5,6 +5,12 @@
 //! `chan-floor:<id>` floor, `sess-chans:<session>` set of channel ids,
 //! `chan-lock:<id>` the short lock that serialises changes to one channel,
 //! `chan-fanout:<id>` the channel's fan-out bucket (GCRA).
+//!
+//! A chat message needs the member list, which rarely changes while a
+//! channel is busy: each replica keeps the lists it read
+//! ([`ChannelStore::member_sessions`]), valid while the record's
+//! `members_version` (a fresh random value written by every join and leave,
+//! after the member hash changes) is the one they were read under.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -25,6 +31,12 @@ pub struct ChannelRecord {
     pub capacity: u32,
     pub floor: FloorPolicy,
     pub max_talk_ms: u64,
+    /// Changed (to a fresh random nonzero value) by every change to the
+    /// member hash, after it: a member list read after this value was read
+    /// is at least as new as the value. 0 (a record from before the field,
+    /// or a channel nobody has joined): unknown, never cached under.
+    #[serde(default)]
+    pub members_version: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -41,6 +53,51 @@ pub struct ChannelStore {
     /// here in order, so only one of them at a time competes for the shared
     /// lock (no polling storm when a thousand users join at once).
     local: Arc<Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>>,
+    /// Member lists this replica read, by channel, under their version.
+    members: Arc<Mutex<MemberCache>>,
+}
+
+/// The member lists a replica read, each under the `members_version` it
+/// was read after. Bounded by the session ids it holds in all; when full,
+/// lists are dropped (and read again when next needed).
+#[derive(Debug, Default)]
+struct MemberCache {
+    lists: HashMap<String, (u64, Arc<[String]>)>,
+    /// Session ids held in all lists.
+    held: usize,
+}
+
+/// The most session ids the member cache holds (about 50 bytes each).
+const MEMBER_CACHE_IDS: usize = 1 << 18;
+
+impl MemberCache {
+    fn get(&self, channel_id: &str, version: u64) -> Option<Arc<[String]>> {
+        match self.lists.get(channel_id) {
+            Some((v, list)) if *v == version && version != 0 => Some(list.clone()),
+            _ => None,
+        }
+    }
+
+    fn put(&mut self, channel_id: &str, version: u64, list: Arc<[String]>) {
+        self.forget(channel_id);
+        if version == 0 || list.len() > MEMBER_CACHE_IDS {
+            return;
+        }
+        while self.held + list.len() > MEMBER_CACHE_IDS {
+            let Some(victim) = self.lists.keys().next().cloned() else {
+                break;
+            };
+            self.forget(&victim);
+        }
+        self.held += list.len();
+        self.lists.insert(channel_id.to_owned(), (version, list));
+    }
+
+    fn forget(&mut self, channel_id: &str) {
+        if let Some((_, list)) = self.lists.remove(channel_id) {
+            self.held -= list.len();
+        }
+    }
 }
 
 /// Held while one operation changes one channel; released by
@@ -72,7 +129,12 @@ impl ChannelStore {
         Self {
             state,
             local: Arc::default(),
+            members: Arc::default(),
         }
+    }
+
+    fn member_cache(&self) -> std::sync::MutexGuard<'_, MemberCache> {
+        self.members.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn local_queue(&self, channel_id: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -176,6 +238,7 @@ impl ChannelStore {
         ] {
             self.state.delete(&key).await?;
         }
+        self.member_cache().forget(id);
         Ok(())
     }
 
@@ -188,10 +251,19 @@ impl ChannelStore {
         Ok(out)
     }
 
-    /// The session ids of the channel's members, without reading their
-    /// records: what a chat message needs (membership and recipients).
-    pub async fn member_sessions(&self, id: &str) -> Result<Vec<String>> {
-        Ok(self.state.hash_fields(&format!("chan-members:{id}")).await?)
+    /// The session ids of the members of `rec`'s channel, without reading
+    /// their records: what a chat message needs (membership and
+    /// recipients). Read from the member hash only when this replica has no
+    /// list under `rec.members_version`; `rec` must have been read before
+    /// this call, so the list read is at least as new as its version.
+    pub async fn member_sessions(&self, rec: &ChannelRecord) -> Result<Arc<[String]>> {
+        let id = &rec.channel_id;
+        if let Some(list) = self.member_cache().get(id, rec.members_version) {
+            return Ok(list);
+        }
+        let list: Arc<[String]> = self.state.hash_fields(&format!("chan-members:{id}")).await?.into();
+        self.member_cache().put(id, rec.members_version, list.clone());
+        Ok(list)
     }
 
     pub async fn member(&self, id: &str, session_id: &str) -> Result<Option<MemberRecord>> {
@@ -201,22 +273,43 @@ impl ChannelStore {
         }
     }
 
-    pub async fn add_member(&self, id: &str, m: &MemberRecord) -> Result<()> {
+    /// Adds `m` to the channel of `rec`, then gives `rec` (stored) a new
+    /// `members_version`. Under the channel's lock, with `rec` read under it.
+    pub async fn add_member(&self, rec: &mut ChannelRecord, m: &MemberRecord) -> Result<()> {
+        let id = &rec.channel_id;
         self.state
             .hash_set(&format!("chan-members:{id}"), &m.session_id, &encode(m))
             .await?;
         self.state
             .set_add(&format!("sess-chans:{}", m.session_id), id, None)
             .await?;
-        Ok(())
+        self.members_changed(rec).await
     }
 
-    pub async fn remove_member(&self, id: &str, session_id: &str) -> Result<bool> {
+    /// Removes the member `session_id` from the channel of `rec`, then gives
+    /// `rec` (stored) a new `members_version`. Under the channel's lock, with
+    /// `rec` read under it. False when it was not a member.
+    pub async fn remove_member(&self, rec: &mut ChannelRecord, session_id: &str) -> Result<bool> {
+        let removed = self.forget_member(&rec.channel_id, session_id).await?;
+        self.members_changed(rec).await?;
+        Ok(removed)
+    }
+
+    /// Removes the member's entries without a new version: for a channel
+    /// being deleted, whose record goes too.
+    pub async fn forget_member(&self, id: &str, session_id: &str) -> Result<bool> {
         self.state.set_remove(&format!("sess-chans:{session_id}"), id).await?;
         Ok(self
             .state
             .hash_delete(&format!("chan-members:{id}"), session_id)
             .await?)
+    }
+
+    /// Stores `rec` with a new `members_version`, after its member hash
+    /// changed: lists read before are no longer used for it.
+    async fn members_changed(&self, rec: &mut ChannelRecord) -> Result<()> {
+        rec.members_version = fastrand::u64(1..);
+        self.put(rec).await
     }
 
     pub async fn session_channels(&self, session_id: &str) -> Result<Vec<String>> {
@@ -254,5 +347,114 @@ async fn renew(state: SharedState, key: String, token: String, stop: Cancellatio
             }
             Err(err) => tracing::warn!(key, error = %err, "channel lock not renewed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use relaymesh_state::testing::backends;
+
+    use super::*;
+
+    fn record(id: &str) -> ChannelRecord {
+        ChannelRecord {
+            channel_id: id.to_owned(),
+            name: id.to_owned(),
+            creator_id: "creator".to_owned(),
+            capacity: 10,
+            floor: FloorPolicy::None,
+            max_talk_ms: 0,
+            members_version: 0,
+        }
+    }
+
+    fn member(session: &str) -> MemberRecord {
+        MemberRecord {
+            user_id: format!("user-{session}"),
+            session_id: session.to_owned(),
+            ssrc: 1,
+        }
+    }
+
+    async fn sessions(store: &ChannelStore, id: &str) -> Vec<String> {
+        let rec = store.require(id).await.unwrap();
+        let mut list = store.member_sessions(&rec).await.unwrap().to_vec();
+        list.sort();
+        list
+    }
+
+    #[tokio::test]
+    async fn member_lists_are_kept_until_a_join_or_leave_on_any_replica() {
+        for state in backends("channel-member-cache").await {
+            let (one, two) = (ChannelStore::new(state.clone()), ChannelStore::new(state.clone()));
+            let mut rec = record("c");
+            assert!(one.create(&rec).await.unwrap());
+            one.add_member(&mut rec, &member("a")).await.unwrap();
+            assert_ne!(rec.members_version, 0);
+            assert_eq!(sessions(&one, "c").await, ["a"]);
+            assert_eq!(sessions(&two, "c").await, ["a"]);
+
+            // A hash change that no version records is not seen: the lists
+            // read are kept under the version.
+            state
+                .hash_set("chan-members:c", "stray", &encode(&member("stray")))
+                .await
+                .unwrap();
+            assert_eq!(sessions(&one, "c").await, ["a"]);
+
+            // A join on one replica is seen by both, with the stray field.
+            let mut rec = one.require("c").await.unwrap();
+            one.add_member(&mut rec, &member("b")).await.unwrap();
+            assert_eq!(sessions(&two, "c").await, ["a", "b", "stray"]);
+            assert_eq!(sessions(&one, "c").await, ["a", "b", "stray"]);
+
+            // So is a leave, made on the other replica.
+            let mut rec = two.require("c").await.unwrap();
+            assert!(two.remove_member(&mut rec, "a").await.unwrap());
+            assert_eq!(sessions(&one, "c").await, ["b", "stray"]);
+
+            // A record without a version (from before it, or never joined)
+            // is read every time.
+            let mut rec = one.require("c").await.unwrap();
+            rec.members_version = 0;
+            one.put(&rec).await.unwrap();
+            assert_eq!(sessions(&one, "c").await, ["b", "stray"]);
+            state.hash_delete("chan-members:c", "stray").await.unwrap();
+            assert_eq!(sessions(&one, "c").await, ["b"]);
+
+            // A deleted and re-created channel starts with no list.
+            one.delete("c").await.unwrap();
+            let mut again = record("c");
+            assert!(two.create(&again).await.unwrap());
+            two.add_member(&mut again, &member("z")).await.unwrap();
+            assert_eq!(sessions(&one, "c").await, ["z"]);
+            assert_eq!(sessions(&two, "c").await, ["z"]);
+        }
+    }
+
+    #[test]
+    fn the_member_cache_holds_at_most_its_bound_of_ids() {
+        let list = |n: usize| -> Arc<[String]> { (0..n).map(|i| i.to_string()).collect() };
+        let mut cache = MemberCache::default();
+        cache.put("big", 1, list(MEMBER_CACHE_IDS - 10));
+        cache.put("small", 1, list(10));
+        assert_eq!(cache.held, MEMBER_CACHE_IDS);
+        assert!(cache.get("big", 1).is_some() && cache.get("small", 1).is_some());
+        // One more id: a list is dropped to make room.
+        cache.put("one", 7, list(1));
+        assert!(cache.held <= MEMBER_CACHE_IDS);
+        assert_eq!(cache.get("one", 7).map(|l| l.len()), Some(1));
+        assert!(cache.get("big", 1).is_none() || cache.get("small", 1).is_none());
+        // Another version of a channel replaces its list; version 0 and a
+        // list past the bound are not kept.
+        cache.put("one", 8, list(3));
+        assert!(cache.get("one", 7).is_none());
+        assert_eq!(cache.get("one", 8).map(|l| l.len()), Some(3));
+        cache.put("one", 0, list(3));
+        assert!(cache.get("one", 0).is_none() && cache.get("one", 8).is_none());
+        cache.put("huge", 1, list(MEMBER_CACHE_IDS + 1));
+        assert!(cache.get("huge", 1).is_none());
+        let held: usize = cache.lists.values().map(|(_, l)| l.len()).sum();
+        assert_eq!(cache.held, held);
     }
 }
