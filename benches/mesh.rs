@@ -42,7 +42,12 @@
 //! `BENCH_LIVECHAT_MODES` (`process`, `network`, `floor`, `separate`,
 //! `separate-floor`) and `BENCH_LIVECHAT_CONNS` (say `16`) narrow `livechat`
 //! to one case, to attach a profiler; `BENCH_FANOUT_MODES` (`in-process`,
-//! `processes`, `floor`) narrows `fanout`.
+//! `processes`, `floor`) narrows `fanout`. The modes that run `relaymesh`
+//! as processes (`livechat`'s `separate`, `fanout`'s `processes`) run a
+//! second build first when `BENCH_BASELINE_RELAYMESH` names its binary (say
+//! main's `target/release/relaymesh`, copied aside), so a change is read
+//! against its baseline in the same run; `BENCH_REPEAT=3` alternates them
+//! three times.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -219,7 +224,43 @@ async fn up_process(
     cores: Option<&str>,
     env: &[(&str, &str)],
 ) -> (ServerProcess, std::net::SocketAddr, Vec<(String, String)>) {
-    let mut up = ServerProcess::spawn(cores, std::path::Path::new(env!("CARGO_BIN_EXE_relaymesh")), |c| {
+    up_process_of(&this_build(), cores, env).await
+}
+
+/// The `relaymesh` binary built with this bench.
+fn this_build() -> std::path::PathBuf {
+    env!("CARGO_BIN_EXE_relaymesh").into()
+}
+
+/// The builds the process modes run, in order: a baseline build named by
+/// `BENCH_BASELINE_RELAYMESH` (another commit's `target/release/relaymesh`,
+/// copied aside) first when set, then this one; each with its label.
+fn builds() -> Vec<(&'static str, std::path::PathBuf)> {
+    let mut out = Vec::new();
+    if let Some(base) = std::env::var_os("BENCH_BASELINE_RELAYMESH") {
+        out.push(("baseline build", base.into()));
+    }
+    out.push(("this build", this_build()));
+    out
+}
+
+/// `builds` BENCH_REPEAT times (default once), interleaved (A, B, A, B),
+/// so a baseline and this build see the machine's same hour.
+fn repeated<T: Clone>(builds: Vec<T>) -> Vec<T> {
+    let times = std::env::var("BENCH_REPEAT")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1usize);
+    (0..times).flat_map(|_| builds.clone()).collect()
+}
+
+/// [`up_process`] of the binary `exe`.
+async fn up_process_of(
+    exe: &std::path::Path,
+    cores: Option<&str>,
+    env: &[(&str, &str)],
+) -> (ServerProcess, std::net::SocketAddr, Vec<(String, String)>) {
+    let mut up = ServerProcess::spawn(cores, exe, |c| {
         c.arg("up")
             .env("PORT", "0")
             .env("MEDIA_UDP_PORT", "0")
@@ -249,6 +290,7 @@ async fn up_process(
 /// A `relaymesh gateway` process on the roles `services` of an
 /// [`up_process`] and on `redis` (a second replica, as in Kubernetes).
 async fn gateway_process(
+    exe: &std::path::Path,
     services: &[(String, String)],
     redis: &str,
     prefix: &str,
@@ -258,7 +300,7 @@ async fn gateway_process(
         .local_addr()
         .unwrap()
         .port();
-    let gateway = ServerProcess::spawn(None, std::path::Path::new(env!("CARGO_BIN_EXE_relaymesh")), |c| {
+    let gateway = ServerProcess::spawn(None, exe, |c| {
         c.arg("gateway")
             .env("HOST", "127.0.0.1")
             .env("PORT", port.to_string())
@@ -735,14 +777,16 @@ async fn bench_livechat(iters: usize) {
         return;
     }
     if wants("separate") {
-        println!(
-            "== livechat: MESSAGE_CREATE against HEARTBEAT; `relaymesh up` as its own process on core 0, the clients on core 1"
-        );
-        let (up, addr, _) = up_process(Some("0"), &[]).await;
-        pin_bench("1");
-        livechat_rows(addr, iters).await;
-        pin_bench(&all_cores());
-        drop(up);
+        for (label, exe) in repeated(builds()) {
+            println!(
+                "== livechat: MESSAGE_CREATE against HEARTBEAT; `relaymesh up` ({label}) as its own process on core 0, the clients on core 1"
+            );
+            let (up, addr, _) = up_process_of(&exe, Some("0"), &[]).await;
+            pin_bench("1");
+            livechat_rows(addr, iters).await;
+            pin_bench(&all_cores());
+            drop(up);
+        }
     }
     if wants("separate-floor") {
         println!("== livechat floor: the bare WebSocket server as its own process on core 0, the clients on core 1");
@@ -924,25 +968,28 @@ async fn bench_fanout(messages: usize) {
     if wants("processes") {
         // As deployed: each replica its own process (in Kubernetes, its own
         // pod), so the two deliver in parallel rather than in one runtime.
-        println!(
-            "== fanout: {messages} messages, one every 200 ms, to {FANOUT_MEMBERS} members on two gateway replicas (Redis); `relaymesh up` and a second `relaymesh gateway` as processes"
-        );
-        let prefix = format!("bench-fanout-processes-{}", std::process::id());
-        let (up, first, services) = up_process(
-            None,
-            &[
-                ("REDIS_URL", redis.as_str()),
-                ("REDIS_KEY_PREFIX", prefix.as_str()),
-                ("MAX_CHANNEL_MEMBERS", "2000"),
-            ],
-        )
-        .await;
-        let (second_process, second) = gateway_process(&services, &redis, &prefix).await;
-        fanout_rounds(first, second, messages).await;
-        if metrics {
-            print_histograms(first).await;
+        for (round, (label, exe)) in repeated(builds()).into_iter().enumerate() {
+            println!(
+                "== fanout: {messages} messages, one every 200 ms, to {FANOUT_MEMBERS} members on two gateway replicas (Redis); `relaymesh up` and a second `relaymesh gateway` as processes ({label})"
+            );
+            let prefix = format!("bench-fanout-processes-{}-{round}", std::process::id());
+            let (up, first, services) = up_process_of(
+                &exe,
+                None,
+                &[
+                    ("REDIS_URL", redis.as_str()),
+                    ("REDIS_KEY_PREFIX", prefix.as_str()),
+                    ("MAX_CHANNEL_MEMBERS", "2000"),
+                ],
+            )
+            .await;
+            let (second_process, second) = gateway_process(&exe, &services, &redis, &prefix).await;
+            fanout_rounds(first, second, messages).await;
+            if metrics {
+                print_histograms(first).await;
+            }
+            drop((second_process, up));
         }
-        drop((second_process, up));
     }
     redis_replies(&redis, FANOUT_MEMBERS).await;
     if wants("floor") {
