@@ -60,13 +60,25 @@ pub fn token_with_secret(user: &str, ttl_secs: i64, secret: &str) -> String {
     .unwrap()
 }
 
-/// A loopback port free now, for a process the test starts.
+/// A loopback port free now, for a process the test starts; never one
+/// this test run handed out before. The kernel may give a port just
+/// released to the next `bind(0)`: two calls in a row once returned the
+/// same port, and the second scheduler of a test failed to bind while the
+/// test read the first one's health as the second's.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return port;
+        }
+    }
 }
 
 /// As [`http_get`], None when nothing answers yet (nothing listens, or the
