@@ -161,9 +161,10 @@ where
     let token = gw.tracker.token();
     ws
         // Small buffers keep an idle socket cheap; they grow while a large
-        // frame is read or written and shrink back with the frame.
+        // frame is read or written and shrink back with the frame. Frames
+        // fed together (`ws::flush`) are written together, up to 16 KiB.
         .read_buffer_size(1024)
-        .write_buffer_size(0)
+        .write_buffer_size(16 * 1024)
         .max_write_buffer_size(hard_cap.saturating_mul(2))
         // Frames over MAX_FRAME_BYTES (but under the hard cap) reach the
         // protocol, which answers its own error frame; beyond the cap

@@ -47,7 +47,7 @@ pub struct Shared {
     pub upstreams: Upstreams,
     pub state: SharedState,
     pub delivery: Delivery,
-    pub table: ConnectionTable,
+    pub table: Arc<ConnectionTable>,
     pub shutdown: CancellationToken,
     /// Counts live connection tasks, so shutdown can wait for them to close.
     pub tracker: TaskTracker,
@@ -72,7 +72,13 @@ pub async fn serve(
     let gateway_id = config.gateway_id.clone().map_or_else(GatewayId::random, GatewayId::new);
     let registry = SessionRegistry::new(state.clone(), config.session_ttl());
     let delivery = Delivery::new(state.clone(), registry.clone());
-    let inbox = delivery.inbox(&gateway_id).await?;
+    // Envelopes for this replica go straight to its sockets' queues: in
+    // memory, in the publisher's own task.
+    let table = Arc::new(ConnectionTable::default());
+    let inbox = {
+        let table = table.clone();
+        delivery.serve_inbox(&gateway_id, move |env| table.deliver(env)).await?
+    };
     // This replica's liveness, renewed until its sockets are drained; after a
     // shared-state reconnect it also registers every live session again.
     let liveness = GatewayLiveness::new(registry, gateway_id.clone());
@@ -89,7 +95,7 @@ pub async fn serve(
         upstreams,
         state,
         delivery,
-        table: ConnectionTable::default(),
+        table,
         shutdown: shutdown.clone(),
         tracker: TaskTracker::new(),
     });
@@ -99,7 +105,7 @@ pub async fn serve(
         backend = gw.state.backend_name(),
         "gateway listening"
     );
-    let inbox_task = tokio::spawn(run_inbox(inbox, gw.clone()));
+    let inbox_task = tokio::spawn(inbox.run());
     let reaper = tokio::spawn(reaper::run(gw.clone(), liveness, reaper_stop));
 
     let (grpc, grpc_health) = grpc_routes(gw.clone()).await?;
@@ -166,11 +172,4 @@ async fn grpc_routes(gw: Arc<Shared>) -> Result<(axum::Router, tonic_health::ser
         .into_axum_router()
         .layer(tonic_web::GrpcWebLayer::new());
     Ok((routes, health))
-}
-
-/// Hands envelopes published for this replica to their connections.
-async fn run_inbox(mut inbox: relaymesh_state::GatewayInbox, gw: Arc<Shared>) {
-    while let Some(env) = inbox.recv().await {
-        gw.table.deliver(env);
-    }
 }

@@ -63,19 +63,33 @@ impl Delivery {
         &self.registry
     }
 
+    /// Whether every delivery completes in this process without I/O (the
+    /// in-memory backend: registry reads, publishes and inboxes served by
+    /// [`Self::serve_inbox`] all are).
+    pub fn in_process(&self) -> bool {
+        matches!(self.state, SharedState::Memory(_))
+    }
+
     /// Publishes `envelope`, already addressed, to replica `gateway`.
-    /// Callers stamp it first ([`traced`]).
-    async fn publish(&self, gateway: &str, envelope: &Envelope) -> Result<()> {
-        self.state
-            .publish(&inbox_topic(gateway), Bytes::from(envelope.encode_to_vec()))
-            .await
+    /// Callers stamp it first ([`traced`]). A replica that serves its inbox
+    /// in process ([`Self::serve_inbox`], in memory) gets it handed over
+    /// typed, in this task.
+    async fn publish(&self, gateway: &str, envelope: Envelope) -> Result<()> {
+        let topic = inbox_topic(gateway);
+        if let SharedState::Memory(m) = &self.state
+            && let Some(sink) = m.sink(&topic)
+        {
+            sink(envelope);
+            return Ok(());
+        }
+        self.state.publish(&topic, Bytes::from(envelope.encode_to_vec())).await
     }
 
     /// Sends `envelope` to the connection of `entry`.
     pub async fn send_to_session(&self, entry: &SessionEntry, envelope: Envelope) -> Result<()> {
         let mut envelope = traced(envelope);
         envelope.connection_ids = vec![entry.connection_id.clone()];
-        self.publish(&entry.gateway_id, &envelope).await
+        self.publish(&entry.gateway_id, envelope).await
     }
 
     /// Sends `envelope` to one connection; false when no replica holds it.
@@ -116,7 +130,7 @@ impl Delivery {
                 connection_ids: ids,
                 ..envelope.clone()
             };
-            async move { self.publish(&gateway, &addressed).await }
+            async move { self.publish(&gateway, addressed).await }
         });
         futures_util::future::try_join_all(publishes).await?;
         Ok(gone)
@@ -139,6 +153,77 @@ impl Delivery {
         Ok(GatewayInbox {
             sub: self.state.subscribe(&inbox_topic(gateway.as_str())).await?,
         })
+    }
+
+    /// Serves the inbox of gateway replica `gateway` with `sink`, live when
+    /// this returns, until the returned server's [`InboxServer::run`] ends
+    /// or is dropped. In memory every publisher is in this process, so
+    /// `sink` is called in the publisher's task: an event reaches its
+    /// sockets' queues before the publish returns, with no task hand-off
+    /// and no encoding. On Redis, `run` receives and calls `sink`.
+    pub async fn serve_inbox(
+        &self,
+        gateway: &GatewayId,
+        sink: impl Fn(Envelope) + Send + Sync + 'static,
+    ) -> Result<InboxServer> {
+        let topic = inbox_topic(gateway.as_str());
+        let sink: InboxSink = Arc::new(sink);
+        let served = match &self.state {
+            SharedState::Memory(m) => Served::InProcess(SinkRegistration {
+                id: m.attach_sink(&topic, sink.clone()),
+                store: m.clone(),
+                topic,
+            }),
+            SharedState::Redis(_) => Served::Subscribed(GatewayInbox {
+                sub: self.state.subscribe(&topic).await?,
+            }),
+        };
+        Ok(InboxServer { sink, served })
+    }
+}
+
+/// What a gateway replica's inbox hands each envelope to.
+pub(crate) type InboxSink = Arc<dyn Fn(Envelope) + Send + Sync>;
+
+/// A gateway replica's inbox being served ([`Delivery::serve_inbox`]).
+pub struct InboxServer {
+    sink: InboxSink,
+    served: Served,
+}
+
+enum Served {
+    /// Publishers call the sink themselves while this is held.
+    InProcess(SinkRegistration),
+    Subscribed(GatewayInbox),
+}
+
+struct SinkRegistration {
+    store: Arc<crate::MemoryStore>,
+    topic: String,
+    id: u64,
+}
+
+impl Drop for SinkRegistration {
+    fn drop(&mut self) {
+        self.store.detach_sink(&self.topic, self.id);
+    }
+}
+
+impl InboxServer {
+    /// Hands envelopes to the sink until the backend is gone; in memory,
+    /// waits (publishers call the sink) until dropped.
+    pub async fn run(self) {
+        match self.served {
+            Served::InProcess(registration) => {
+                std::future::pending::<()>().await;
+                drop(registration);
+            }
+            Served::Subscribed(mut inbox) => {
+                while let Some(env) = inbox.recv().await {
+                    (self.sink)(env);
+                }
+            }
+        }
     }
 }
 

@@ -32,7 +32,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
-pub use delivery::{Delivery, GatewayInbox, close_envelope, event_envelope, nudge_envelope, traced};
+pub use delivery::{Delivery, GatewayInbox, InboxServer, close_envelope, event_envelope, nudge_envelope, traced};
 pub use gcra::{LocalBucket, Rate};
 pub use ids::{ConnectionId, GatewayId};
 pub use liveness::{Beat, GatewayLiveness};

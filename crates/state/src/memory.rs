@@ -39,6 +39,9 @@ impl Entry {
 pub struct MemoryStore {
     data: Mutex<HashMap<String, Entry>>,
     topics: Mutex<HashMap<String, Vec<mpsc::Sender<Bytes>>>>,
+    /// Gateway inboxes served in the publisher's task, by topic, each with
+    /// its registration's id ([`crate::Delivery::serve_inbox`]).
+    sinks: Mutex<HashMap<String, (u64, crate::delivery::InboxSink)>>,
     writes: AtomicU64,
     /// Never bumped: memory is never lost while the process lives. Kept so
     /// receivers wait forever instead of seeing a closed channel.
@@ -50,6 +53,7 @@ impl Default for MemoryStore {
         Self {
             data: Mutex::default(),
             topics: Mutex::default(),
+            sinks: Mutex::default(),
             writes: AtomicU64::default(),
             reconnected: watch::Sender::new(0),
         }
@@ -431,6 +435,31 @@ impl MemoryStore {
                 topics.remove(topic);
             }
         }
+    }
+
+    /// Serves `topic` with `sink`, called in each publisher's task, instead
+    /// of a subscription; returns the registration's id for
+    /// [`Self::detach_sink`].
+    pub(crate) fn attach_sink(&self, topic: &str, sink: crate::delivery::InboxSink) -> u64 {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let id = NEXT.fetch_add(1, Ordering::Relaxed);
+        let mut sinks = self.sinks.lock().unwrap_or_else(|p| p.into_inner());
+        sinks.insert(topic.to_owned(), (id, sink));
+        id
+    }
+
+    /// Removes the sink of registration `id` (not a newer one on the topic).
+    pub(crate) fn detach_sink(&self, topic: &str, id: u64) {
+        let mut sinks = self.sinks.lock().unwrap_or_else(|p| p.into_inner());
+        if sinks.get(topic).is_some_and(|(held, _)| *held == id) {
+            sinks.remove(topic);
+        }
+    }
+
+    /// The sink serving `topic`, if any.
+    pub(crate) fn sink(&self, topic: &str) -> Option<crate::delivery::InboxSink> {
+        let sinks = self.sinks.lock().unwrap_or_else(|p| p.into_inner());
+        sinks.get(topic).map(|(_, sink)| sink.clone())
     }
 
     pub fn subscribe(&self, topic: &str) -> Subscription {

@@ -853,3 +853,73 @@ async fn a_topic_dropped_by_its_last_subscriber_can_be_subscribed_again() {
         }
     }
 }
+
+/// A served inbox gets every envelope for its replica: in memory handed
+/// over in the publisher's task (there before the send returns, with no
+/// task run in between), on Redis through its subscription; once the
+/// server is dropped, nothing reaches its sink.
+#[tokio::test]
+async fn a_served_inbox_gets_its_envelopes_in_the_publishers_task_in_memory() {
+    for s in backends("served-inbox").await {
+        let registry = SessionRegistry::new(s.clone(), Duration::from_secs(60));
+        let delivery = Delivery::new(s.clone(), registry.clone());
+        let got = Arc::new(std::sync::Mutex::new(Vec::<Envelope>::new()));
+        let server = {
+            let got = got.clone();
+            delivery
+                .serve_inbox(&GatewayId::new("a"), move |env| got.lock().unwrap().push(env))
+                .await
+                .unwrap()
+        };
+        let running = tokio::spawn(server.run());
+        let entry = SessionEntry {
+            connection_id: "c1".into(),
+            gateway_id: "a".into(),
+            protocol: ClientProtocol::Livechat as i32,
+            user_id: "alice".into(),
+            connected_at_ms: 1,
+            ..Default::default()
+        };
+        registry.register(&entry).await.unwrap();
+        let conn = ConnectionId::new("c1");
+        assert!(
+            delivery
+                .send_to_connection(&conn, close_envelope(CloseCode::Replaced, "one"))
+                .await
+                .unwrap()
+        );
+        if delivery.in_process() {
+            assert_eq!(
+                got.lock().unwrap().len(),
+                1,
+                "{s:?}: handed over before the send returned"
+            );
+        }
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while got.lock().unwrap().is_empty() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the envelope arrives");
+        let env = got.lock().unwrap()[0].clone();
+        assert_eq!(env.connection_ids, vec!["c1".to_owned()], "{s:?}");
+        assert!(
+            matches!(env.body, Some(Body::Close(ref c)) if c.reason == "one"),
+            "{s:?}"
+        );
+
+        running.abort();
+        let _ = running.await;
+        delivery
+            .send_to_connection(&conn, close_envelope(CloseCode::Replaced, "two"))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            got.lock().unwrap().len(),
+            1,
+            "{s:?}: a stopped server's sink gets nothing"
+        );
+    }
+}

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
+use futures_util::SinkExt;
 use relaymesh_proto::client::v1::CloseCode;
 use relaymesh_state::ConnectionId;
 use relaymesh_wire::{Format, FrameError};
@@ -91,7 +92,7 @@ pub async fn run<P: WsCodec>(
     let span = frame_span(P::NAME, TRANSPORT, "open", &cx);
     Box::pin(proto.on_open(&mut cx)).instrument(span).await;
     // How the last write went: the loop runs while they are done.
-    let mut write = flush::<P>(&mut socket, format, &mut cx, &mut pending, cfg.send_timeout()).await;
+    let mut write = Write::Done;
     // Why a slow consumer is closed, for its metric and log line.
     let mut slow: Option<&'static str> = None;
 
@@ -102,7 +103,30 @@ pub async fn run<P: WsCodec>(
     let evicted = evict.cancelled();
     tokio::pin!(shutdown, evicted);
 
-    while write == Write::Done && !cx.closing() {
+    loop {
+        // Each turn starts by writing what the last one produced (the
+        // first: what opening the connection did), unless its own write
+        // (a ping) already failed.
+        if write == Write::Done {
+            write = flush(
+                &mut socket,
+                format,
+                &mut proto,
+                &mut cx,
+                &mut rx,
+                &mut pending,
+                cfg.send_timeout(),
+            )
+            .await;
+        }
+        if write == Write::TooSlow {
+            // The reader does not keep up with what it is sent: 1013.
+            slow = Some("send_timeout");
+            cx.close(CloseCode::TryAgainLater, "slow consumer: write timed out");
+        }
+        if write != Write::Done || cx.closing() {
+            break;
+        }
         tokio::select! {
             biased;
             () = &mut shutdown => cx.close(CloseCode::GoingAway, "server shutting down"),
@@ -111,20 +135,7 @@ pub async fn run<P: WsCodec>(
                 cx.close(CloseCode::TryAgainLater, "slow consumer: outbound queue full");
             }
             out = rx.recv() => match out {
-                Some(Outbound::Text(text)) => pending.push(Message::Text(text)),
-                Some(Outbound::Binary(bytes)) => pending.push(Message::Binary(bytes)),
-                Some(Outbound::Latest(slot)) => match slot.take() {
-                    Some(Outbound::Text(text)) => pending.push(Message::Text(text)),
-                    Some(Outbound::Binary(bytes)) => pending.push(Message::Binary(bytes)),
-                    _ => {}
-                },
-                Some(Outbound::Close(code, reason)) => cx.close(code, reason),
-                Some(Outbound::Nudge(reason)) => {
-                    let span = frame_span(P::NAME, TRANSPORT, "nudge", &cx);
-                    Box::pin(proto.on_nudge(&mut cx, reason)).instrument(span).await;
-                }
-                // Typed events and forwarded requests are for gRPC streams.
-                Some(Outbound::Event(_) | Outbound::Forwarded(_)) => {}
+                Some(out) => take_queued(out, &mut proto, &mut cx, &mut pending).await,
                 None => break,
             },
             msg = socket.recv() => match msg {
@@ -174,14 +185,6 @@ pub async fn run<P: WsCodec>(
                 Beat::Lost(reason) => cx.close(CloseCode::HeartbeatLost, reason),
                 Beat::Missed => {}
             },
-        }
-        if write == Write::Done {
-            write = flush::<P>(&mut socket, format, &mut cx, &mut pending, cfg.send_timeout()).await;
-        }
-        if write == Write::TooSlow {
-            // The reader does not keep up with what it is sent: 1013.
-            slow = Some("send_timeout");
-            cx.close(CloseCode::TryAgainLater, "slow consumer: write timed out");
         }
     }
 
@@ -303,23 +306,73 @@ fn render<P: WsCodec>(format: Format, event: &P::Event) -> Option<Message> {
     }
 }
 
-/// Writes delivered frames, then the handler's events, in that order,
-/// stopping at the first write that does not finish.
+/// Acts on one thing queued for the connection: a frame joins `pending`,
+/// a close or nudge is acted on (a nudge's answers are the handler's
+/// events, rendered by the next [`flush`]).
+async fn take_queued<P: WsCodec>(out: Outbound, proto: &mut P, cx: &mut Ctx<P::Event>, pending: &mut Vec<Message>) {
+    match out {
+        Outbound::Text(text) => pending.push(Message::Text(text)),
+        Outbound::Binary(bytes) => pending.push(Message::Binary(bytes)),
+        Outbound::Latest(slot) => match slot.take() {
+            Some(Outbound::Text(text)) => pending.push(Message::Text(text)),
+            Some(Outbound::Binary(bytes)) => pending.push(Message::Binary(bytes)),
+            _ => {}
+        },
+        Outbound::Close(code, reason) => cx.close(code, reason),
+        Outbound::Nudge(reason) => {
+            let span = frame_span(P::NAME, TRANSPORT, "nudge", cx);
+            Box::pin(proto.on_nudge(cx, reason)).instrument(span).await;
+        }
+        // Typed events and forwarded requests are for gRPC streams.
+        Outbound::Event(_) | Outbound::Forwarded(_) => {}
+    }
+}
+
+/// The most frames already queued for the connection that one write takes
+/// along after the turn's own, so a busy queue cannot hold a write back.
+const WRITE_ALONG: usize = 64;
+
+/// Writes what this turn of the loop produced (delivered frames, then the
+/// handler's events, in that order), then what was queued for the
+/// connection meanwhile (a chat message's own MESSAGE_EVENT, delivered while
+/// its ACK was being made), in one write to the socket rather than one per
+/// frame. Stops at a write that does not finish.
 async fn flush<P: WsCodec>(
     socket: &mut WebSocket,
     format: Format,
+    proto: &mut P,
     cx: &mut Ctx<P::Event>,
+    rx: &mut mpsc::Receiver<Outbound>,
     pending: &mut Vec<Message>,
     timeout: std::time::Duration,
 ) -> Write {
     pending.extend(cx.take_out().filter_map(|e| render::<P>(format, &e)));
-    for msg in pending.drain(..) {
-        let write = send(socket, msg, timeout).await;
-        if write != Write::Done {
-            return write;
+    for _ in 0..WRITE_ALONG {
+        if cx.closing() {
+            break;
+        }
+        let Ok(out) = rx.try_recv() else { break };
+        take_queued(out, proto, cx, pending).await;
+        pending.extend(cx.take_out().filter_map(|e| render::<P>(format, &e)));
+    }
+    if pending.is_empty() {
+        return Write::Done;
+    }
+    let frames = std::mem::take(pending);
+    let written = async {
+        for msg in frames {
+            socket.feed(msg).await?;
+        }
+        socket.flush().await
+    };
+    match tokio::time::timeout(timeout, written).await {
+        Ok(Ok(())) => Write::Done,
+        Ok(Err(_)) => Write::Broken,
+        Err(_) => {
+            metrics::counter!("relaymesh_gateway_send_timeouts_total").increment(1);
+            Write::TooSlow
         }
     }
-    Write::Done
 }
 
 async fn send(socket: &mut WebSocket, msg: Message, timeout: std::time::Duration) -> Write {
