@@ -43,7 +43,8 @@
 //! `separate-floor`) and `BENCH_LIVECHAT_CONNS` (say `16`) narrow `livechat`
 //! to one case, to attach a profiler; `BENCH_FANOUT_MODES` (`in-process`,
 //! `processes`, `floor`) narrows `fanout`. The modes that run `relaymesh`
-//! as processes (`livechat`'s `separate`, `fanout`'s `processes`) run a
+//! as processes (`livechat`'s `separate`, `fanout`'s `processes`,
+//! `idle-sockets`) run a
 //! second build first when `BENCH_BASELINE_RELAYMESH` names its binary (say
 //! main's `target/release/relaymesh`, copied aside), so a change is read
 //! against its baseline in the same run; `BENCH_REPEAT=3` alternates them
@@ -217,16 +218,6 @@ impl Drop for ServerProcess {
     }
 }
 
-/// `relaymesh up` as its own process (the binary users run), pinned to
-/// `cores` when given; `env` adds to its environment. Returns it with the
-/// gateway's address and each role's gRPC address as it printed them.
-async fn up_process(
-    cores: Option<&str>,
-    env: &[(&str, &str)],
-) -> (ServerProcess, std::net::SocketAddr, Vec<(String, String)>) {
-    up_process_of(&this_build(), cores, env).await
-}
-
 /// The `relaymesh` binary built with this bench.
 fn this_build() -> std::path::PathBuf {
     env!("CARGO_BIN_EXE_relaymesh").into()
@@ -254,8 +245,10 @@ fn repeated<T: Clone>(builds: Vec<T>) -> Vec<T> {
     (0..times).flat_map(|_| builds.clone()).collect()
 }
 
-/// [`up_process`] of the binary `exe`.
-async fn up_process_of(
+/// `relaymesh up` of the binary `exe` as its own process, pinned to
+/// `cores` when given; `env` adds to its environment. Returns it with the
+/// gateway's address and each role's gRPC address as it printed them.
+async fn up_process(
     exe: &std::path::Path,
     cores: Option<&str>,
     env: &[(&str, &str)],
@@ -554,8 +547,14 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 async fn bench_idle_sockets(n: usize) {
-    println!("== idle-sockets: resident memory per idle authenticated socket ({n} copilot sockets)");
-    let (up, addr, _) = up_process(None, &[]).await;
+    for (label, exe) in repeated(builds()) {
+        println!("== idle-sockets: resident memory per idle authenticated socket ({n} copilot sockets; {label})");
+        idle_sockets_of(&exe, n).await;
+    }
+}
+
+async fn idle_sockets_of(exe: &std::path::Path, n: usize) {
+    let (up, addr, _) = up_process(exe, None, &[]).await;
     let pid = up.child.id().unwrap();
     // Warm the process (first connections allocate lazily-grown tables).
     let mut sockets = Vec::with_capacity(n + 50);
@@ -781,7 +780,7 @@ async fn bench_livechat(iters: usize) {
             println!(
                 "== livechat: MESSAGE_CREATE against HEARTBEAT; `relaymesh up` ({label}) as its own process on core 0, the clients on core 1"
             );
-            let (up, addr, _) = up_process_of(&exe, Some("0"), &[]).await;
+            let (up, addr, _) = up_process(&exe, Some("0"), &[]).await;
             pin_bench("1");
             livechat_rows(addr, iters).await;
             pin_bench(&all_cores());
@@ -973,7 +972,7 @@ async fn bench_fanout(messages: usize) {
                 "== fanout: {messages} messages, one every 200 ms, to {FANOUT_MEMBERS} members on two gateway replicas (Redis); `relaymesh up` and a second `relaymesh gateway` as processes ({label})"
             );
             let prefix = format!("bench-fanout-processes-{}-{round}", std::process::id());
-            let (up, first, services) = up_process_of(
+            let (up, first, services) = up_process(
                 &exe,
                 None,
                 &[
