@@ -233,7 +233,7 @@ async fn run_stream<P, O>(
                     let span = frame_span(P::NAME, TRANSPORT, "nudge", &cx);
                     Box::pin(proto.on_nudge(&mut cx, reason)).instrument(span).await;
                 }
-                Some(Outbound::Forwarded(f)) => match P::from_forwarded(f) {
+                Some(Outbound::Forwarded(f)) => match P::from_forwarded(*f) {
                     Some(req) => take(&mut proto, &mut cx, &mut heartbeat, req).await,
                     None => tracing::debug!(connection_id = %id, "forwarded request of another protocol"),
                 },
@@ -441,7 +441,12 @@ impl GatewayService for GatewayApi {
         };
         // Held here: queue it. Held elsewhere: its replica gets it.
         if self.gw.table.holds(&conn, Transport::Grpc) {
-            if self.gw.table.offer(&conn, Outbound::Forwarded(forwarded), false) != crate::ws::Offered::Queued {
+            if self
+                .gw
+                .table
+                .offer(&conn, Outbound::Forwarded(Box::new(forwarded)), false)
+                != crate::ws::Offered::Queued
+            {
                 return Err(Status::resource_exhausted("the session's queue is full"));
             }
         } else {

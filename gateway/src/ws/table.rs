@@ -25,8 +25,11 @@ pub enum Outbound {
     Close(CloseCode, String),
     /// A service has something for this connection's protocol adapter.
     Nudge(NudgeReason),
-    /// A request for this connection that reached another replica.
-    Forwarded(ForwardedRequest),
+    /// A request for this connection that reached another replica. Boxed:
+    /// inline it would make every variant 176 bytes, and each connection's
+    /// queue allocates its first block of 32 slots when it opens (5.6 KiB
+    /// per idle socket instead of 1.3).
+    Forwarded(Box<ForwardedRequest>),
     /// The connection's newest droppable frame is waiting in this slot.
     Latest(Arc<LatestSlot>),
 }
@@ -235,10 +238,9 @@ impl ConnectionTable {
             }
             Body::Forwarded(f) => {
                 for id in &ids {
-                    tally.add(
-                        map.get(id)
-                            .map_or(Offered::Unknown, |h| offer_to(h, Outbound::Forwarded(f.clone()), false)),
-                    );
+                    tally.add(map.get(id).map_or(Offered::Unknown, |h| {
+                        offer_to(h, Outbound::Forwarded(Box::new(f.clone())), false)
+                    }));
                 }
             }
             event => {
@@ -337,6 +339,14 @@ fn offer_to(handle: &ConnHandle, out: Outbound, droppable: bool) -> Offered {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every connection's queue allocates a block of 32 slots when it
+    /// opens, idle or not: one large variant would grow them all.
+    #[test]
+    fn a_queued_item_is_small() {
+        let size = std::mem::size_of::<Outbound>();
+        assert!(size <= 48, "Outbound is {size} bytes: box the large variant");
+    }
 
     #[test]
     fn a_tally_counts_each_outcome_under_its_own_label() {
