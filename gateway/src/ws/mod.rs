@@ -180,7 +180,10 @@ pub async fn run<P: WsCodec>(
                     if let Some(ping) = proto.ping() {
                         write = send(&mut socket, ping, cfg.send_timeout()).await;
                     }
-                    cx.refresh_session().await;
+                    // Boxed, as the handlers are: it runs once a period, and
+                    // inline its registry write would be held in every idle
+                    // connection's future.
+                    Box::pin(cx.refresh_session()).await;
                 }
                 Beat::Lost(reason) => cx.close(CloseCode::HeartbeatLost, reason),
                 Beat::Missed => {}
@@ -213,7 +216,8 @@ pub async fn run<P: WsCodec>(
         }
     }
     drop(socket);
-    finish(&mut proto, &mut cx, TRANSPORT).await;
+    // Boxed too: it runs once, at the end.
+    Box::pin(finish(&mut proto, &mut cx, TRANSPORT)).await;
     metrics::gauge!("relaymesh_gateway_connections", "protocol" => name).decrement(1.0);
 }
 
