@@ -272,11 +272,12 @@ impl Routes {
                 Some((gateway, until)) if *until > now => {
                     // The replica's name is cloned once per send, not once
                     // per connection.
-                    if !by_gateway.contains_key(gateway) {
-                        by_gateway.insert(gateway.clone(), Vec::new());
-                    }
-                    if let Some(ids) = by_gateway.get_mut(gateway) {
-                        ids.push(conn.as_str().to_owned());
+                    let id = conn.as_str().to_owned();
+                    match by_gateway.get_mut(gateway) {
+                        Some(ids) => ids.push(id),
+                        None => {
+                            by_gateway.insert(gateway.clone(), vec![id]);
+                        }
                     }
                 }
                 _ => unrouted.push(conn.clone()),

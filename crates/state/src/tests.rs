@@ -294,14 +294,7 @@ async fn remembered_routes_skip_the_registry_until_they_expire() {
         let routed = Delivery::new(s.clone(), registry.clone()).with_routes(ttl);
         let plain = Delivery::new(s.clone(), registry.clone());
         let mut inbox = routed.inbox(&GatewayId::new("a")).await.unwrap();
-        let entry = SessionEntry {
-            connection_id: "c1".into(),
-            gateway_id: "a".into(),
-            protocol: ClientProtocol::Livechat as i32,
-            user_id: "u1".into(),
-            connected_at_ms: 1,
-            ..Default::default()
-        };
+        let entry = entry("c1", "a", "u1");
         registry.register(&entry).await.unwrap();
         let conns = [ConnectionId::new("c1")];
         let send = async |d: &Delivery| {
@@ -872,14 +865,7 @@ async fn a_served_inbox_gets_its_envelopes_in_the_publishers_task_in_memory() {
                 .unwrap()
         };
         let running = tokio::spawn(server.run());
-        let entry = SessionEntry {
-            connection_id: "c1".into(),
-            gateway_id: "a".into(),
-            protocol: ClientProtocol::Livechat as i32,
-            user_id: "alice".into(),
-            connected_at_ms: 1,
-            ..Default::default()
-        };
+        let entry = entry("c1", "a", "alice");
         registry.register(&entry).await.unwrap();
         let conn = ConnectionId::new("c1");
         assert!(

@@ -362,9 +362,9 @@ async fn flush<P: WsCodec>(
     if pending.is_empty() {
         return Write::Done;
     }
-    let frames = std::mem::take(pending);
     let written = async {
-        for msg in frames {
+        // Drained, not taken: the buffer's room is kept for the next turn.
+        for msg in pending.drain(..) {
             socket.feed(msg).await?;
         }
         socket.flush().await

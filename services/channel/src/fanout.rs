@@ -42,8 +42,9 @@ pub const INLINE_RECIPIENTS: usize = 32;
 /// One event for some members of one channel.
 pub struct FanoutJob {
     pub channel_id: String,
-    /// Session (connection) ids of the recipients.
-    pub recipients: Vec<ConnectionId>,
+    /// Session (connection) ids of the recipients (a chat message's are
+    /// the channel's kept member list, shared, not copied).
+    pub recipients: Arc<[ConnectionId]>,
     pub event: LivechatResponse,
     /// The trace context of the call that raised the event: the fan-out
     /// runs on its own task, where that call's span is not current.

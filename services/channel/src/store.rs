@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use relaymesh_state::{Rate, SharedState};
+use relaymesh_state::{ConnectionId, Rate, SharedState};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio_util::sync::CancellationToken;
 
@@ -62,7 +62,7 @@ pub struct ChannelStore {
 /// lists are dropped (and read again when next needed).
 #[derive(Debug, Default)]
 struct MemberCache {
-    lists: HashMap<String, (u64, Arc<[String]>)>,
+    lists: HashMap<String, (u64, Arc<[ConnectionId]>)>,
     /// Session ids held in all lists.
     held: usize,
 }
@@ -71,14 +71,14 @@ struct MemberCache {
 const MEMBER_CACHE_IDS: usize = 1 << 18;
 
 impl MemberCache {
-    fn get(&self, channel_id: &str, version: u64) -> Option<Arc<[String]>> {
+    fn get(&self, channel_id: &str, version: u64) -> Option<Arc<[ConnectionId]>> {
         match self.lists.get(channel_id) {
             Some((v, list)) if *v == version && version != 0 => Some(list.clone()),
             _ => None,
         }
     }
 
-    fn put(&mut self, channel_id: &str, version: u64, list: Arc<[String]>) {
+    fn put(&mut self, channel_id: &str, version: u64, list: Arc<[ConnectionId]>) {
         self.forget(channel_id);
         if version == 0 || list.len() > MEMBER_CACHE_IDS {
             return;
@@ -256,12 +256,13 @@ impl ChannelStore {
     /// recipients). Read from the member hash only when this replica has no
     /// list under `rec.members_version`; `rec` must have been read before
     /// this call, so the list read is at least as new as its version.
-    pub async fn member_sessions(&self, rec: &ChannelRecord) -> Result<Arc<[String]>> {
+    pub async fn member_sessions(&self, rec: &ChannelRecord) -> Result<Arc<[ConnectionId]>> {
         let id = &rec.channel_id;
         if let Some(list) = self.member_cache().get(id, rec.members_version) {
             return Ok(list);
         }
-        let list: Arc<[String]> = self.state.hash_fields(&format!("chan-members:{id}")).await?.into();
+        let fields = self.state.hash_fields(&format!("chan-members:{id}")).await?;
+        let list: Arc<[ConnectionId]> = fields.into_iter().map(ConnectionId::new).collect();
         self.member_cache().put(id, rec.members_version, list.clone());
         Ok(list)
     }
@@ -378,7 +379,13 @@ mod tests {
 
     async fn sessions(store: &ChannelStore, id: &str) -> Vec<String> {
         let rec = store.require(id).await.unwrap();
-        let mut list = store.member_sessions(&rec).await.unwrap().to_vec();
+        let mut list: Vec<String> = store
+            .member_sessions(&rec)
+            .await
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().to_owned())
+            .collect();
         list.sort();
         list
     }
@@ -434,7 +441,7 @@ mod tests {
 
     #[test]
     fn the_member_cache_holds_at_most_its_bound_of_ids() {
-        let list = |n: usize| -> Arc<[String]> { (0..n).map(|i| i.to_string()).collect() };
+        let list = |n: usize| -> Arc<[ConnectionId]> { (0..n).map(|i| ConnectionId::new(i.to_string())).collect() };
         let mut cache = MemberCache::default();
         cache.put("big", 1, list(MEMBER_CACHE_IDS - 10));
         cache.put("small", 1, list(10));
