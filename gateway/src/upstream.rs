@@ -8,11 +8,14 @@ use std::time::Duration;
 
 use relaymesh_proto::auth::v1::auth_service_client::AuthServiceClient;
 use relaymesh_proto::channel::v1::channel_service_client::ChannelServiceClient;
+use relaymesh_proto::channel::v1::channel_service_server;
 use relaymesh_proto::r#match::v1::match_service_client::MatchServiceClient;
 use relaymesh_proto::query::v1::query_service_client::QueryServiceClient;
 use relaymesh_proto::scheduler::v1::scheduler_service_client::SchedulerServiceClient;
 use relaymesh_proto::signaling::v1::signaling_service_client::SignalingServiceClient;
-use relaymesh_rpc::{BalanceOptions, DnsResolver, RpcChannel, RpcError, connect_active, connect_balanced};
+use relaymesh_rpc::{
+    BalanceOptions, DnsResolver, LocalOrRemote, RpcChannel, RpcError, connect_active, connect_balanced,
+};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
@@ -29,13 +32,18 @@ pub struct Upstreams {
     /// The copilot query service: its own deadline, since a query lasts as
     /// long as its callbacks.
     pub query: QueryServiceClient<RpcChannel>,
-    pub channel: ChannelServiceClient<RpcChannel>,
+    /// The channel service, called through its typed handler when this
+    /// process serves it (`relaymesh up`): every chat message is one call.
+    pub channel: ChannelCalls,
     pub r#match: MatchServiceClient<RpcChannel>,
     pub scheduler: SchedulerServiceClient<RpcChannel>,
     health: Vec<Upstream>,
     /// Follows the active scheduler when SCHEDULER_URL lists several.
     _scheduler_follower: Option<std::sync::Arc<tokio_util::task::AbortOnDropHandle<()>>>,
 }
+
+/// Calls to the channel service (`relaymesh_rpc::unary!`).
+pub type ChannelCalls = LocalOrRemote<ChannelServiceClient<RpcChannel>, dyn channel_service_server::ChannelService>;
 
 #[derive(Clone)]
 struct Upstream {
@@ -154,7 +162,12 @@ impl Upstreams {
             auth: AuthServiceClient::new(auth),
             signaling: SignalingServiceClient::new(signaling),
             query: QueryServiceClient::new(query),
-            channel: ChannelServiceClient::new(channel),
+            channel: LocalOrRemote::new(
+                ChannelServiceClient::new(channel),
+                &args.channel_url,
+                channel_service_server::SERVICE_NAME,
+                opts.request_timeout,
+            ),
             r#match: MatchServiceClient::new(matcher),
             scheduler: SchedulerServiceClient::new(scheduler),
             _scheduler_follower: scheduler_follower,

@@ -148,10 +148,15 @@ impl Future for BoundedCall {
 
 fn unavailable_when_elapsed(err: BoxError) -> BoxError {
     if err.is::<tower::timeout::error::Elapsed>() {
-        Box::new(tonic::Status::unavailable("no replica of the service answered in time"))
+        Box::new(no_answer_in_time())
     } else {
         err
     }
+}
+
+/// A call's answer when its deadline passed first.
+pub(crate) fn no_answer_in_time() -> tonic::Status {
+    tonic::Status::unavailable("no replica of the service answered in time")
 }
 
 /// The endpoint settings every channel shares. An `https://` URL speaks
@@ -277,7 +282,7 @@ fn parse_targets(urls: &str) -> Result<Vec<Target>, RpcError> {
 
 /// The address of a plain-HTTP URL naming one IP address and port: the
 /// only channels that may be handed to a server of this process.
-fn plain_single_target(urls: &str) -> Option<SocketAddr> {
+pub(crate) fn plain_single_target(urls: &str) -> Option<SocketAddr> {
     match parse_targets(urls).ok()?.as_slice() {
         [t] if t.scheme == "http" => crate::local::target(&t.host, t.port),
         _ => None,

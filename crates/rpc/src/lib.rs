@@ -7,7 +7,8 @@
 //!   context into every call; balanced ones spread calls over every replica
 //!   a name resolves to.
 //! - [`local`]: calls between roles of one process (`relaymesh up`) handed
-//!   to the served routes without the socket.
+//!   to the served routes without the socket; [`LocalOrRemote`] hands them
+//!   to the typed handler, without encoding either.
 //! - [`tls`]: optional TLS of the mesh's own gRPC.
 //! - [`ServiceError`]: the one mapping from a service's error enum to a
 //!   `tonic::Status`.
@@ -15,6 +16,7 @@
 pub mod client;
 mod error;
 pub mod local;
+mod local_or_remote;
 mod metrics_layer;
 mod server;
 pub mod tls;
@@ -23,5 +25,6 @@ pub use client::{
     BalanceOptions, DnsResolver, Resolve, RpcChannel, TracedChannel, connect_active, connect_balanced, connect_lazy,
 };
 pub use error::{RpcError, ServiceError, metadata_of, reason_of};
+pub use local_or_remote::LocalOrRemote;
 pub use metrics_layer::RpcMetricsLayer;
 pub use server::{GrpcServer, ServeOptions};

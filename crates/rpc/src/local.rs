@@ -18,12 +18,20 @@
 //! (unregistered as it starts draining) sends the next call to the network
 //! path, where it is refused as it would be from another process.
 //!
+//! A server may also register typed handlers ([`crate::GrpcServer::handles_in_process`]):
+//! the generated service trait object itself. A [`crate::LocalOrRemote`]
+//! client then calls the handler with the typed request, skipping the
+//! protobuf encoding, HTTP request and routing as well, while keeping what
+//! a caller can observe: the request span, the per-method metrics, the
+//! server's concurrency limit and the caller's deadline.
+//!
 //! TLS servers never register: a call that asked for TLS gets TLS.
 
+use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{LazyLock, RwLock};
+use std::sync::{Arc, LazyLock, RwLock};
 
 use tonic::body::Body;
 use tower::BoxError;
@@ -37,7 +45,57 @@ static ENABLED: AtomicBool = AtomicBool::new(false);
 /// The servers of this process, by the address each listens on. Each
 /// entry carries the registration's id, so a stopping server removes its
 /// own entry and never a newer one on the same address.
-static SERVERS: LazyLock<RwLock<HashMap<SocketAddr, (u64, LocalService)>>> = LazyLock::new(Default::default);
+static SERVERS: LazyLock<RwLock<HashMap<SocketAddr, LocalServer>>> = LazyLock::new(Default::default);
+
+struct LocalServer {
+    id: u64,
+    routes: LocalService,
+    handlers: Handlers,
+}
+
+/// A server's typed handlers, by type (`Arc<dyn SomeService>`, stored as
+/// `Arc<dyn Any>` holding it), and the concurrency limit they share with
+/// its routes.
+#[derive(Clone, Default)]
+pub(crate) struct Handlers {
+    by_type: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
+    limit: Option<Arc<tokio::sync::Semaphore>>,
+}
+
+impl Handlers {
+    pub(crate) fn add<T: ?Sized + Send + Sync + 'static>(&mut self, handler: Arc<T>) {
+        self.by_type.insert(TypeId::of::<Arc<T>>(), Arc::new(handler));
+    }
+
+    pub(crate) fn limited_by(mut self, limit: Arc<tokio::sync::Semaphore>) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+}
+
+/// A typed handler of a server of this process, with the server's
+/// concurrency limit.
+pub(crate) struct LocalHandler<T: ?Sized> {
+    pub(crate) handler: Arc<T>,
+    pub(crate) limit: Option<Arc<tokio::sync::Semaphore>>,
+}
+
+/// The typed handler `T` of the server of this process listening on
+/// `addr`, if it registered one.
+pub(crate) fn handler<T: ?Sized + Send + Sync + 'static>(addr: SocketAddr) -> Option<LocalHandler<T>> {
+    let servers = SERVERS.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let server = servers.get(&addr)?;
+    let handler = server
+        .handlers
+        .by_type
+        .get(&TypeId::of::<Arc<T>>())?
+        .downcast_ref::<Arc<T>>()?
+        .clone();
+    Some(LocalHandler {
+        handler,
+        limit: server.handlers.limit.clone(),
+    })
+}
 
 static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
@@ -56,7 +114,7 @@ pub fn enabled() -> bool {
 /// calls.
 pub fn lookup(addr: SocketAddr) -> Option<LocalService> {
     let servers = SERVERS.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-    servers.get(&addr).map(|(_, svc)| svc.clone())
+    servers.get(&addr).map(|server| server.routes.clone())
 }
 
 /// A server's registration; dropping it removes the server's entry.
@@ -68,16 +126,22 @@ pub struct Registration {
 
 /// Registers `service` as the server listening on `addr`.
 pub fn register(addr: SocketAddr, service: LocalService) -> Registration {
+    register_server(addr, service, Handlers::default())
+}
+
+/// Registers `routes` and the typed `handlers` of the server listening on
+/// `addr`.
+pub(crate) fn register_server(addr: SocketAddr, routes: LocalService, handlers: Handlers) -> Registration {
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let mut servers = SERVERS.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-    servers.insert(addr, (id, service));
+    servers.insert(addr, LocalServer { id, routes, handlers });
     Registration { addr, id }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
         let mut servers = SERVERS.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if servers.get(&self.addr).is_some_and(|(id, _)| *id == self.id) {
+        if servers.get(&self.addr).is_some_and(|server| server.id == self.id) {
             servers.remove(&self.addr);
         }
     }

@@ -83,15 +83,30 @@ where
         // The request span is current here (tonic polls the call inside it).
         tracing::Span::current().record("rpc.grpc.status_code", code as i32);
         let (service, method) = split_path(this.method);
-        let (service, method) = (service.to_owned(), method.to_owned());
-        metrics::histogram!("relaymesh_grpc_server_handling_seconds",
-            "grpc_service" => service.clone(), "grpc_method" => method.clone())
-        .record(this.start.elapsed().as_secs_f64());
-        metrics::counter!("relaymesh_grpc_server_requests_total",
-            "grpc_service" => service, "grpc_method" => method, "grpc_code" => code_name(code))
-        .increment(1);
+        record_call(
+            service.to_owned().into(),
+            method.to_owned().into(),
+            code,
+            this.start.elapsed(),
+        );
         Poll::Ready(out)
     }
+}
+
+/// Counts one call of `service`/`method` that ended with `code`, and its
+/// handling time.
+pub(crate) fn record_call(
+    service: metrics::SharedString,
+    method: metrics::SharedString,
+    code: tonic::Code,
+    took: std::time::Duration,
+) {
+    metrics::histogram!("relaymesh_grpc_server_handling_seconds",
+        "grpc_service" => service.clone(), "grpc_method" => method.clone())
+    .record(took.as_secs_f64());
+    metrics::counter!("relaymesh_grpc_server_requests_total",
+        "grpc_service" => service, "grpc_method" => method, "grpc_code" => code_name(code))
+    .increment(1);
 }
 
 /// `(service, method)` of a gRPC path `/package.Service/Method`.

@@ -46,6 +46,8 @@ pub struct GrpcServer {
     names: Vec<&'static str>,
     /// When set, health follows it instead of saying SERVING from the start.
     serving: Option<watch::Receiver<bool>>,
+    /// Typed handlers for in-process callers (`crate::local`).
+    handlers: crate::local::Handlers,
 }
 
 impl GrpcServer {
@@ -62,6 +64,15 @@ impl GrpcServer {
     {
         self.names.push(S::NAME);
         self.routes.add_service(svc);
+        self
+    }
+
+    /// Lets callers of this process call `handler` (the generated service
+    /// trait object, `Arc<dyn FooService>`, of a service added with
+    /// [`GrpcServer::add_service`]) directly, with typed messages, when
+    /// in-process calls are on: see [`crate::LocalOrRemote`].
+    pub fn handles_in_process<T: ?Sized + Send + Sync + 'static>(mut self, handler: std::sync::Arc<T>) -> Self {
+        self.handlers.add(handler);
         self
     }
 
@@ -141,9 +152,10 @@ impl GrpcServer {
                     .layer(GlobalConcurrencyLimitLayer::with_semaphore(limit.clone()))
                     .layer(RpcMetricsLayer)
                     .service(routes.clone());
-                Some(crate::local::register(
+                Some(crate::local::register_server(
                     listener.local_addr()?,
                     tower::util::BoxCloneSyncService::new(local),
+                    std::mem::take(&mut self.handlers).limited_by(limit.clone()),
                 ))
             }
             _ => None,
@@ -219,7 +231,15 @@ fn request_span(req: &http::Request<()>) -> tracing::Span {
 
 fn call_span(path: &str, headers: &http::HeaderMap) -> tracing::Span {
     let (service, method) = crate::metrics_layer::split_path(path);
-    let span = tracing::info_span!(
+    let span = method_span(service, method);
+    relaymesh_telemetry::propagation::set_parent_from(&span, headers);
+    span
+}
+
+/// The span of a call to `service`/`method`, without a parent from the
+/// wire: the current span is its parent (an in-process call's caller).
+pub(crate) fn method_span(service: &str, method: &str) -> tracing::Span {
+    tracing::info_span!(
         "grpc.request",
         otel.name = %format_args!("{service}/{method}"),
         otel.kind = "server",
@@ -228,9 +248,7 @@ fn call_span(path: &str, headers: &http::HeaderMap) -> tracing::Span {
         rpc.method = method,
         rpc.grpc.status_code = tracing::field::Empty,
         relaymesh.role = role_of(service),
-    );
-    relaymesh_telemetry::propagation::set_parent_from(&span, headers);
-    span
+    )
 }
 
 /// The role serving `service`, from its package (`relaymesh.<role>.v1`);

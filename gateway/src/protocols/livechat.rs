@@ -12,6 +12,7 @@ use relaymesh_proto::client::v1::{
     self as client, ChannelRef, ClientProtocol, CloseCode, Joined, LivechatErrorCode, LivechatRequest,
     LivechatResponse, MessageSent, ack, livechat_request::Request, livechat_response::Event,
 };
+use relaymesh_rpc::unary;
 use relaymesh_wire::FrameError;
 use relaymesh_wire::livechat as wire;
 use tonic::Status;
@@ -82,7 +83,7 @@ impl LivechatProtocol {
         nonce: Option<String>,
         req: Request,
     ) -> LivechatResponse {
-        let mut channel = cx.gw.upstreams.channel.clone();
+        let channel = &cx.gw.upstreams.channel;
         let caller = Some(Caller {
             session_id: cx.id.to_string(),
             user_id: user_id.to_owned(),
@@ -98,7 +99,7 @@ impl LivechatProtocol {
                     floor_policy: f.floor,
                     max_talk_ms: f.max_talk_ms.unwrap_or(0),
                 };
-                let r = channel.create_channel(req).await;
+                let r = unary!(channel, create_channel, "CreateChannel", req).await;
                 r.map(|r| ack::Result::Channel(r.into_inner().channel.unwrap_or_default()))
             }
             Request::ChannelJoin(f) => {
@@ -108,7 +109,7 @@ impl LivechatProtocol {
                     channel_id: f.channel_id,
                     ssrc: f.ssrc,
                 };
-                channel.join_channel(req).await.map(|r| {
+                unary!(channel, join_channel, "JoinChannel", req).await.map(|r| {
                     let r = r.into_inner();
                     ack::Result::Joined(Joined {
                         channel_id,
@@ -122,7 +123,7 @@ impl LivechatProtocol {
                     caller,
                     channel_id: f.channel_id.clone(),
                 };
-                let r = channel.leave_channel(req).await;
+                let r = unary!(channel, leave_channel, "LeaveChannel", req).await;
                 r.map(|_| {
                     ack::Result::ChannelRef(ChannelRef {
                         channel_id: f.channel_id,
@@ -135,7 +136,7 @@ impl LivechatProtocol {
                     channel_id: f.channel_id,
                     name: f.name,
                 };
-                let r = channel.update_channel(req).await;
+                let r = unary!(channel, update_channel, "UpdateChannel", req).await;
                 r.map(|r| ack::Result::Channel(r.into_inner().channel.unwrap_or_default()))
             }
             Request::ChannelDelete(f) => {
@@ -143,7 +144,7 @@ impl LivechatProtocol {
                     caller,
                     channel_id: f.channel_id.clone(),
                 };
-                let r = channel.delete_channel(req).await;
+                let r = unary!(channel, delete_channel, "DeleteChannel", req).await;
                 r.map(|_| {
                     ack::Result::ChannelRef(ChannelRef {
                         channel_id: f.channel_id,
@@ -156,7 +157,7 @@ impl LivechatProtocol {
                     channel_id: f.channel_id.clone(),
                     content: f.content,
                 };
-                channel.send_message(req).await.map(|r| {
+                unary!(channel, send_message, "SendMessage", req).await.map(|r| {
                     ack::Result::MessageSent(MessageSent {
                         channel_id: f.channel_id,
                         message_id: r.into_inner().message_id,
@@ -168,7 +169,7 @@ impl LivechatProtocol {
                     caller,
                     channel_id: f.channel_id,
                 };
-                let r = channel.request_floor(req).await;
+                let r = unary!(channel, request_floor, "RequestFloor", req).await;
                 r.map(|r| ack::Result::Floor(r.into_inner().floor.unwrap_or_default()))
             }
             Request::FloorRelease(f) => {
@@ -176,7 +177,7 @@ impl LivechatProtocol {
                     caller,
                     channel_id: f.channel_id,
                 };
-                let r = channel.release_floor(req).await;
+                let r = unary!(channel, release_floor, "ReleaseFloor", req).await;
                 r.map(|r| ack::Result::Floor(r.into_inner().floor.unwrap_or_default()))
             }
             Request::Heartbeat(_) | Request::Identify(_) => {
@@ -320,7 +321,9 @@ impl Protocol for LivechatProtocol {
         let req = DropSessionRequest {
             session_id: ended.connection_id.to_owned(),
         };
-        gw.upstreams.channel.clone().drop_session(req).await.map(drop)
+        unary!(gw.upstreams.channel, drop_session, "DropSession", req)
+            .await
+            .map(drop)
     }
 }
 

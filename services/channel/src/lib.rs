@@ -12,7 +12,7 @@ mod relays;
 mod service;
 mod store;
 
-use relaymesh_proto::channel::v1::channel_service_server::ChannelServiceServer;
+use relaymesh_proto::channel::v1::channel_service_server::{self, ChannelServiceServer};
 use relaymesh_rpc::{GrpcServer, RpcError, ServeOptions};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -70,6 +70,7 @@ pub async fn serve(
     let service = ChannelService::new(state, config, shutdown.clone());
     let served = GrpcServer::new()
         .add_service(ChannelServiceServer::new(service.clone()))
+        .handles_in_process::<dyn channel_service_server::ChannelService>(std::sync::Arc::new(service.clone()))
         .serve(listener, ServeOptions::default(), shutdown)
         .await;
     service.drained().await;
