@@ -10,9 +10,11 @@ use relaymesh_proto::auth::v1::auth_service_client::AuthServiceClient;
 use relaymesh_proto::channel::v1::channel_service_client::ChannelServiceClient;
 use relaymesh_proto::channel::v1::channel_service_server;
 use relaymesh_proto::r#match::v1::match_service_client::MatchServiceClient;
+use relaymesh_proto::r#match::v1::match_service_server;
 use relaymesh_proto::query::v1::query_service_client::QueryServiceClient;
 use relaymesh_proto::scheduler::v1::scheduler_service_client::SchedulerServiceClient;
 use relaymesh_proto::signaling::v1::signaling_service_client::SignalingServiceClient;
+use relaymesh_proto::signaling::v1::signaling_service_server;
 use relaymesh_rpc::{
     BalanceOptions, DnsResolver, LocalOrRemote, RpcChannel, RpcError, connect_active, connect_balanced,
 };
@@ -28,14 +30,15 @@ const SCHEDULER_SERVICE: &str = "relaymesh.scheduler.v1.SchedulerService";
 #[derive(Clone)]
 pub struct Upstreams {
     pub auth: AuthServiceClient<RpcChannel>,
-    pub signaling: SignalingServiceClient<RpcChannel>,
+    pub signaling: SignalingCalls,
     /// The copilot query service: its own deadline, since a query lasts as
     /// long as its callbacks.
     pub query: QueryServiceClient<RpcChannel>,
-    /// The channel service, called through its typed handler when this
-    /// process serves it (`relaymesh up`): every chat message is one call.
+    /// The channel, signaling and match services are called through their
+    /// typed handlers when this process serves them (`relaymesh up`): every
+    /// chat message, signal and copilot query is one call.
     pub channel: ChannelCalls,
-    pub r#match: MatchServiceClient<RpcChannel>,
+    pub r#match: MatchCalls,
     pub scheduler: SchedulerServiceClient<RpcChannel>,
     health: Vec<Upstream>,
     /// Follows the active scheduler when SCHEDULER_URL lists several.
@@ -44,6 +47,11 @@ pub struct Upstreams {
 
 /// Calls to the channel service (`relaymesh_rpc::unary!`).
 pub type ChannelCalls = LocalOrRemote<ChannelServiceClient<RpcChannel>, dyn channel_service_server::ChannelService>;
+/// Calls to the signaling service (`relaymesh_rpc::unary!`).
+pub type SignalingCalls =
+    LocalOrRemote<SignalingServiceClient<RpcChannel>, dyn signaling_service_server::SignalingService>;
+/// Calls to the match service (`relaymesh_rpc::unary!`).
+pub type MatchCalls = LocalOrRemote<MatchServiceClient<RpcChannel>, dyn match_service_server::MatchService>;
 
 #[derive(Clone)]
 struct Upstream {
@@ -160,7 +168,12 @@ impl Upstreams {
         ];
         Ok(Self {
             auth: AuthServiceClient::new(auth),
-            signaling: SignalingServiceClient::new(signaling),
+            signaling: LocalOrRemote::new(
+                SignalingServiceClient::new(signaling),
+                &args.signaling_url,
+                signaling_service_server::SERVICE_NAME,
+                opts.request_timeout,
+            ),
             query: QueryServiceClient::new(query),
             channel: LocalOrRemote::new(
                 ChannelServiceClient::new(channel),
@@ -168,7 +181,12 @@ impl Upstreams {
                 channel_service_server::SERVICE_NAME,
                 opts.request_timeout,
             ),
-            r#match: MatchServiceClient::new(matcher),
+            r#match: LocalOrRemote::new(
+                MatchServiceClient::new(matcher),
+                &args.match_url,
+                match_service_server::SERVICE_NAME,
+                opts.request_timeout,
+            ),
             scheduler: SchedulerServiceClient::new(scheduler),
             _scheduler_follower: scheduler_follower,
             health,

@@ -18,6 +18,7 @@ use relaymesh_proto::r#match::v1::{
     ReportConnectionRequest, RequestMatchRequest,
 };
 use relaymesh_proto::signaling::v1::{RelaySignalRequest, relay_signal_request::Body};
+use relaymesh_rpc::unary;
 use relaymesh_wire::FrameError;
 use relaymesh_wire::signal as wire;
 use tonic::{Code, Status};
@@ -101,31 +102,25 @@ fn session_of(req: &Request) -> Option<String> {
 impl SignalProtocol {
     /// Performs one request; Ok carries the answer event, if it has one.
     async fn perform(&mut self, cx: &Ctx<SignalResponse>, req: Request) -> Result<Option<Event>, Status> {
-        let mut matches = cx.gw.upstreams.r#match.clone();
+        let matches = &cx.gw.upstreams.r#match;
         let relay = |session_id: Option<String>, sender_id: String, receiver_id: String, body: Body| {
-            let mut signaling = cx.gw.upstreams.signaling.clone();
-            async move {
-                signaling
-                    .relay_signal(RelaySignalRequest {
-                        session_id: session_id.unwrap_or_default(),
-                        sender_id,
-                        receiver_id,
-                        body: Some(body),
-                    })
-                    .await
-                    .map(|_| None)
-            }
+            let signaling = &cx.gw.upstreams.signaling;
+            let req = RelaySignalRequest {
+                session_id: session_id.unwrap_or_default(),
+                sender_id,
+                receiver_id,
+                body: Some(body),
+            };
+            async move { unary!(signaling, relay_signal, "RelaySignal", req).await.map(|_| None) }
         };
         match req {
             Request::JoinLobby(r) => {
-                let answer = matches
-                    .join_lobby(JoinLobbyRequest {
-                        player_id: r.player_id.clone(),
-                        player_name: r.player_name,
-                        connection_id: cx.id.to_string(),
-                    })
-                    .await?
-                    .into_inner();
+                let req = JoinLobbyRequest {
+                    player_id: r.player_id.clone(),
+                    player_name: r.player_name,
+                    connection_id: cx.id.to_string(),
+                };
+                let answer = unary!(matches, join_lobby, "JoinLobby", req).await?.into_inner();
                 self.joined = true;
                 Ok(Some(Event::LobbyJoined(LobbyJoined {
                     player_id: r.player_id,
@@ -134,12 +129,11 @@ impl SignalProtocol {
                 })))
             }
             Request::LeaveLobby(r) => {
-                matches
-                    .leave_lobby(LeaveLobbyRequest {
-                        player_id: r.player_id,
-                        connection_id: cx.id.to_string(),
-                    })
-                    .await?;
+                let req = LeaveLobbyRequest {
+                    player_id: r.player_id,
+                    connection_id: cx.id.to_string(),
+                };
+                unary!(matches, leave_lobby, "LeaveLobby", req).await?;
                 self.joined = false;
                 Ok(None)
             }
@@ -148,7 +142,7 @@ impl SignalProtocol {
                     requester_id: r.requester_id,
                     target_id: r.target_id,
                 };
-                matches.request_match(req).await.map(|_| None)
+                unary!(matches, request_match, "RequestMatch", req).await.map(|_| None)
             }
             Request::AcceptMatch(r) => {
                 let req = AcceptMatchRequest {
@@ -156,7 +150,7 @@ impl SignalProtocol {
                     requester_id: r.requester_id,
                     session_id: r.session_id,
                 };
-                matches.accept_match(req).await.map(|_| None)
+                unary!(matches, accept_match, "AcceptMatch", req).await.map(|_| None)
             }
             Request::DeclineMatch(r) => {
                 let req = DeclineMatchRequest {
@@ -164,7 +158,7 @@ impl SignalProtocol {
                     requester_id: r.requester_id,
                     session_id: r.session_id,
                 };
-                matches.decline_match(req).await.map(|_| None)
+                unary!(matches, decline_match, "DeclineMatch", req).await.map(|_| None)
             }
             Request::CancelMatchRequest(r) => {
                 let req = CancelMatchRequest {
@@ -172,7 +166,7 @@ impl SignalProtocol {
                     target_id: r.target_id,
                     session_id: r.session_id,
                 };
-                matches.cancel_match(req).await.map(|_| None)
+                unary!(matches, cancel_match, "CancelMatch", req).await.map(|_| None)
             }
             Request::ReportConnection(r) => {
                 let req = ReportConnectionRequest {
@@ -180,7 +174,9 @@ impl SignalProtocol {
                     player_id: r.player_id,
                     connected: r.connected,
                 };
-                matches.report_connection(req).await.map(|_| None)
+                unary!(matches, report_connection, "ReportConnection", req)
+                    .await
+                    .map(|_| None)
             }
             Request::SendSdpOffer(r) => relay(r.session_id, r.sender_id, r.receiver_id, Body::SdpOffer(r.sdp)).await,
             Request::SendSdpAnswer(r) => relay(r.session_id, r.sender_id, r.receiver_id, Body::SdpAnswer(r.sdp)).await,
@@ -252,7 +248,9 @@ impl Protocol for SignalProtocol {
             player_id: ended.user_id.to_owned(),
             connection_id: ended.connection_id.to_owned(),
         };
-        gw.upstreams.r#match.clone().leave_lobby(req).await.map(drop)
+        unary!(gw.upstreams.r#match, leave_lobby, "LeaveLobby", req)
+            .await
+            .map(drop)
     }
 }
 

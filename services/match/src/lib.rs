@@ -16,7 +16,7 @@ pub mod turn;
 
 use std::time::Duration;
 
-use relaymesh_proto::r#match::v1::match_service_server::MatchServiceServer;
+use relaymesh_proto::r#match::v1::match_service_server::{self, MatchServiceServer};
 use relaymesh_rpc::{GrpcServer, RpcError, ServeOptions};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -96,6 +96,7 @@ pub async fn serve(
     let service = MatchService::start(state, config, shutdown.clone());
     let served = GrpcServer::new()
         .add_service(MatchServiceServer::new(service.clone()))
+        .handles_in_process::<dyn match_service_server::MatchService>(std::sync::Arc::new(service.clone()))
         .serve(listener, ServeOptions::default(), shutdown)
         .await;
     service.stopped().await;

@@ -14,8 +14,9 @@ mod service;
 use std::time::Duration;
 
 use relaymesh_proto::r#match::v1::match_service_client::MatchServiceClient;
+use relaymesh_proto::r#match::v1::match_service_server;
 use relaymesh_proto::query::v1::query_service_server::QueryServiceServer;
-use relaymesh_proto::signaling::v1::signaling_service_server::SignalingServiceServer;
+use relaymesh_proto::signaling::v1::signaling_service_server::{self, SignalingServiceServer};
 use relaymesh_rpc::{GrpcServer, RpcError, ServeOptions};
 use relaymesh_state::{Delivery, SessionRegistry};
 use tokio::net::TcpListener;
@@ -103,19 +104,20 @@ pub async fn serve(
     // Stopped when serving ends, for whatever reason.
     let stop_settling = shutdown.child_token();
     let settling = tokio::spawn(broker.clone().run_settlements(settlements, stop_settling.clone()));
-    let matches = relaymesh_rpc::connect_lazy(
+    let timeout = Duration::from_millis(config.signaling_rpc_timeout_ms);
+    let matches = relaymesh_rpc::connect_lazy(&config.match_service_url, timeout)?;
+    let matches = relaymesh_rpc::LocalOrRemote::new(
+        MatchServiceClient::new(matches),
         &config.match_service_url,
-        Duration::from_millis(config.signaling_rpc_timeout_ms),
-    )?;
+        match_service_server::SERVICE_NAME,
+        timeout,
+    );
     let registry = SessionRegistry::new(state.clone(), Duration::from_secs(60));
-    let relay = relay::SignalRelay::new(MatchServiceClient::new(matches), Delivery::new(state.clone(), registry));
+    let relay = relay::SignalRelay::new(matches, Delivery::new(state.clone(), registry));
+    let signaling = std::sync::Arc::new(SignalingService::new(broker.clone(), state, config, relay));
     let served = GrpcServer::new()
-        .add_service(SignalingServiceServer::new(SignalingService::new(
-            broker.clone(),
-            state,
-            config,
-            relay,
-        )))
+        .add_service(SignalingServiceServer::from_arc(signaling.clone()))
+        .handles_in_process::<dyn signaling_service_server::SignalingService>(signaling)
         .add_service(QueryServiceServer::new(BuiltinQueryService::new(broker)))
         .serve(listener, ServeOptions::default(), shutdown)
         .await;

@@ -12,19 +12,24 @@ use relaymesh_proto::client::v1::{
 };
 use relaymesh_proto::r#match::v1::ValidateSignalRequest;
 use relaymesh_proto::r#match::v1::match_service_client::MatchServiceClient;
+use relaymesh_proto::r#match::v1::match_service_server;
 use relaymesh_proto::signaling::v1::{RelaySignalRequest, RelaySignalResponse, relay_signal_request::Body};
-use relaymesh_rpc::RpcChannel;
+use relaymesh_rpc::{LocalOrRemote, RpcChannel, unary};
 use relaymesh_state::{Delivery, event_envelope};
 use tonic::Status;
 
+/// Calls to the match service: to its typed handler when this process
+/// serves it (`relaymesh up`).
+pub type MatchCalls = LocalOrRemote<MatchServiceClient<RpcChannel>, dyn match_service_server::MatchService>;
+
 #[derive(Clone)]
 pub struct SignalRelay {
-    matches: MatchServiceClient<RpcChannel>,
+    matches: MatchCalls,
     delivery: Delivery,
 }
 
 impl SignalRelay {
-    pub fn new(matches: MatchServiceClient<RpcChannel>, delivery: Delivery) -> Self {
+    pub fn new(matches: MatchCalls, delivery: Delivery) -> Self {
         Self { matches, delivery }
     }
 
@@ -34,14 +39,12 @@ impl SignalRelay {
         let Some(body) = r.body else {
             return Err(Status::invalid_argument("nothing to relay"));
         };
-        let session = self
-            .matches
-            .clone()
-            .validate_signal(ValidateSignalRequest {
-                session_id: r.session_id,
-                sender_id: r.sender_id.clone(),
-                receiver_id: r.receiver_id.clone(),
-            })
+        let vet = ValidateSignalRequest {
+            session_id: r.session_id,
+            sender_id: r.sender_id.clone(),
+            receiver_id: r.receiver_id.clone(),
+        };
+        let session = unary!(self.matches, validate_signal, "ValidateSignal", vet)
             .await?
             .into_inner()
             .session
