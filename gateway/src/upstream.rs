@@ -36,7 +36,7 @@ pub struct Upstreams {
     pub query: QueryServiceClient<RpcChannel>,
     /// The channel, signaling and match services are called through their
     /// typed handlers when this process serves them (`relaymesh up`): every
-    /// chat message, signal and copilot query is one call.
+    /// chat message, relayed signal and copilot rate check is one call.
     pub channel: ChannelCalls,
     pub r#match: MatchCalls,
     pub scheduler: SchedulerServiceClient<RpcChannel>,
