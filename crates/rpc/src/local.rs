@@ -50,16 +50,15 @@ static SERVERS: LazyLock<RwLock<HashMap<SocketAddr, LocalServer>>> = LazyLock::n
 struct LocalServer {
     id: u64,
     routes: LocalService,
-    handlers: Handlers,
+    /// None for routes registered alone ([`register`]).
+    handlers: Option<ServedHandlers>,
 }
 
 /// A server's typed handlers, by type (`Arc<dyn SomeService>`, stored as
-/// `Arc<dyn Any>` holding it), and the concurrency limit they share with
-/// its routes.
-#[derive(Clone, Default)]
+/// `Arc<dyn Any>` holding it).
+#[derive(Default)]
 pub(crate) struct Handlers {
     by_type: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
-    limit: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl Handlers {
@@ -67,25 +66,32 @@ impl Handlers {
         self.by_type.insert(TypeId::of::<Arc<T>>(), Arc::new(handler));
     }
 
-    pub(crate) fn limited_by(mut self, limit: Arc<tokio::sync::Semaphore>) -> Self {
-        self.limit = Some(limit);
-        self
+    /// The handlers of a server whose calls `limit` counts.
+    pub(crate) fn limited_by(self, limit: Arc<tokio::sync::Semaphore>) -> ServedHandlers {
+        ServedHandlers { handlers: self, limit }
     }
+}
+
+/// A serving server's typed handlers and the concurrency limit they share
+/// with its routes.
+pub(crate) struct ServedHandlers {
+    handlers: Handlers,
+    limit: Arc<tokio::sync::Semaphore>,
 }
 
 /// A typed handler of a server of this process, with the server's
 /// concurrency limit.
 pub(crate) struct LocalHandler<T: ?Sized> {
     pub(crate) handler: Arc<T>,
-    pub(crate) limit: Option<Arc<tokio::sync::Semaphore>>,
+    pub(crate) limit: Arc<tokio::sync::Semaphore>,
 }
 
 /// The typed handler `T` of the server of this process listening on
 /// `addr`, if it registered one.
 pub(crate) fn handler<T: ?Sized + Send + Sync + 'static>(addr: SocketAddr) -> Option<LocalHandler<T>> {
     let servers = SERVERS.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let server = servers.get(&addr)?;
-    let handler = server
+    let served = servers.get(&addr)?.handlers.as_ref()?;
+    let handler = served
         .handlers
         .by_type
         .get(&TypeId::of::<Arc<T>>())?
@@ -93,7 +99,7 @@ pub(crate) fn handler<T: ?Sized + Send + Sync + 'static>(addr: SocketAddr) -> Op
         .clone();
     Some(LocalHandler {
         handler,
-        limit: server.handlers.limit.clone(),
+        limit: served.limit.clone(),
     })
 }
 
@@ -126,12 +132,16 @@ pub struct Registration {
 
 /// Registers `service` as the server listening on `addr`.
 pub fn register(addr: SocketAddr, service: LocalService) -> Registration {
-    register_server(addr, service, Handlers::default())
+    register_server(addr, service, None)
 }
 
 /// Registers `routes` and the typed `handlers` of the server listening on
 /// `addr`.
-pub(crate) fn register_server(addr: SocketAddr, routes: LocalService, handlers: Handlers) -> Registration {
+pub(crate) fn register_server(
+    addr: SocketAddr,
+    routes: LocalService,
+    handlers: Option<ServedHandlers>,
+) -> Registration {
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let mut servers = SERVERS.write().unwrap_or_else(std::sync::PoisonError::into_inner);
     servers.insert(addr, LocalServer { id, routes, handlers });

@@ -94,16 +94,11 @@ impl<C: Clone, T: ?Sized + Send + Sync + 'static> LocalOrRemote<C, T> {
         let span = crate::server::method_span(service, method);
         let call = async move {
             // The server's limit counts this call as one of its own.
-            let _permit = match &found.limit {
-                Some(limit) => Some(
-                    limit
-                        .clone()
-                        .acquire_owned()
-                        .await
-                        .map_err(|_| Status::unavailable("the server is stopping"))?,
-                ),
-                None => None,
-            };
+            let _permit = found
+                .limit
+                .acquire_owned()
+                .await
+                .map_err(|_| Status::unavailable("the server is stopping"))?;
             let started = Instant::now();
             let out = local(found.handler, Request::new(req)).await;
             let code = out.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok);

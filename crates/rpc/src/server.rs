@@ -155,7 +155,7 @@ impl GrpcServer {
                 Some(crate::local::register_server(
                     listener.local_addr()?,
                     tower::util::BoxCloneSyncService::new(local),
-                    std::mem::take(&mut self.handlers).limited_by(limit.clone()),
+                    Some(std::mem::take(&mut self.handlers).limited_by(limit.clone())),
                 ))
             }
             _ => None,
