@@ -271,7 +271,15 @@ impl ChannelService {
                 })
                 .await
         {
-            tracing::warn!(channel_id, ssrc, error = %status.message(), "relay remove_peer failed");
+            if peer_already_gone(&status) {
+                tracing::debug!(
+                    channel_id,
+                    ssrc,
+                    "relay had no such peer (evicted idle, or the channel closed)"
+                );
+            } else {
+                tracing::warn!(channel_id, ssrc, error = %status.message(), "relay remove_peer failed");
+            }
         }
     }
 
@@ -652,6 +660,18 @@ impl ChannelService {
     }
 }
 
+/// Whether the relay refused a RemovePeer because the peer is gone
+/// already: its idle sweep evicts a peer that sends no media (a member who
+/// only chats) and a channel with no peers left, so a later leave finds
+/// nothing to remove. That is the outcome the leave wanted, not a failure.
+fn peer_already_gone(status: &Status) -> bool {
+    use relaymesh_proto::media_relay::v1::ErrorReason as RelayReason;
+    matches!(
+        relaymesh_rpc::reason_of::<RelayReason>(status),
+        Some(RelayReason::UnknownPeer | RelayReason::UnknownChannel)
+    )
+}
+
 fn new_grant_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
@@ -738,5 +758,51 @@ impl channel_service_server::ChannelService for ChannelService {
                 .await
                 .map(|()| DropSessionResponse {}),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use relaymesh_proto::media_relay::v1::ErrorReason as RelayReason;
+    use relaymesh_rpc::ServiceError;
+    use tonic::{Code, Status};
+
+    use super::peer_already_gone;
+
+    /// A refusal carrying `reason` as the relay sends it (ErrorInfo in the
+    /// status details).
+    #[derive(Debug, thiserror::Error)]
+    #[error("refused")]
+    struct Refusal(RelayReason, Code);
+
+    impl ServiceError for Refusal {
+        type Reason = RelayReason;
+        fn code(&self) -> Code {
+            self.1
+        }
+        fn reason(&self) -> RelayReason {
+            self.0
+        }
+    }
+
+    #[test]
+    fn a_peer_or_channel_the_relay_no_longer_has_is_already_gone() {
+        assert!(peer_already_gone(
+            &Refusal(RelayReason::UnknownPeer, Code::NotFound).into_status()
+        ));
+        assert!(peer_already_gone(
+            &Refusal(RelayReason::UnknownChannel, Code::NotFound).into_status()
+        ));
+    }
+
+    #[test]
+    fn any_other_refusal_or_a_broken_call_is_a_failure() {
+        assert!(!peer_already_gone(
+            &Refusal(RelayReason::InvalidArgument, Code::InvalidArgument).into_status()
+        ));
+        // NOT_FOUND without the relay's reason (a proxy's, a missing route)
+        // says nothing about the peer.
+        assert!(!peer_already_gone(&Status::not_found("no route")));
+        assert!(!peer_already_gone(&Status::unavailable("connection refused")));
     }
 }
