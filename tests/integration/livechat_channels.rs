@@ -140,6 +140,11 @@ async fn every_channel_and_message_error_code_is_returned_where_it_applies() {
         2000,
         "no such channel"
     );
+    assert_eq!(
+        ann.err(MESSAGE, json!({"channel_id": "nope", "content": "hi"})).await,
+        2000,
+        "no such channel for a message"
+    );
     ann.ok(CREATE, json!({"channel_id": "small", "capacity": 1})).await;
     assert_eq!(
         bob.err(CREATE, json!({"channel_id": "small"})).await,

@@ -588,12 +588,11 @@ impl ChannelService {
     async fn send_message(&self, req: SendMessageRequest) -> Result<SendMessageResponse> {
         let store = &self.inner.store;
         let who = caller(req.caller)?;
-        // The record, then its members' sessions: kept by this replica while
-        // the record's members_version stays, so a busy channel's message
+        // The record's members_version, then its members' sessions: kept by
+        // this replica while that version stays, so a busy channel's message
         // reads one small key. Membership is checked in that list, and
         // member records are not decoded: a message needs only who.
-        let rec = store.require(&req.channel_id).await?;
-        let sessions = store.member_sessions(&rec).await?;
+        let sessions = store.message_recipients(&req.channel_id).await?;
         if req.content.trim().is_empty() {
             return Err(ChannelError::EmptyMessage);
         }

@@ -8,7 +8,7 @@
 //!
 //! A chat message needs the member list, which rarely changes while a
 //! channel is busy: each replica keeps the lists it read
-//! ([`ChannelStore::member_sessions`]), valid while the record's
+//! ([`ChannelStore::message_recipients`]), valid while the record's
 //! `members_version` (a fresh random value written by every join and leave,
 //! after the member hash changes) is the one they were read under.
 
@@ -208,6 +208,25 @@ impl ChannelStore {
         }
     }
 
+    /// The current member sessions of channel `id`, for a chat message:
+    /// reads the record for its `members_version` alone (its strings are
+    /// skipped, not copied), then the kept or stored member list.
+    pub async fn message_recipients(&self, id: &str) -> Result<Arc<[ConnectionId]>> {
+        /// The one field of a [`ChannelRecord`] a message needs.
+        #[derive(Deserialize)]
+        struct Version {
+            #[serde(default)]
+            members_version: u64,
+        }
+        let bytes = self
+            .state
+            .get(&format!("chan:{id}"))
+            .await?
+            .ok_or_else(|| ChannelError::NotFound(id.to_owned()))?;
+        let Version { members_version } = decode(&bytes)?;
+        self.member_sessions_under(id, members_version).await
+    }
+
     pub async fn require(&self, id: &str) -> Result<ChannelRecord> {
         self.channel(id)
             .await?
@@ -256,14 +275,15 @@ impl ChannelStore {
     /// recipients). Read from the member hash only when this replica has no
     /// list under `rec.members_version`; `rec` must have been read before
     /// this call, so the list read is at least as new as its version.
-    pub async fn member_sessions(&self, rec: &ChannelRecord) -> Result<Arc<[ConnectionId]>> {
-        let id = &rec.channel_id;
-        if let Some(list) = self.member_cache().get(id, rec.members_version) {
+    /// The member sessions of channel `id` whose record says
+    /// `members_version`: kept, or read and kept.
+    async fn member_sessions_under(&self, id: &str, members_version: u64) -> Result<Arc<[ConnectionId]>> {
+        if let Some(list) = self.member_cache().get(id, members_version) {
             return Ok(list);
         }
         let fields = self.state.hash_fields(&format!("chan-members:{id}")).await?;
         let list: Arc<[ConnectionId]> = fields.into_iter().map(ConnectionId::new).collect();
-        self.member_cache().put(id, rec.members_version, list.clone());
+        self.member_cache().put(id, members_version, list.clone());
         Ok(list)
     }
 
@@ -378,9 +398,8 @@ mod tests {
     }
 
     async fn sessions(store: &ChannelStore, id: &str) -> Vec<String> {
-        let rec = store.require(id).await.unwrap();
         let mut list: Vec<String> = store
-            .member_sessions(&rec)
+            .message_recipients(id)
             .await
             .unwrap()
             .iter()
