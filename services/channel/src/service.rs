@@ -762,42 +762,29 @@ impl channel_service_server::ChannelService for ChannelService {
 
 #[cfg(test)]
 mod tests {
-    use relaymesh_proto::media_relay::v1::ErrorReason as RelayReason;
+    use relaymesh_media_relay::MediaRelayError;
+    use relaymesh_media_relay::engine::Ssrc;
     use relaymesh_rpc::ServiceError;
-    use tonic::{Code, Status};
+    use tonic::Status;
 
     use super::peer_already_gone;
 
-    /// A refusal carrying `reason` as the relay sends it (ErrorInfo in the
-    /// status details).
-    #[derive(Debug, thiserror::Error)]
-    #[error("refused")]
-    struct Refusal(RelayReason, Code);
-
-    impl ServiceError for Refusal {
-        type Reason = RelayReason;
-        fn code(&self) -> Code {
-            self.1
-        }
-        fn reason(&self) -> RelayReason {
-            self.0
-        }
-    }
-
     #[test]
     fn a_peer_or_channel_the_relay_no_longer_has_is_already_gone() {
+        let peer = MediaRelayError::UnknownPeer {
+            channel_id: "c".into(),
+            ssrc: Ssrc(1),
+        };
+        assert!(peer_already_gone(&peer.into_status()));
         assert!(peer_already_gone(
-            &Refusal(RelayReason::UnknownPeer, Code::NotFound).into_status()
-        ));
-        assert!(peer_already_gone(
-            &Refusal(RelayReason::UnknownChannel, Code::NotFound).into_status()
+            &MediaRelayError::UnknownChannel("c".into()).into_status()
         ));
     }
 
     #[test]
     fn any_other_refusal_or_a_broken_call_is_a_failure() {
         assert!(!peer_already_gone(
-            &Refusal(RelayReason::InvalidArgument, Code::InvalidArgument).into_status()
+            &MediaRelayError::InvalidArgument("ssrc").into_status()
         ));
         // NOT_FOUND without the relay's reason (a proxy's, a missing route)
         // says nothing about the peer.

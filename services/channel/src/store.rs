@@ -116,6 +116,11 @@ const LOCK_TTL: Duration = Duration::from_secs(5);
 /// How long a request waits for the lock before it is refused as contended.
 const LOCK_WAIT: Duration = Duration::from_secs(30);
 
+/// The key of channel `id`'s record ([`ChannelRecord`]).
+fn channel_key(id: &str) -> String {
+    format!("chan:{id}")
+}
+
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     serde_json::from_slice(bytes).map_err(|e| ChannelError::State(relaymesh_state::StateError::Corrupt(e.to_string())))
 }
@@ -202,7 +207,7 @@ impl ChannelStore {
     }
 
     pub async fn channel(&self, id: &str) -> Result<Option<ChannelRecord>> {
-        match self.state.get(&format!("chan:{id}")).await? {
+        match self.state.get(&channel_key(id)).await? {
             Some(b) => Ok(Some(decode(&b)?)),
             None => Ok(None),
         }
@@ -220,7 +225,7 @@ impl ChannelStore {
         }
         let bytes = self
             .state
-            .get(&format!("chan:{id}"))
+            .get(&channel_key(id))
             .await?
             .ok_or_else(|| ChannelError::NotFound(id.to_owned()))?;
         let Version { members_version } = decode(&bytes)?;
@@ -238,20 +243,20 @@ impl ChannelStore {
         // No TTL: a channel lives until deleted.
         Ok(self
             .state
-            .set_nx(&format!("chan:{}", rec.channel_id), &encode(rec), None)
+            .set_nx(&channel_key(&rec.channel_id), &encode(rec), None)
             .await?)
     }
 
     pub async fn put(&self, rec: &ChannelRecord) -> Result<()> {
         Ok(self
             .state
-            .set(&format!("chan:{}", rec.channel_id), &encode(rec), None)
+            .set(&channel_key(&rec.channel_id), &encode(rec), None)
             .await?)
     }
 
     pub async fn delete(&self, id: &str) -> Result<()> {
         for key in [
-            format!("chan:{id}"),
+            channel_key(id),
             format!("chan-members:{id}"),
             format!("chan-floor:{id}"),
         ] {
@@ -270,13 +275,11 @@ impl ChannelStore {
         Ok(out)
     }
 
-    /// The session ids of the members of `rec`'s channel, without reading
+    /// The session ids of the members of channel `id`, without reading
     /// their records: what a chat message needs (membership and
     /// recipients). Read from the member hash only when this replica has no
-    /// list under `rec.members_version`; `rec` must have been read before
-    /// this call, so the list read is at least as new as its version.
-    /// The member sessions of channel `id` whose record says
-    /// `members_version`: kept, or read and kept.
+    /// list under `members_version`, which must have been read from the
+    /// record before this call, so the list read is at least as new as it.
     async fn member_sessions_under(&self, id: &str, members_version: u64) -> Result<Arc<[ConnectionId]>> {
         if let Some(list) = self.member_cache().get(id, members_version) {
             return Ok(list);
