@@ -75,13 +75,13 @@ impl Delivery {
     /// in process ([`Self::serve_inbox`], in memory) gets it handed over
     /// typed, in this task.
     async fn publish(&self, gateway: &str, envelope: Envelope) -> Result<()> {
-        let topic = inbox_topic(gateway);
         if let SharedState::Memory(m) = &self.state
-            && let Some(sink) = m.sink(&topic)
+            && let Some(sink) = m.sink(gateway)
         {
             sink(envelope);
             return Ok(());
         }
+        let topic = inbox_topic(gateway);
         self.state.publish(&topic, Bytes::from(envelope.encode_to_vec())).await
     }
 
@@ -122,6 +122,18 @@ impl Delivery {
                     None => gone.push(conn.clone()),
                 }
             }
+        }
+        // One replica (every send on one gateway, most to a small channel):
+        // the envelope itself goes, not a copy of its event.
+        if by_gateway.len() == 1
+            && let Some((gateway, ids)) = by_gateway.drain().next()
+        {
+            let addressed = Envelope {
+                connection_ids: ids,
+                ..envelope
+            };
+            self.publish(&gateway, addressed).await?;
+            return Ok(gone);
         }
         // The replicas' publishes go out together (one round trip, not one
         // per replica); each carries only its own replica's connections.
@@ -166,16 +178,15 @@ impl Delivery {
         gateway: &GatewayId,
         sink: impl Fn(Envelope) + Send + Sync + 'static,
     ) -> Result<InboxServer> {
-        let topic = inbox_topic(gateway.as_str());
         let sink: InboxSink = Arc::new(sink);
         let served = match &self.state {
             SharedState::Memory(m) => Served::InProcess(SinkRegistration {
-                id: m.attach_sink(&topic, sink.clone()),
+                id: m.attach_sink(gateway.as_str(), sink.clone()),
                 store: m.clone(),
-                topic,
+                gateway: gateway.as_str().to_owned(),
             }),
             SharedState::Redis(_) => Served::Subscribed(GatewayInbox {
-                sub: self.state.subscribe(&topic).await?,
+                sub: self.state.subscribe(&inbox_topic(gateway.as_str())).await?,
             }),
         };
         Ok(InboxServer { sink, served })
@@ -199,13 +210,13 @@ enum Served {
 
 struct SinkRegistration {
     store: Arc<crate::MemoryStore>,
-    topic: String,
+    gateway: String,
     id: u64,
 }
 
 impl Drop for SinkRegistration {
     fn drop(&mut self) {
-        self.store.detach_sink(&self.topic, self.id);
+        self.store.detach_sink(&self.gateway, self.id);
     }
 }
 

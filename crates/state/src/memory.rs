@@ -39,8 +39,9 @@ impl Entry {
 pub struct MemoryStore {
     data: Mutex<HashMap<String, Entry>>,
     topics: Mutex<HashMap<String, Vec<mpsc::Sender<Bytes>>>>,
-    /// Gateway inboxes served in the publisher's task, by topic, each with
-    /// its registration's id ([`crate::Delivery::serve_inbox`]).
+    /// Gateway inboxes served in the publisher's task, by gateway replica
+    /// id (so a publish finds one without building its topic's name), each
+    /// with its registration's id ([`crate::Delivery::serve_inbox`]).
     sinks: Mutex<HashMap<String, (u64, crate::delivery::InboxSink)>>,
     writes: AtomicU64,
     /// Never bumped: memory is never lost while the process lives. Kept so
@@ -286,10 +287,16 @@ impl MemoryStore {
 
     pub fn throttle(&self, key: &str, rate: Rate, cost: u32) -> RateDecision {
         let out = self.with_data(|data, now| {
-            let tat = match Self::live(data, key, now) {
-                Some(Entry {
-                    value: Value::Tat(t), ..
-                }) => Some(*t),
+            // One lookup: a live bucket is read and updated in place, so its
+            // key is not hashed three times and copied again on every charge
+            // (a channel's is charged for every message).
+            let held = data.get_mut(key);
+            let tat = match held.as_deref() {
+                Some(
+                    e @ Entry {
+                        value: Value::Tat(t), ..
+                    },
+                ) if e.live(now) => Some(*t),
                 // Absent, expired, or (never written here) another type.
                 _ => None,
             };
@@ -297,13 +304,16 @@ impl MemoryStore {
             let (decision, tat) = gcra::decide(rate, tat, now_us, cost);
             // Expires once the bucket is full again: a full bucket needs no key.
             let full_in = Duration::from_secs_f64(((tat - now_us) / 1e6).max(0.0));
-            data.insert(
-                key.to_owned(),
-                Entry {
-                    value: Value::Tat(tat),
-                    expires: Some(now + full_in + Duration::from_millis(1)),
-                },
-            );
+            let entry = Entry {
+                value: Value::Tat(tat),
+                expires: Some(now + full_in + Duration::from_millis(1)),
+            };
+            match held {
+                Some(held) => *held = entry,
+                None => {
+                    data.insert(key.to_owned(), entry);
+                }
+            }
             decision
         });
         self.wrote();
@@ -437,29 +447,30 @@ impl MemoryStore {
         }
     }
 
-    /// Serves `topic` with `sink`, called in each publisher's task, instead
-    /// of a subscription; returns the registration's id for
-    /// [`Self::detach_sink`].
-    pub(crate) fn attach_sink(&self, topic: &str, sink: crate::delivery::InboxSink) -> u64 {
+    /// Serves the inbox of gateway replica `gateway` with `sink`, called in
+    /// each publisher's task, instead of a subscription to its topic;
+    /// returns the registration's id for [`Self::detach_sink`].
+    pub(crate) fn attach_sink(&self, gateway: &str, sink: crate::delivery::InboxSink) -> u64 {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         let id = NEXT.fetch_add(1, Ordering::Relaxed);
         let mut sinks = self.sinks.lock().unwrap_or_else(|p| p.into_inner());
-        sinks.insert(topic.to_owned(), (id, sink));
+        sinks.insert(gateway.to_owned(), (id, sink));
         id
     }
 
-    /// Removes the sink of registration `id` (not a newer one on the topic).
-    pub(crate) fn detach_sink(&self, topic: &str, id: u64) {
+    /// Removes the sink of registration `id` (not a newer one for the
+    /// same replica).
+    pub(crate) fn detach_sink(&self, gateway: &str, id: u64) {
         let mut sinks = self.sinks.lock().unwrap_or_else(|p| p.into_inner());
-        if sinks.get(topic).is_some_and(|(held, _)| *held == id) {
-            sinks.remove(topic);
+        if sinks.get(gateway).is_some_and(|(held, _)| *held == id) {
+            sinks.remove(gateway);
         }
     }
 
-    /// The sink serving `topic`, if any.
-    pub(crate) fn sink(&self, topic: &str) -> Option<crate::delivery::InboxSink> {
+    /// The sink serving the inbox of replica `gateway`, if any.
+    pub(crate) fn sink(&self, gateway: &str) -> Option<crate::delivery::InboxSink> {
         let sinks = self.sinks.lock().unwrap_or_else(|p| p.into_inner());
-        sinks.get(topic).map(|(_, sink)| sink.clone())
+        sinks.get(gateway).map(|(_, sink)| sink.clone())
     }
 
     pub fn subscribe(&self, topic: &str) -> Subscription {

@@ -397,6 +397,12 @@ async fn throttle_allows_a_burst_then_refuses_with_the_time_to_retry() {
             s.throttle("tb:a", rate, 1).await.unwrap().allowed,
             "{s:?}: a token came back"
         );
+        // Full again (its key expired, or is rewritten in place): the whole
+        // burst is back, and charged to the same key.
+        tokio::time::sleep(Duration::from_millis(650)).await;
+        let full = s.throttle("tb:a", rate, 3).await.unwrap();
+        assert_eq!((full.allowed, full.remaining), (true, 0), "{s:?}");
+        assert!(!s.throttle("tb:a", rate, 1).await.unwrap().allowed, "{s:?}");
     }
 }
 
