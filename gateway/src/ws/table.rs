@@ -2,7 +2,7 @@
 //! applies when something is queued for one of them.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
@@ -116,27 +116,24 @@ pub struct ConnectionTable {
 /// `relaymesh_gateway_frames_rendered_total`, so "rendered once per gateway
 /// and format, whatever the number of recipients" can be checked from outside.
 fn render_body(body: &Body, format: Format) -> Option<Outbound> {
+    /// The protocols with rendered events, in the order of [`RENDERED`].
+    const PROTOCOLS: [&str; 3] = ["livechat", "copilot", "signal"];
+    /// Registered at the first render, not looked up on every one.
+    static RENDERED: LazyLock<[metrics::Counter; 3]> = LazyLock::new(|| {
+        PROTOCOLS.map(|p| metrics::counter!("relaymesh_gateway_frames_rendered_total", "protocol" => p))
+    });
     let (protocol, out) = match (format, body) {
-        (Format::Json, Body::Livechat(e)) => (
-            "livechat",
-            relaymesh_wire::livechat::render(e).map(|t| Outbound::Text(t.into())),
-        ),
-        (Format::Json, Body::Copilot(e)) => (
-            "copilot",
-            relaymesh_wire::copilot::render(e).map(|t| Outbound::Text(t.into())),
-        ),
-        (Format::Json, Body::Signal(e)) => (
-            "signal",
-            relaymesh_wire::signal::render(e).map(|t| Outbound::Text(t.into())),
-        ),
+        (Format::Json, Body::Livechat(e)) => (0, relaymesh_wire::livechat::render(e).map(|t| Outbound::Text(t.into()))),
+        (Format::Json, Body::Copilot(e)) => (1, relaymesh_wire::copilot::render(e).map(|t| Outbound::Text(t.into()))),
+        (Format::Json, Body::Signal(e)) => (2, relaymesh_wire::signal::render(e).map(|t| Outbound::Text(t.into()))),
         (Format::Msgpack, Body::Signal(e)) => (
-            "signal",
+            2,
             relaymesh_wire::signal::render_msgpack(e).map(|b| Outbound::Binary(b.into())),
         ),
         (Format::Msgpack, Body::Livechat(_) | Body::Copilot(_))
         | (_, Body::Close(_) | Body::Nudge(_) | Body::Forwarded(_)) => return None,
     };
-    metrics::counter!("relaymesh_gateway_frames_rendered_total", "protocol" => protocol).increment(1);
+    RENDERED[protocol].increment(1);
     out
 }
 
@@ -291,10 +288,14 @@ impl Tally {
     }
 
     fn record(&self) {
-        let outcomes = Self::OUTCOMES;
-        for (o, &n) in outcomes.iter().zip(&self.0) {
+        // One handle per outcome, registered at the first delivery rather
+        // than looked up by name and label on every one.
+        static COUNTERS: LazyLock<[metrics::Counter; 4]> = LazyLock::new(|| {
+            Tally::OUTCOMES.map(|o| metrics::counter!("relaymesh_gateway_deliveries_total", "outcome" => o.label()))
+        });
+        for (counter, &n) in COUNTERS.iter().zip(&self.0) {
             if n > 0 {
-                metrics::counter!("relaymesh_gateway_deliveries_total", "outcome" => o.label()).increment(n);
+                counter.increment(n);
             }
         }
     }
