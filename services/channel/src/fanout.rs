@@ -22,8 +22,8 @@
 
 use std::future::Future;
 use std::hash::BuildHasher;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
 
 use relaymesh_proto::client::v1::LivechatResponse;
 use relaymesh_state::{ConnectionId, Delivery, Envelope, event_envelope};
@@ -187,7 +187,10 @@ async fn deliver(delivery: &impl Deliver, gone: &GoneSessions, job: FanoutJob) {
         }
         Err(err) => tracing::warn!(channel_id = %job.channel_id, error = %err, "event delivery failed"),
     }
-    metrics::histogram!("relaymesh_channel_fanout_seconds").record(started.elapsed().as_secs_f64());
+    // Registered at the first delivery, not looked up on every one.
+    static FANOUT_SECONDS: LazyLock<metrics::Histogram> =
+        LazyLock::new(|| metrics::histogram!("relaymesh_channel_fanout_seconds"));
+    FANOUT_SECONDS.record(started.elapsed().as_secs_f64());
 }
 
 async fn run_shard(
