@@ -103,7 +103,7 @@ impl<C: Clone, T: ?Sized + Send + Sync + 'static> LocalOrRemote<C, T> {
             let out = local(found.handler, Request::new(req)).await;
             let code = out.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok);
             tracing::Span::current().record("rpc.grpc.status_code", code as i32);
-            crate::metrics_layer::record_call(service.into(), method.into(), code, started.elapsed());
+            crate::metrics_layer::record_local_call(service, method, code, started.elapsed());
             out
         }
         .instrument(span);

@@ -1,7 +1,9 @@
 //! Per-method call counts and latencies of a gRPC server.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{LazyLock, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -107,6 +109,45 @@ pub(crate) fn record_call(
     metrics::counter!("relaymesh_grpc_server_requests_total",
         "grpc_service" => service, "grpc_method" => method, "grpc_code" => code_name(code))
     .increment(1);
+}
+
+/// [`record_call`] for an in-process call, whose service and method names
+/// are static: the handles of an OK call (the usual end) are registered at
+/// the method's first call and kept, rather than each being looked up by
+/// name and labels on every call. Other codes go through [`record_call`].
+pub(crate) fn record_local_call(
+    service: &'static str,
+    method: &'static str,
+    code: tonic::Code,
+    took: std::time::Duration,
+) {
+    /// A method's handling-time histogram and its OK counter.
+    struct Handles {
+        seconds: metrics::Histogram,
+        ok: metrics::Counter,
+    }
+    type ByMethod = HashMap<(&'static str, &'static str), Handles>;
+    static KEPT: LazyLock<RwLock<ByMethod>> = LazyLock::new(Default::default);
+    if code != tonic::Code::Ok {
+        return record_call(service.into(), method.into(), code, took);
+    }
+    let record = |h: &Handles| {
+        h.seconds.record(took.as_secs_f64());
+        h.ok.increment(1);
+    };
+    let kept = KEPT.read().unwrap_or_else(PoisonError::into_inner);
+    if let Some(handles) = kept.get(&(service, method)) {
+        return record(handles);
+    }
+    drop(kept);
+    let mut kept = KEPT.write().unwrap_or_else(PoisonError::into_inner);
+    let handles = kept.entry((service, method)).or_insert_with(|| Handles {
+        seconds: metrics::histogram!("relaymesh_grpc_server_handling_seconds",
+            "grpc_service" => service, "grpc_method" => method),
+        ok: metrics::counter!("relaymesh_grpc_server_requests_total",
+            "grpc_service" => service, "grpc_method" => method, "grpc_code" => code_name(tonic::Code::Ok)),
+    });
+    record(handles);
 }
 
 /// `(service, method)` of a gRPC path `/package.Service/Method`.
