@@ -16,7 +16,8 @@ use relaymesh_proto::scheduler::v1::scheduler_service_client::SchedulerServiceCl
 use relaymesh_proto::signaling::v1::signaling_service_client::SignalingServiceClient;
 use relaymesh_proto::signaling::v1::signaling_service_server;
 use relaymesh_rpc::{
-    BalanceOptions, DnsResolver, LocalOrRemote, RpcChannel, RpcError, connect_active, connect_balanced,
+    BalanceOptions, ChannelCalls, DnsResolver, LocalOrRemote, MatchCalls, RpcChannel, RpcError, SignalingCalls,
+    connect_active, connect_balanced,
 };
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -44,14 +45,6 @@ pub struct Upstreams {
     /// Follows the active scheduler when SCHEDULER_URL lists several.
     _scheduler_follower: Option<std::sync::Arc<tokio_util::task::AbortOnDropHandle<()>>>,
 }
-
-/// Calls to the channel service (`relaymesh_rpc::unary!`).
-pub type ChannelCalls = LocalOrRemote<ChannelServiceClient<RpcChannel>, dyn channel_service_server::ChannelService>;
-/// Calls to the signaling service (`relaymesh_rpc::unary!`).
-pub type SignalingCalls =
-    LocalOrRemote<SignalingServiceClient<RpcChannel>, dyn signaling_service_server::SignalingService>;
-/// Calls to the match service (`relaymesh_rpc::unary!`).
-pub type MatchCalls = LocalOrRemote<MatchServiceClient<RpcChannel>, dyn match_service_server::MatchService>;
 
 #[derive(Clone)]
 struct Upstream {

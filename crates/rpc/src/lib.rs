@@ -9,10 +9,12 @@
 //! - [`local`]: calls between roles of one process (`relaymesh up`) handed
 //!   to the served routes without the socket; [`LocalOrRemote`] hands them
 //!   to the typed handler, without encoding either.
+//! - [`calls`]: the typed calls' one name per service (`ChannelCalls`…).
 //! - [`tls`]: optional TLS of the mesh's own gRPC.
 //! - [`ServiceError`]: the one mapping from a service's error enum to a
 //!   `tonic::Status`.
 
+pub mod calls;
 pub mod client;
 mod error;
 pub mod local;
@@ -21,6 +23,7 @@ mod metrics_layer;
 mod server;
 pub mod tls;
 
+pub use calls::{ChannelCalls, MatchCalls, SignalingCalls};
 pub use client::{
     BalanceOptions, DnsResolver, Resolve, RpcChannel, TracedChannel, connect_active, connect_balanced, connect_lazy,
 };

@@ -11,16 +11,10 @@ use relaymesh_proto::client::v1::{
     ClientProtocol, IceCandidateReceived, SdpReceived, SignalResponse, signal_response::Event,
 };
 use relaymesh_proto::r#match::v1::ValidateSignalRequest;
-use relaymesh_proto::r#match::v1::match_service_client::MatchServiceClient;
-use relaymesh_proto::r#match::v1::match_service_server;
 use relaymesh_proto::signaling::v1::{RelaySignalRequest, RelaySignalResponse, relay_signal_request::Body};
-use relaymesh_rpc::{LocalOrRemote, RpcChannel, unary};
+use relaymesh_rpc::{MatchCalls, unary};
 use relaymesh_state::{Delivery, event_envelope};
 use tonic::Status;
-
-/// Calls to the match service: to its typed handler when this process
-/// serves it (`relaymesh up`).
-pub type MatchCalls = LocalOrRemote<MatchServiceClient<RpcChannel>, dyn match_service_server::MatchService>;
 
 #[derive(Clone)]
 pub struct SignalRelay {
