@@ -28,6 +28,6 @@ pub use client::{
     BalanceOptions, DnsResolver, Resolve, RpcChannel, TracedChannel, connect_active, connect_balanced, connect_lazy,
 };
 pub use error::{RpcError, ServiceError, metadata_of, reason_of};
-pub use local_or_remote::LocalOrRemote;
+pub use local_or_remote::{LocalOrRemote, proto_method_len, proto_method_name};
 pub use metrics_layer::RpcMetricsLayer;
 pub use server::{GrpcServer, ServeOptions};

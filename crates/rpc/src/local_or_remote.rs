@@ -115,15 +115,103 @@ impl<C: Clone, T: ?Sized + Send + Sync + 'static> LocalOrRemote<C, T> {
 }
 
 /// Calls a unary method through a [`LocalOrRemote`], naming it once:
-/// `unary!(channel, send_message, "SendMessage", req)`.
+/// `unary!(channel, send_message, req)`. The method's proto name
+/// (`SendMessage`), which its span and metrics carry as a call over the
+/// network does, is made from the Rust name at compile time
+/// ([`proto_method_name`]).
 #[macro_export]
 macro_rules! unary {
-    ($client:expr, $method:ident, $name:literal, $req:expr) => {
+    ($client:expr, $method:ident, $req:expr) => {{
+        const METHOD: &str = {
+            const RUST_NAME: &str = stringify!($method);
+            const NAME: [u8; $crate::proto_method_len(RUST_NAME)] = $crate::proto_method_name(RUST_NAME);
+            match ::core::str::from_utf8(&NAME) {
+                Ok(name) => name,
+                Err(_) => panic!("a method name is ASCII"),
+            }
+        };
         $client.unary(
-            $name,
+            METHOD,
             $req,
             |handler, req| async move { handler.$method(req).await },
             |mut client, req| async move { client.$method(req).await },
         )
-    };
+    }};
+}
+
+/// The length of [`proto_method_name`]`(rust_name)`.
+pub const fn proto_method_len(rust_name: &str) -> usize {
+    let bytes = rust_name.as_bytes();
+    let (mut i, mut len) = (0, 0);
+    while i < bytes.len() {
+        if bytes[i] != b'_' {
+            len += 1;
+        }
+        i += 1;
+    }
+    len
+}
+
+/// A method's proto name from the name tonic generated for it, as ASCII
+/// bytes: `send_message` is `SendMessage`. `N` is
+/// [`proto_method_len`]`(rust_name)`. Exact for a proto name of
+/// capitalised words without runs of capitals (`GetIceServers`, not
+/// `GetICEServers`); a test checks it for every method the mesh serves.
+pub const fn proto_method_name<const N: usize>(rust_name: &str) -> [u8; N] {
+    let bytes = rust_name.as_bytes();
+    let mut name = [0u8; N];
+    let (mut i, mut n) = (0, 0);
+    let mut word_start = true;
+    while i < bytes.len() && n < N {
+        let b = bytes[i];
+        if b == b'_' {
+            word_start = true;
+        } else {
+            name[n] = if word_start { b.to_ascii_uppercase() } else { b };
+            n += 1;
+            word_start = false;
+        }
+        i += 1;
+    }
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use heck::ToSnakeCase;
+    use prost::Message;
+
+    /// The proto name [`unary!`] gives each method from its Rust name.
+    fn from_rust_name(rust_name: &str) -> String {
+        let mut name = [0u8; 64];
+        let len = super::proto_method_len(rust_name);
+        let made: [u8; 64] = super::proto_method_name(rust_name);
+        name[..len].copy_from_slice(&made[..len]);
+        String::from_utf8(name[..len].to_vec()).unwrap()
+    }
+
+    #[test]
+    fn every_served_method_gets_its_proto_name_back_from_its_rust_name() {
+        let files = prost_types::FileDescriptorSet::decode(relaymesh_proto::FILE_DESCRIPTOR_SET).unwrap();
+        let methods: Vec<String> = files
+            .file
+            .iter()
+            .flat_map(|f| &f.service)
+            .flat_map(|s| &s.method)
+            .filter_map(|m| m.name.clone())
+            .collect();
+        assert!(methods.len() > 20, "the mesh's methods: {methods:?}");
+        for method in methods {
+            // tonic names a method's Rust function by heck's snake case.
+            assert_eq!(from_rust_name(&method.to_snake_case()), method);
+        }
+    }
+
+    #[test]
+    fn a_rust_name_becomes_capitalised_words() {
+        assert_eq!(from_rust_name("send_message"), "SendMessage");
+        assert_eq!(from_rust_name("drop_session"), "DropSession");
+        assert_eq!(from_rust_name("query"), "Query");
+        assert_eq!(super::proto_method_len("relay_signal"), "RelaySignal".len());
+    }
 }

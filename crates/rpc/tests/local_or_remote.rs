@@ -114,7 +114,7 @@ async fn query(calls: &Calls, user: &str) -> Result<Response<QueryResponse>, Sta
         user_id: user.into(),
         data: None,
     };
-    unary!(calls, query, "Query", req).await
+    unary!(calls, query, req).await
 }
 
 /// A refusal arrives as the handler made it: code, message and reason.

@@ -153,7 +153,7 @@ async fn a_typed_in_process_calls_span_is_a_child_of_the_callers_and_carries_its
         query_service_server::SERVICE_NAME,
         Duration::from_secs(5),
     );
-    let refused = async { unary!(calls, query, "Query", QueryRequest::default()).await }
+    let refused = async { unary!(calls, query, QueryRequest::default()).await }
         .instrument(tracing::info_span!("caller"))
         .await
         .unwrap_err();

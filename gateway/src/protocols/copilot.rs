@@ -133,7 +133,7 @@ impl CopilotProtocol {
             user_id: self.who.user_id.clone(),
             connection_id: cx.id.to_string(),
         };
-        let decision = match unary!(cx.gw.upstreams.signaling, check_rate_limit, "CheckRateLimit", check).await {
+        let decision = match unary!(cx.gw.upstreams.signaling, check_rate_limit, check).await {
             Ok(r) => r.into_inner(),
             Err(status) => return cx.send(status_error(&status, q.request_id)),
         };
@@ -171,7 +171,7 @@ impl CopilotProtocol {
             kind: kind as i32,
             data: a.data,
         };
-        if let Err(status) = unary!(cx.gw.upstreams.signaling, resolve_callback, "ResolveCallback", req).await {
+        if let Err(status) = unary!(cx.gw.upstreams.signaling, resolve_callback, req).await {
             cx.send(status_error(&status, Some(a.request_id)));
         }
     }
@@ -260,9 +260,7 @@ impl Protocol for CopilotProtocol {
         let req = DropSessionRequest {
             connection_id: ended.connection_id.to_owned(),
         };
-        unary!(gw.upstreams.signaling, drop_session, "DropSession", req)
-            .await
-            .map(drop)
+        unary!(gw.upstreams.signaling, drop_session, req).await.map(drop)
     }
 }
 

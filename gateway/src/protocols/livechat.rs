@@ -99,7 +99,7 @@ impl LivechatProtocol {
                     floor_policy: f.floor,
                     max_talk_ms: f.max_talk_ms.unwrap_or(0),
                 };
-                let r = unary!(channel, create_channel, "CreateChannel", req).await;
+                let r = unary!(channel, create_channel, req).await;
                 r.map(|r| ack::Result::Channel(r.into_inner().channel.unwrap_or_default()))
             }
             Request::ChannelJoin(f) => {
@@ -109,7 +109,7 @@ impl LivechatProtocol {
                     channel_id: f.channel_id,
                     ssrc: f.ssrc,
                 };
-                unary!(channel, join_channel, "JoinChannel", req).await.map(|r| {
+                unary!(channel, join_channel, req).await.map(|r| {
                     let r = r.into_inner();
                     ack::Result::Joined(Joined {
                         channel_id,
@@ -123,7 +123,7 @@ impl LivechatProtocol {
                     caller,
                     channel_id: f.channel_id.clone(),
                 };
-                let r = unary!(channel, leave_channel, "LeaveChannel", req).await;
+                let r = unary!(channel, leave_channel, req).await;
                 r.map(|_| {
                     ack::Result::ChannelRef(ChannelRef {
                         channel_id: f.channel_id,
@@ -136,7 +136,7 @@ impl LivechatProtocol {
                     channel_id: f.channel_id,
                     name: f.name,
                 };
-                let r = unary!(channel, update_channel, "UpdateChannel", req).await;
+                let r = unary!(channel, update_channel, req).await;
                 r.map(|r| ack::Result::Channel(r.into_inner().channel.unwrap_or_default()))
             }
             Request::ChannelDelete(f) => {
@@ -144,7 +144,7 @@ impl LivechatProtocol {
                     caller,
                     channel_id: f.channel_id.clone(),
                 };
-                let r = unary!(channel, delete_channel, "DeleteChannel", req).await;
+                let r = unary!(channel, delete_channel, req).await;
                 r.map(|_| {
                     ack::Result::ChannelRef(ChannelRef {
                         channel_id: f.channel_id,
@@ -157,7 +157,7 @@ impl LivechatProtocol {
                     channel_id: f.channel_id.clone(),
                     content: f.content,
                 };
-                unary!(channel, send_message, "SendMessage", req).await.map(|r| {
+                unary!(channel, send_message, req).await.map(|r| {
                     ack::Result::MessageSent(MessageSent {
                         channel_id: f.channel_id,
                         message_id: r.into_inner().message_id,
@@ -169,7 +169,7 @@ impl LivechatProtocol {
                     caller,
                     channel_id: f.channel_id,
                 };
-                let r = unary!(channel, request_floor, "RequestFloor", req).await;
+                let r = unary!(channel, request_floor, req).await;
                 r.map(|r| ack::Result::Floor(r.into_inner().floor.unwrap_or_default()))
             }
             Request::FloorRelease(f) => {
@@ -177,7 +177,7 @@ impl LivechatProtocol {
                     caller,
                     channel_id: f.channel_id,
                 };
-                let r = unary!(channel, release_floor, "ReleaseFloor", req).await;
+                let r = unary!(channel, release_floor, req).await;
                 r.map(|r| ack::Result::Floor(r.into_inner().floor.unwrap_or_default()))
             }
             Request::Heartbeat(_) | Request::Identify(_) => {
@@ -321,9 +321,7 @@ impl Protocol for LivechatProtocol {
         let req = DropSessionRequest {
             session_id: ended.connection_id.to_owned(),
         };
-        unary!(gw.upstreams.channel, drop_session, "DropSession", req)
-            .await
-            .map(drop)
+        unary!(gw.upstreams.channel, drop_session, req).await.map(drop)
     }
 }
 

@@ -111,7 +111,7 @@ impl SignalProtocol {
                 receiver_id,
                 body: Some(body),
             };
-            async move { unary!(signaling, relay_signal, "RelaySignal", req).await.map(|_| None) }
+            async move { unary!(signaling, relay_signal, req).await.map(|_| None) }
         };
         match req {
             Request::JoinLobby(r) => {
@@ -120,7 +120,7 @@ impl SignalProtocol {
                     player_name: r.player_name,
                     connection_id: cx.id.to_string(),
                 };
-                let answer = unary!(matches, join_lobby, "JoinLobby", req).await?.into_inner();
+                let answer = unary!(matches, join_lobby, req).await?.into_inner();
                 self.joined = true;
                 Ok(Some(Event::LobbyJoined(LobbyJoined {
                     player_id: r.player_id,
@@ -133,7 +133,7 @@ impl SignalProtocol {
                     player_id: r.player_id,
                     connection_id: cx.id.to_string(),
                 };
-                unary!(matches, leave_lobby, "LeaveLobby", req).await?;
+                unary!(matches, leave_lobby, req).await?;
                 self.joined = false;
                 Ok(None)
             }
@@ -142,7 +142,7 @@ impl SignalProtocol {
                     requester_id: r.requester_id,
                     target_id: r.target_id,
                 };
-                unary!(matches, request_match, "RequestMatch", req).await.map(|_| None)
+                unary!(matches, request_match, req).await.map(|_| None)
             }
             Request::AcceptMatch(r) => {
                 let req = AcceptMatchRequest {
@@ -150,7 +150,7 @@ impl SignalProtocol {
                     requester_id: r.requester_id,
                     session_id: r.session_id,
                 };
-                unary!(matches, accept_match, "AcceptMatch", req).await.map(|_| None)
+                unary!(matches, accept_match, req).await.map(|_| None)
             }
             Request::DeclineMatch(r) => {
                 let req = DeclineMatchRequest {
@@ -158,7 +158,7 @@ impl SignalProtocol {
                     requester_id: r.requester_id,
                     session_id: r.session_id,
                 };
-                unary!(matches, decline_match, "DeclineMatch", req).await.map(|_| None)
+                unary!(matches, decline_match, req).await.map(|_| None)
             }
             Request::CancelMatchRequest(r) => {
                 let req = CancelMatchRequest {
@@ -166,7 +166,7 @@ impl SignalProtocol {
                     target_id: r.target_id,
                     session_id: r.session_id,
                 };
-                unary!(matches, cancel_match, "CancelMatch", req).await.map(|_| None)
+                unary!(matches, cancel_match, req).await.map(|_| None)
             }
             Request::ReportConnection(r) => {
                 let req = ReportConnectionRequest {
@@ -174,9 +174,7 @@ impl SignalProtocol {
                     player_id: r.player_id,
                     connected: r.connected,
                 };
-                unary!(matches, report_connection, "ReportConnection", req)
-                    .await
-                    .map(|_| None)
+                unary!(matches, report_connection, req).await.map(|_| None)
             }
             Request::SendSdpOffer(r) => relay(r.session_id, r.sender_id, r.receiver_id, Body::SdpOffer(r.sdp)).await,
             Request::SendSdpAnswer(r) => relay(r.session_id, r.sender_id, r.receiver_id, Body::SdpAnswer(r.sdp)).await,
@@ -248,9 +246,7 @@ impl Protocol for SignalProtocol {
             player_id: ended.user_id.to_owned(),
             connection_id: ended.connection_id.to_owned(),
         };
-        unary!(gw.upstreams.r#match, leave_lobby, "LeaveLobby", req)
-            .await
-            .map(drop)
+        unary!(gw.upstreams.r#match, leave_lobby, req).await.map(drop)
     }
 }
 

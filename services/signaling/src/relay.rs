@@ -38,7 +38,7 @@ impl SignalRelay {
             sender_id: r.sender_id.clone(),
             receiver_id: r.receiver_id.clone(),
         };
-        let session = unary!(self.matches, validate_signal, "ValidateSignal", vet)
+        let session = unary!(self.matches, validate_signal, vet)
             .await?
             .into_inner()
             .session
