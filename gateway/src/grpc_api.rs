@@ -29,8 +29,8 @@ use tracing::Instrument;
 use crate::Shared;
 use crate::identity::{self, AuthFailure, Identity};
 use crate::protocols::{
-    Beat, CopilotProtocol, Ctx, Heartbeat, LivechatProtocol, Liveness, Protocol, SignalProtocol, finish, frame_span,
-    handle, protocol_name,
+    Beat, CopilotProtocol, Ctx, Heartbeat, LivechatProtocol, Liveness, Protocol, SignalProtocol, count_frame_in,
+    finish, frame_span, handle, protocol_name,
 };
 use crate::ws::{ConnHandle, Outbound, Transport};
 
@@ -251,7 +251,7 @@ async fn run_stream<P, O>(
             },
             req = inbound.next() => match req {
                 Some(Ok(req)) => {
-                    metrics::counter!("relaymesh_gateway_frames_in_total", "protocol" => name).increment(1);
+                    count_frame_in(P::NAME);
                     take(&mut proto, &mut cx, &mut heartbeat, req).await;
                 }
                 // The client ended its side, or the stream broke.

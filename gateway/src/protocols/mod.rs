@@ -13,7 +13,7 @@ mod node;
 mod signal;
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 pub use copilot::CopilotProtocol;
@@ -147,6 +147,21 @@ pub async fn finish<P: Protocol>(proto: &mut P, cx: &mut Ctx<P::Event>, transpor
     }
     .instrument(span)
     .await;
+}
+
+/// Counts one frame a client sent on `protocol`
+/// (`relaymesh_gateway_frames_in_total`). It runs for every frame, so each
+/// protocol's handle is registered at its first frame and kept, rather than
+/// looked up by name and label every time.
+pub fn count_frame_in(protocol: ClientProtocol) {
+    /// By `ClientProtocol` value.
+    static FRAMES_IN: [OnceLock<metrics::Counter>; 5] = [const { OnceLock::new() }; 5];
+    if let Some(slot) = FRAMES_IN.get(protocol as usize) {
+        slot.get_or_init(
+            || metrics::counter!("relaymesh_gateway_frames_in_total", "protocol" => protocol_name(protocol)),
+        )
+        .increment(1);
+    }
 }
 
 /// The registry's name of a protocol, for logs and metric labels.

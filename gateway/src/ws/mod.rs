@@ -26,7 +26,7 @@ use tracing::Instrument;
 pub use table::{ConnHandle, ConnectionTable, LatestSlot, Offered, Outbound, Transport};
 
 use crate::Shared;
-use crate::protocols::{Beat, Ctx, Heartbeat, Protocol, finish, frame_span, handle, protocol_name};
+use crate::protocols::{Beat, Ctx, Heartbeat, Protocol, count_frame_in, finish, frame_span, handle, protocol_name};
 
 /// How a protocol looks as WebSocket frames: the one place its frames are
 /// parsed and rendered, as JSON text and, for protocols that have it, as
@@ -141,7 +141,7 @@ pub async fn run<P: WsCodec>(
             msg = socket.recv() => match msg {
                 Some(Ok(Message::Text(text))) => {
                     heartbeat.heard();
-                    metrics::counter!("relaymesh_gateway_frames_in_total", "protocol" => name).increment(1);
+                    count_frame_in(P::NAME);
                     match format {
                         Format::Json => take(&mut cx, &mut proto, &mut heartbeat, text.len(), cfg.max_frame_bytes, |p| p.parse(text.as_str())).await,
                         Format::Msgpack => refuse(&mut cx, &proto, &FrameError::Text),
@@ -152,7 +152,7 @@ pub async fn run<P: WsCodec>(
                     match format {
                         Format::Json => refuse(&mut cx, &proto, &FrameError::Binary),
                         Format::Msgpack => {
-                            metrics::counter!("relaymesh_gateway_frames_in_total", "protocol" => name).increment(1);
+                            count_frame_in(P::NAME);
                             take(&mut cx, &mut proto, &mut heartbeat, bytes.len(), cfg.max_frame_bytes, |p| p.parse_msgpack(&bytes)).await;
                         }
                     }
