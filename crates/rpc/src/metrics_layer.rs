@@ -9,6 +9,11 @@ use std::time::Instant;
 
 use tower::{Layer, Service};
 
+/// Calls of a method, by `grpc_code`.
+const REQUESTS_TOTAL: &str = "relaymesh_grpc_server_requests_total";
+/// Handling time of a method's calls.
+const HANDLING_SECONDS: &str = "relaymesh_grpc_server_handling_seconds";
+
 /// Records `relaymesh_grpc_server_requests_total{grpc_service, grpc_method,
 /// grpc_code}` and `relaymesh_grpc_server_handling_seconds{grpc_service,
 /// grpc_method}` for every call, and the status code on the call's span
@@ -103,10 +108,10 @@ pub(crate) fn record_call(
     code: tonic::Code,
     took: std::time::Duration,
 ) {
-    metrics::histogram!("relaymesh_grpc_server_handling_seconds",
+    metrics::histogram!(HANDLING_SECONDS,
         "grpc_service" => service.clone(), "grpc_method" => method.clone())
     .record(took.as_secs_f64());
-    metrics::counter!("relaymesh_grpc_server_requests_total",
+    metrics::counter!(REQUESTS_TOTAL,
         "grpc_service" => service, "grpc_method" => method, "grpc_code" => code_name(code))
     .increment(1);
 }
@@ -142,9 +147,9 @@ pub(crate) fn record_local_call(
     drop(kept);
     let mut kept = KEPT.write().unwrap_or_else(PoisonError::into_inner);
     let handles = kept.entry((service, method)).or_insert_with(|| Handles {
-        seconds: metrics::histogram!("relaymesh_grpc_server_handling_seconds",
+        seconds: metrics::histogram!(HANDLING_SECONDS,
             "grpc_service" => service, "grpc_method" => method),
-        ok: metrics::counter!("relaymesh_grpc_server_requests_total",
+        ok: metrics::counter!(REQUESTS_TOTAL,
             "grpc_service" => service, "grpc_method" => method, "grpc_code" => code_name(tonic::Code::Ok)),
     });
     record(handles);

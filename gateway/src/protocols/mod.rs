@@ -150,17 +150,34 @@ pub async fn finish<P: Protocol>(proto: &mut P, cx: &mut Ctx<P::Event>, transpor
 }
 
 /// Counts one frame a client sent on `protocol`
-/// (`relaymesh_gateway_frames_in_total`). It runs for every frame, so each
-/// protocol's handle is registered at its first frame and kept, rather than
-/// looked up by name and label every time.
+/// (`relaymesh_gateway_frames_in_total`).
 pub fn count_frame_in(protocol: ClientProtocol) {
+    static KEPT: ProtocolCounters = ProtocolCounters::new("relaymesh_gateway_frames_in_total");
+    KEPT.increment(protocol);
+}
+
+/// A counter labelled by protocol, for counts made per frame or per event:
+/// each protocol's handle is registered at its first count and kept, not
+/// looked up by name and label every time.
+pub struct ProtocolCounters {
+    name: &'static str,
     /// By `ClientProtocol` value.
-    static FRAMES_IN: [OnceLock<metrics::Counter>; 5] = [const { OnceLock::new() }; 5];
-    if let Some(slot) = FRAMES_IN.get(protocol as usize) {
-        slot.get_or_init(
-            || metrics::counter!("relaymesh_gateway_frames_in_total", "protocol" => protocol_name(protocol)),
-        )
-        .increment(1);
+    kept: [OnceLock<metrics::Counter>; 5],
+}
+
+impl ProtocolCounters {
+    pub const fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            kept: [const { OnceLock::new() }; 5],
+        }
+    }
+
+    pub fn increment(&self, protocol: ClientProtocol) {
+        if let Some(slot) = self.kept.get(protocol as usize) {
+            slot.get_or_init(|| metrics::counter!(self.name, "protocol" => protocol_name(protocol)))
+                .increment(1);
+        }
     }
 }
 

@@ -6,12 +6,14 @@ use std::sync::{Arc, LazyLock, Mutex};
 
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
-use relaymesh_proto::client::v1::CloseCode;
+use relaymesh_proto::client::v1::{ClientProtocol, CloseCode};
 use relaymesh_proto::delivery::v1::{ForwardedRequest, NudgeReason};
 use relaymesh_state::{Body, ConnectionId, Envelope};
 use relaymesh_wire::Format;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+use crate::protocols::ProtocolCounters;
 
 /// What the connection task is asked to do by someone else.
 #[derive(Debug)]
@@ -116,24 +118,28 @@ pub struct ConnectionTable {
 /// `relaymesh_gateway_frames_rendered_total`, so "rendered once per gateway
 /// and format, whatever the number of recipients" can be checked from outside.
 fn render_body(body: &Body, format: Format) -> Option<Outbound> {
-    /// The protocols with rendered events, in the order of [`RENDERED`].
-    const PROTOCOLS: [&str; 3] = ["livechat", "copilot", "signal"];
-    /// Registered at the first render, not looked up on every one.
-    static RENDERED: LazyLock<[metrics::Counter; 3]> = LazyLock::new(|| {
-        PROTOCOLS.map(|p| metrics::counter!("relaymesh_gateway_frames_rendered_total", "protocol" => p))
-    });
+    static RENDERED: ProtocolCounters = ProtocolCounters::new("relaymesh_gateway_frames_rendered_total");
     let (protocol, out) = match (format, body) {
-        (Format::Json, Body::Livechat(e)) => (0, relaymesh_wire::livechat::render(e).map(|t| Outbound::Text(t.into()))),
-        (Format::Json, Body::Copilot(e)) => (1, relaymesh_wire::copilot::render(e).map(|t| Outbound::Text(t.into()))),
-        (Format::Json, Body::Signal(e)) => (2, relaymesh_wire::signal::render(e).map(|t| Outbound::Text(t.into()))),
+        (Format::Json, Body::Livechat(e)) => (
+            ClientProtocol::Livechat,
+            relaymesh_wire::livechat::render(e).map(|t| Outbound::Text(t.into())),
+        ),
+        (Format::Json, Body::Copilot(e)) => (
+            ClientProtocol::Copilot,
+            relaymesh_wire::copilot::render(e).map(|t| Outbound::Text(t.into())),
+        ),
+        (Format::Json, Body::Signal(e)) => (
+            ClientProtocol::Signal,
+            relaymesh_wire::signal::render(e).map(|t| Outbound::Text(t.into())),
+        ),
         (Format::Msgpack, Body::Signal(e)) => (
-            2,
+            ClientProtocol::Signal,
             relaymesh_wire::signal::render_msgpack(e).map(|b| Outbound::Binary(b.into())),
         ),
         (Format::Msgpack, Body::Livechat(_) | Body::Copilot(_))
         | (_, Body::Close(_) | Body::Nudge(_) | Body::Forwarded(_)) => return None,
     };
-    RENDERED[protocol].increment(1);
+    RENDERED.increment(protocol);
     out
 }
 
