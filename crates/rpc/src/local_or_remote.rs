@@ -183,11 +183,8 @@ mod tests {
 
     /// The proto name [`unary!`] gives each method from its Rust name.
     fn from_rust_name(rust_name: &str) -> String {
-        let mut name = [0u8; 64];
-        let len = super::proto_method_len(rust_name);
         let made: [u8; 64] = super::proto_method_name(rust_name);
-        name[..len].copy_from_slice(&made[..len]);
-        String::from_utf8(name[..len].to_vec()).unwrap()
+        String::from_utf8(made[..super::proto_method_len(rust_name)].to_vec()).unwrap()
     }
 
     #[test]

@@ -19,6 +19,11 @@ use relaymesh_state::SharedState;
 
 use crate::error::{ChannelError, Result};
 
+/// The key of the relay assigned to channel `channel_id`.
+fn relay_key(channel_id: &str) -> String {
+    format!("chan-relay:{channel_id}")
+}
+
 pub struct RelayDirectory {
     state: SharedState,
     clients: Mutex<HashMap<String, MediaRelayServiceClient<RpcChannel>>>,
@@ -44,7 +49,7 @@ impl RelayDirectory {
     /// The live relay serving `channel_id`, assigning one if needed; None
     /// when no relay is registered (chat still works, media does not).
     pub async fn for_channel(&self, channel_id: &str) -> Result<Option<RelayRegistration>> {
-        let key = format!("chan-relay:{channel_id}");
+        let key = relay_key(channel_id);
         let current = self.state.get(&key).await?;
         if let Some(id) = &current
             && let Some(reg) = self.registration(&String::from_utf8_lossy(id)).await?
@@ -92,14 +97,14 @@ impl RelayDirectory {
 
     /// The relay assigned to `channel_id`, without assigning one.
     pub async fn assigned(&self, channel_id: &str) -> Result<Option<RelayRegistration>> {
-        match self.state.get(&format!("chan-relay:{channel_id}")).await? {
+        match self.state.get(&relay_key(channel_id)).await? {
             Some(id) => self.registration(&String::from_utf8_lossy(&id)).await,
             None => Ok(None),
         }
     }
 
     pub async fn forget(&self, channel_id: &str) -> Result<()> {
-        self.state.delete(&format!("chan-relay:{channel_id}")).await?;
+        self.state.delete(&relay_key(channel_id)).await?;
         Ok(())
     }
 

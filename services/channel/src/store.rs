@@ -121,6 +121,16 @@ fn channel_key(id: &str) -> String {
     format!("chan:{id}")
 }
 
+/// The key of channel `id`'s member hash (session id -> [`MemberRecord`]).
+fn members_key(id: &str) -> String {
+    format!("chan-members:{id}")
+}
+
+/// The key of channel `id`'s floor.
+fn floor_key(id: &str) -> String {
+    format!("chan-floor:{id}")
+}
+
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     serde_json::from_slice(bytes).map_err(|e| ChannelError::State(relaymesh_state::StateError::Corrupt(e.to_string())))
 }
@@ -255,11 +265,7 @@ impl ChannelStore {
     }
 
     pub async fn delete(&self, id: &str) -> Result<()> {
-        for key in [
-            channel_key(id),
-            format!("chan-members:{id}"),
-            format!("chan-floor:{id}"),
-        ] {
+        for key in [channel_key(id), members_key(id), floor_key(id)] {
             self.state.delete(&key).await?;
         }
         self.member_cache().forget(id);
@@ -268,7 +274,7 @@ impl ChannelStore {
 
     pub async fn members(&self, id: &str) -> Result<Vec<MemberRecord>> {
         let mut out = Vec::new();
-        for (_, v) in self.state.hash_all(&format!("chan-members:{id}")).await? {
+        for (_, v) in self.state.hash_all(&members_key(id)).await? {
             out.push(decode::<MemberRecord>(&v)?);
         }
         out.sort_by(|a, b| a.session_id.cmp(&b.session_id));
@@ -284,14 +290,14 @@ impl ChannelStore {
         if let Some(list) = self.member_cache().get(id, members_version) {
             return Ok(list);
         }
-        let fields = self.state.hash_fields(&format!("chan-members:{id}")).await?;
+        let fields = self.state.hash_fields(&members_key(id)).await?;
         let list: Arc<[ConnectionId]> = fields.into_iter().map(ConnectionId::new).collect();
         self.member_cache().put(id, members_version, list.clone());
         Ok(list)
     }
 
     pub async fn member(&self, id: &str, session_id: &str) -> Result<Option<MemberRecord>> {
-        match self.state.hash_get(&format!("chan-members:{id}"), session_id).await? {
+        match self.state.hash_get(&members_key(id), session_id).await? {
             Some(b) => Ok(Some(decode(&b)?)),
             None => Ok(None),
         }
@@ -301,9 +307,7 @@ impl ChannelStore {
     /// `members_version`. Under the channel's lock, with `rec` read under it.
     pub async fn add_member(&self, rec: &mut ChannelRecord, m: &MemberRecord) -> Result<()> {
         let id = &rec.channel_id;
-        self.state
-            .hash_set(&format!("chan-members:{id}"), &m.session_id, &encode(m))
-            .await?;
+        self.state.hash_set(&members_key(id), &m.session_id, &encode(m)).await?;
         self.state
             .set_add(&format!("sess-chans:{}", m.session_id), id, None)
             .await?;
@@ -323,10 +327,7 @@ impl ChannelStore {
     /// being deleted, whose record goes too.
     pub async fn forget_member(&self, id: &str, session_id: &str) -> Result<bool> {
         self.state.set_remove(&format!("sess-chans:{session_id}"), id).await?;
-        Ok(self
-            .state
-            .hash_delete(&format!("chan-members:{id}"), session_id)
-            .await?)
+        Ok(self.state.hash_delete(&members_key(id), session_id).await?)
     }
 
     /// Stores `rec` with a new `members_version`, after its member hash
@@ -341,17 +342,14 @@ impl ChannelStore {
     }
 
     pub async fn floor(&self, id: &str) -> Result<Floor> {
-        match self.state.get(&format!("chan-floor:{id}")).await? {
+        match self.state.get(&floor_key(id)).await? {
             Some(b) => decode(&b),
             None => Ok(Floor::default()),
         }
     }
 
     pub async fn put_floor(&self, id: &str, floor: &Floor) -> Result<()> {
-        Ok(self
-            .state
-            .set(&format!("chan-floor:{id}"), &encode(floor), None)
-            .await?)
+        Ok(self.state.set(&floor_key(id), &encode(floor), None).await?)
     }
 }
 
@@ -426,7 +424,7 @@ mod tests {
             // A hash change that no version records is not seen: the lists
             // read are kept under the version.
             state
-                .hash_set("chan-members:c", "stray", &encode(&member("stray")))
+                .hash_set(&members_key("c"), "stray", &encode(&member("stray")))
                 .await
                 .unwrap();
             assert_eq!(sessions(&one, "c").await, ["a"]);
@@ -448,7 +446,7 @@ mod tests {
             rec.members_version = 0;
             one.put(&rec).await.unwrap();
             assert_eq!(sessions(&one, "c").await, ["b", "stray"]);
-            state.hash_delete("chan-members:c", "stray").await.unwrap();
+            state.hash_delete(&members_key("c"), "stray").await.unwrap();
             assert_eq!(sessions(&one, "c").await, ["b"]);
 
             // A deleted and re-created channel starts with no list.
