@@ -62,7 +62,7 @@ pub struct ChannelStore {
 /// lists are dropped (and read again when next needed).
 #[derive(Debug, Default)]
 struct MemberCache {
-    lists: HashMap<String, (u64, Arc<[ConnectionId]>)>,
+    lists: HashMap<String, KeptList>,
     /// Session ids held in all lists.
     held: usize,
 }
@@ -70,15 +70,43 @@ struct MemberCache {
 /// The most session ids the member cache holds (about 50 bytes each).
 const MEMBER_CACHE_IDS: usize = 1 << 18;
 
+/// One kept member list.
+#[derive(Debug)]
+struct KeptList {
+    /// The `members_version` it was read after.
+    version: u64,
+    /// The stored record that version was last read from, as stored: the
+    /// same bytes hold the same version, so a message whose record read
+    /// gives these bytes needs no decode.
+    record: Box<[u8]>,
+    list: Arc<[ConnectionId]>,
+}
+
 impl MemberCache {
-    fn get(&self, channel_id: &str, version: u64) -> Option<Arc<[ConnectionId]>> {
+    /// The list kept for `channel_id` when `record` is the record it was
+    /// last seen with.
+    fn get_by_record(&self, channel_id: &str, record: &[u8]) -> Option<Arc<[ConnectionId]>> {
         match self.lists.get(channel_id) {
-            Some((v, list)) if *v == version && version != 0 => Some(list.clone()),
+            Some(kept) if *kept.record == *record => Some(kept.list.clone()),
             _ => None,
         }
     }
 
-    fn put(&mut self, channel_id: &str, version: u64, list: Arc<[ConnectionId]>) {
+    /// The list kept for `channel_id` under `version`; `record` (which
+    /// holds that version) is then the one it is known by.
+    fn get(&mut self, channel_id: &str, version: u64, record: &[u8]) -> Option<Arc<[ConnectionId]>> {
+        match self.lists.get_mut(channel_id) {
+            Some(kept) if kept.version == version && version != 0 => {
+                if *kept.record != *record {
+                    kept.record = record.into();
+                }
+                Some(kept.list.clone())
+            }
+            _ => None,
+        }
+    }
+
+    fn put(&mut self, channel_id: &str, version: u64, record: &[u8], list: Arc<[ConnectionId]>) {
         self.forget(channel_id);
         if version == 0 || list.len() > MEMBER_CACHE_IDS {
             return;
@@ -90,12 +118,17 @@ impl MemberCache {
             self.forget(&victim);
         }
         self.held += list.len();
-        self.lists.insert(channel_id.to_owned(), (version, list));
+        let kept = KeptList {
+            version,
+            record: record.into(),
+            list,
+        };
+        self.lists.insert(channel_id.to_owned(), kept);
     }
 
     fn forget(&mut self, channel_id: &str) {
-        if let Some((_, list)) = self.lists.remove(channel_id) {
-            self.held -= list.len();
+        if let Some(kept) = self.lists.remove(channel_id) {
+            self.held -= kept.list.len();
         }
     }
 }
@@ -224,8 +257,10 @@ impl ChannelStore {
     }
 
     /// The current member sessions of channel `id`, for a chat message:
-    /// reads the record for its `members_version` alone (its strings are
-    /// skipped, not copied), then the kept or stored member list.
+    /// reads the record, then the kept or stored member list. A record
+    /// byte for byte as last seen is not decoded (it holds the version
+    /// the list is kept under); another is decoded for its
+    /// `members_version` alone (its strings are skipped, not copied).
     pub async fn message_recipients(&self, id: &str) -> Result<Arc<[ConnectionId]>> {
         /// The one field of a [`ChannelRecord`] a message needs.
         #[derive(Deserialize)]
@@ -238,8 +273,19 @@ impl ChannelStore {
             .get(&channel_key(id))
             .await?
             .ok_or_else(|| ChannelError::NotFound(id.to_owned()))?;
+        // The record as last seen: its version is the one the list is kept
+        // under, with no decode.
+        if let Some(list) = self.member_cache().get_by_record(id, &bytes) {
+            return Ok(list);
+        }
         let Version { members_version } = decode(&bytes)?;
-        self.member_sessions_under(id, members_version).await
+        if let Some(list) = self.member_cache().get(id, members_version, &bytes) {
+            return Ok(list);
+        }
+        let fields = self.state.hash_fields(&members_key(id)).await?;
+        let list: Arc<[ConnectionId]> = fields.into_iter().map(ConnectionId::new).collect();
+        self.member_cache().put(id, members_version, &bytes, list.clone());
+        Ok(list)
     }
 
     pub async fn require(&self, id: &str) -> Result<ChannelRecord> {
@@ -286,16 +332,6 @@ impl ChannelStore {
     /// recipients). Read from the member hash only when this replica has no
     /// list under `members_version`, which must have been read from the
     /// record before this call, so the list read is at least as new as it.
-    async fn member_sessions_under(&self, id: &str, members_version: u64) -> Result<Arc<[ConnectionId]>> {
-        if let Some(list) = self.member_cache().get(id, members_version) {
-            return Ok(list);
-        }
-        let fields = self.state.hash_fields(&members_key(id)).await?;
-        let list: Arc<[ConnectionId]> = fields.into_iter().map(ConnectionId::new).collect();
-        self.member_cache().put(id, members_version, list.clone());
-        Ok(list)
-    }
-
     pub async fn member(&self, id: &str, session_id: &str) -> Result<Option<MemberRecord>> {
         match self.state.hash_get(&members_key(id), session_id).await? {
             Some(b) => Ok(Some(decode(&b)?)),
@@ -428,6 +464,13 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(sessions(&one, "c").await, ["a"]);
+            // Nor by a change to the record that keeps its version (a new
+            // name): the list stays kept, known by the new record's bytes.
+            let mut renamed = one.require("c").await.unwrap();
+            renamed.name = "renamed".into();
+            two.put(&renamed).await.unwrap();
+            assert_eq!(sessions(&one, "c").await, ["a"]);
+            assert_eq!(sessions(&one, "c").await, ["a"]);
 
             // A join on one replica is seen by both, with the stray field.
             let mut rec = one.require("c").await.unwrap();
@@ -463,25 +506,25 @@ mod tests {
     fn the_member_cache_holds_at_most_its_bound_of_ids() {
         let list = |n: usize| -> Arc<[ConnectionId]> { (0..n).map(|i| ConnectionId::new(i.to_string())).collect() };
         let mut cache = MemberCache::default();
-        cache.put("big", 1, list(MEMBER_CACHE_IDS - 10));
-        cache.put("small", 1, list(10));
+        cache.put("big", 1, b"r", list(MEMBER_CACHE_IDS - 10));
+        cache.put("small", 1, b"r", list(10));
         assert_eq!(cache.held, MEMBER_CACHE_IDS);
-        assert!(cache.get("big", 1).is_some() && cache.get("small", 1).is_some());
+        assert!(cache.get("big", 1, b"r").is_some() && cache.get("small", 1, b"r").is_some());
         // One more id: a list is dropped to make room.
-        cache.put("one", 7, list(1));
+        cache.put("one", 7, b"r", list(1));
         assert!(cache.held <= MEMBER_CACHE_IDS);
-        assert_eq!(cache.get("one", 7).map(|l| l.len()), Some(1));
-        assert!(cache.get("big", 1).is_none() || cache.get("small", 1).is_none());
+        assert_eq!(cache.get("one", 7, b"r").map(|l| l.len()), Some(1));
+        assert!(cache.get("big", 1, b"r").is_none() || cache.get("small", 1, b"r").is_none());
         // Another version of a channel replaces its list; version 0 and a
         // list past the bound are not kept.
-        cache.put("one", 8, list(3));
-        assert!(cache.get("one", 7).is_none());
-        assert_eq!(cache.get("one", 8).map(|l| l.len()), Some(3));
-        cache.put("one", 0, list(3));
-        assert!(cache.get("one", 0).is_none() && cache.get("one", 8).is_none());
-        cache.put("huge", 1, list(MEMBER_CACHE_IDS + 1));
-        assert!(cache.get("huge", 1).is_none());
-        let held: usize = cache.lists.values().map(|(_, l)| l.len()).sum();
+        cache.put("one", 8, b"r", list(3));
+        assert!(cache.get("one", 7, b"r").is_none());
+        assert_eq!(cache.get("one", 8, b"r").map(|l| l.len()), Some(3));
+        cache.put("one", 0, b"r", list(3));
+        assert!(cache.get("one", 0, b"r").is_none() && cache.get("one", 8, b"r").is_none());
+        cache.put("huge", 1, b"r", list(MEMBER_CACHE_IDS + 1));
+        assert!(cache.get("huge", 1, b"r").is_none());
+        let held: usize = cache.lists.values().map(|k| k.list.len()).sum();
         assert_eq!(cache.held, held);
     }
 }
