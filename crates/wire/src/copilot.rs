@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value as Json, json};
 
 use crate::json_value::{from_proto, to_proto};
-use crate::{FrameError, raw_object};
+use crate::{FrameError, frame_object};
 
 #[derive(Debug, Deserialize)]
 struct RawFrame {
@@ -35,11 +35,7 @@ pub fn parse(text: &str) -> Result<CopilotRequest, CopilotResponse> {
 }
 
 fn parse_request(text: &str) -> Result<CopilotRequest, FrameError> {
-    let raw = raw_object(text)?;
-    let f: RawFrame = serde_json::from_str(raw.get()).map_err(|e| FrameError::InvalidPayload {
-        kind: "frame".into(),
-        why: e.to_string(),
-    })?;
+    let f: RawFrame = frame_object(text)?;
     let data = f.data.map(to_proto);
     let answer = |request_id: Option<String>, kind: &str| match request_id {
         Some(id) if !id.is_empty() => Ok(CopilotCallbackAnswer {

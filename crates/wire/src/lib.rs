@@ -59,6 +59,24 @@ pub fn raw_object(text: &str) -> Result<&RawValue, FrameError> {
     }
 }
 
+/// Parses `text` as a frame object `T` in one pass over it. When that
+/// fails, tells the refusal as [`raw_object`] and then `T` would: not JSON,
+/// not an object, or a frame whose fields are wrong (`InvalidPayload` of
+/// kind "frame"). A frame is read once, not checked and then read again.
+pub fn frame_object<'a, T: serde::Deserialize<'a>>(text: &'a str) -> Result<T, FrameError> {
+    // A struct also reads from a JSON array; a frame is an object only.
+    if text.trim_start().starts_with('{')
+        && let Ok(frame) = serde_json::from_str(text)
+    {
+        return Ok(frame);
+    }
+    let raw = raw_object(text)?;
+    serde_json::from_str(raw.get()).map_err(|e| FrameError::InvalidPayload {
+        kind: "frame".into(),
+        why: e.to_string(),
+    })
+}
+
 /// Checks that `bytes` is one MessagePack value, a map, and nothing after it.
 pub fn msgpack_map(bytes: &[u8]) -> Result<(), FrameError> {
     let mut rest = bytes;
@@ -119,6 +137,30 @@ mod tests {
         assert_eq!(raw_object("[1,2]").unwrap_err(), FrameError::NotObject);
         assert_eq!(raw_object("42").unwrap_err(), FrameError::NotObject);
         assert!(raw_object(" {\"a\":1} ").is_ok());
+    }
+
+    #[test]
+    fn a_frame_is_read_in_one_pass_and_refused_as_raw_object_tells() {
+        #[derive(Debug, PartialEq, serde::Deserialize)]
+        struct F {
+            op: i64,
+        }
+        assert_eq!(frame_object::<F>(" {\"op\":20,\"x\":[1]} "), Ok(F { op: 20 }));
+        assert!(matches!(frame_object::<F>("{nope"), Err(FrameError::NotJson(_))));
+        // A struct would read from an array; a frame may not be one.
+        assert_eq!(frame_object::<F>("[20]"), Err(FrameError::NotObject));
+        assert_eq!(frame_object::<F>("42"), Err(FrameError::NotObject));
+        // An object with a trailing value is not one JSON text.
+        assert!(matches!(
+            frame_object::<F>("{\"op\":1} {}"),
+            Err(FrameError::NotJson(_))
+        ));
+        for wrong in ["{\"op\":\"x\"}", "{}", "{\"op\":1,\"op\":2}"] {
+            assert!(
+                matches!(frame_object::<F>(wrong), Err(FrameError::InvalidPayload { ref kind, .. }) if kind == "frame"),
+                "{wrong}"
+            );
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use relaymesh_proto::client::v1::{
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::{FrameError, payload, raw_object};
+use crate::{FrameError, frame_object, payload};
 
 /// Opcodes, as numbers on the wire.
 pub mod op {
@@ -116,11 +116,7 @@ pub fn parse(text: &str) -> Result<LivechatRequest, LivechatResponse> {
 }
 
 fn parse_request(text: &str) -> Result<LivechatRequest, FrameError> {
-    let raw = raw_object(text)?;
-    let frame: RawFrame<'_> = serde_json::from_str(raw.get()).map_err(|e| FrameError::InvalidPayload {
-        kind: "frame".into(),
-        why: e.to_string(),
-    })?;
+    let frame: RawFrame<'_> = frame_object(text)?;
     let d = frame.d;
     let Ok(code) = u16::try_from(frame.op) else {
         return Err(FrameError::UnknownType(frame.op.to_string()));

@@ -23,7 +23,7 @@ pub use relaymesh_node_signature::{canonical, signature, timestamp};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::{FrameError, raw_object};
+use crate::{FrameError, frame_object};
 
 pub const PROTOCOL_VERSION: &str = "1.0";
 
@@ -87,11 +87,7 @@ pub struct Envelope {
 
 impl Envelope {
     pub fn parse(text: &str) -> Result<Self, FrameError> {
-        let raw = raw_object(text)?;
-        let f: RawFrame<'_> = serde_json::from_str(raw.get()).map_err(|e| FrameError::InvalidPayload {
-            kind: "frame".into(),
-            why: e.to_string(),
-        })?;
+        let f: RawFrame<'_> = frame_object(text)?;
         let kind = FrameType::parse(&f.kind).ok_or_else(|| FrameError::UnknownType(f.kind.clone()))?;
         Ok(Self {
             version: f.version,
