@@ -86,14 +86,17 @@ impl Deliver for Delivery {
 /// What the worker reports back: recipients that no gateway holds any more.
 pub type GoneSessions = mpsc::UnboundedSender<(String, ConnectionId)>;
 
-pub struct Fanout {
+pub struct Fanout<D = Delivery> {
     shards: Vec<Shard>,
     hasher: std::collections::hash_map::RandomState,
-    /// Delivers a job in the caller's task; set when delivery is immediate.
-    inline: Option<InlineDelivery>,
+    /// What a job delivered in the caller's task is handed to, and where its
+    /// gone recipients go.
+    delivery: D,
+    gone: GoneSessions,
+    /// Whether delivery is immediate, so a small job may be delivered in
+    /// the caller's task.
+    inline: bool,
 }
-
-type InlineDelivery = Box<dyn Fn(FanoutJob) -> futures_util::future::BoxFuture<'static, ()> + Send + Sync>;
 
 struct Shard {
     queue: mpsc::Sender<FanoutJob>,
@@ -110,13 +113,13 @@ struct Turn {
     delivering: tokio::sync::Mutex<()>,
 }
 
-impl Fanout {
+impl<D: Deliver> Fanout<D> {
     /// Starts `shards` workers on `tracker`. Sessions found gone are sent on
     /// `gone`, so the service can remove them from their channels.
     /// On `shutdown` the workers deliver what is queued, then stop.
     pub fn start(
         shards: usize,
-        delivery: impl Deliver,
+        delivery: D,
         tracker: &TaskTracker,
         gone: GoneSessions,
         shutdown: CancellationToken,
@@ -134,17 +137,12 @@ impl Fanout {
             ));
             out.push(Shard { queue: tx, turn });
         }
-        let inline = delivery.immediate().then(|| {
-            let f: InlineDelivery = Box::new(move |job| {
-                let (delivery, gone) = (delivery.clone(), gone.clone());
-                Box::pin(async move { deliver(&delivery, &gone, job).await })
-            });
-            f
-        });
         Self {
             shards: out,
             hasher: Default::default(),
-            inline,
+            inline: delivery.immediate(),
+            delivery,
+            gone,
         }
     }
 
@@ -156,14 +154,14 @@ impl Fanout {
         }
         let hash = self.hasher.hash_one(&job.channel_id);
         let shard = &self.shards[(hash % self.shards.len() as u64) as usize];
-        if let Some(inline) = &self.inline
+        if self.inline
             && job.recipients.len() <= INLINE_RECIPIENTS
             && let Ok(_turn) = shard.turn.delivering.try_lock()
             && shard.turn.queued.load(Ordering::SeqCst) == 0
         {
             // Nothing of this shard is queued or being delivered, and no
             // worker can start while the turn is held: in order.
-            inline(job).await;
+            deliver(&self.delivery, &self.gone, job).await;
             return;
         }
         shard.turn.queued.fetch_add(1, Ordering::SeqCst);
@@ -286,7 +284,7 @@ mod tests {
         }
     }
 
-    fn start(delivery: &Recorder) -> (Fanout, TaskTracker) {
+    fn start(delivery: &Recorder) -> (Fanout<Recorder>, TaskTracker) {
         let tracker = TaskTracker::new();
         let (gone, _) = mpsc::unbounded_channel();
         let fanout = Fanout::start(2, delivery.clone(), &tracker, gone, CancellationToken::new());

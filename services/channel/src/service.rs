@@ -37,16 +37,25 @@ use crate::floor::{self, Floor, FloorChange, FloorEvent, FloorPolicy, Talker};
 use crate::relays::RelayDirectory;
 use crate::store::{ChannelRecord, ChannelStore, MemberRecord};
 
-#[derive(Clone)]
-pub struct ChannelService {
-    inner: Arc<Inner>,
+/// The channel service, its events handed to `D` (the shared-state
+/// [`Delivery`]; another only in tests that stall delivery).
+pub struct ChannelService<D = Delivery> {
+    inner: Arc<Inner<D>>,
 }
 
-struct Inner {
+impl<D> Clone for ChannelService<D> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+struct Inner<D> {
     store: ChannelStore,
     relays: RelayDirectory,
     config: ChannelConfig,
-    fanout: Fanout,
+    fanout: Fanout<D>,
     /// Floor expiry timers, fan-out workers and the gone-session reaper;
     /// stopped on shutdown.
     timers: TaskTracker,
@@ -143,18 +152,15 @@ impl ChannelService {
         let delivery = Delivery::new(state.clone(), registry).with_routes(FANOUT_ROUTE_TTL);
         Self::with_delivery(state, delivery, config, shutdown)
     }
+}
 
+impl<D: Deliver> ChannelService<D> {
     /// The service with its events handed to `delivery` instead of the
     /// shared-state [`Delivery`]: a seam for tests that stall delivery.
-    pub fn with_delivery(
-        state: SharedState,
-        delivery: impl Deliver,
-        config: ChannelConfig,
-        shutdown: CancellationToken,
-    ) -> Self {
+    pub fn with_delivery(state: SharedState, delivery: D, config: ChannelConfig, shutdown: CancellationToken) -> Self {
         let timers = TaskTracker::new();
         let (gone_tx, gone_rx) = mpsc::unbounded_channel();
-        let fanout = Fanout::start(FANOUT_SHARDS, delivery.clone(), &timers, gone_tx, shutdown.clone());
+        let fanout = Fanout::start(FANOUT_SHARDS, delivery, &timers, gone_tx, shutdown.clone());
         let svc = Self {
             inner: Arc::new(Inner {
                 store: ChannelStore::new(state.clone()),
@@ -680,7 +686,7 @@ fn answer<T>(r: Result<T>) -> std::result::Result<Response<T>, Status> {
 }
 
 #[tonic::async_trait]
-impl channel_service_server::ChannelService for ChannelService {
+impl<D: Deliver> channel_service_server::ChannelService for ChannelService<D> {
     async fn create_channel(
         &self,
         req: Request<CreateChannelRequest>,
