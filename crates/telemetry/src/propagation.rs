@@ -5,6 +5,7 @@
 
 use http::HeaderMap;
 use opentelemetry::propagation::{Extractor, Injector};
+use opentelemetry::trace::TraceContextExt;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -69,11 +70,44 @@ pub fn current_traceparent() -> String {
 /// The W3C `traceparent` of `span`, for carrying it through a message
 /// (a delivery envelope) rather than a header. Empty when not traced.
 pub fn traceparent(span: &tracing::Span) -> String {
+    let cx = span.context();
+    // W3C trace context carries only a valid span context: without one
+    // there is nothing to write, and no header map need be built (a chat
+    // message's event asks this of every untraced send).
+    if !cx.span().span_context().is_valid() {
+        return String::new();
+    }
     let mut headers = HeaderMap::new();
-    inject(span, &mut headers);
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut HeaderInjector(&mut headers)));
     headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::{install_propagator, traceparent};
+
+    #[test]
+    fn a_traced_span_carries_its_traceparent_and_an_untraced_one_none() {
+        install_propagator();
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let subscriber =
+            tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("traced");
+            let carried = traceparent(&span);
+            let parts: Vec<&str> = carried.split('-').collect();
+            assert_eq!(parts.len(), 4, "{carried}");
+            assert_eq!((parts[0], parts[1].len(), parts[2].len()), ("00", 32, 16), "{carried}");
+            // Filtered out, or outside any subscriber: nothing to carry.
+            assert_eq!(traceparent(&tracing::Span::none()), "");
+        });
+        assert_eq!(traceparent(&tracing::info_span!("no subscriber")), "");
+    }
 }
