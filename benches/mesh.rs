@@ -20,7 +20,9 @@
 //!   same against a bare WebSocket server that writes the protocol's frames
 //!   and nothing else (the floor: what the second frame of a message costs).
 //!   With two cores or more it runs both again as their own processes,
-//!   the server on core 0 and the clients on core 1 (the setup);
+//!   the server on core 0 and the clients on core 1 (the setup).
+//!   The two kinds alternate in rounds (`BENCH_LIVECHAT_ROUNDS`, 10), so
+//!   the machine changing speed mid-run does not read as one kind's cost;
 //! - `fanout`: one chat message to a 1,000-member channel whose members are
 //!   split over two gateway replicas on Redis (needs `REDIS_URL`): time from
 //!   send to the last member's delivery, with the mesh in this process and
@@ -128,7 +130,7 @@ async fn measure(iters: usize, mut f: impl AsyncFnMut()) -> Stats {
 
 fn row(name: &str, s: &Stats, base: &Stats) {
     println!(
-        "{name:<44} median {:>9.1?}  p99 {:>9.1?}  ({:>6.1}x / {:>6.1}x baseline)",
+        "{name:<44} median {:>9.1?}  p99 {:>9.1?}  ({:>6.2}x / {:>6.2}x baseline)",
         s.median,
         s.p99,
         s.median.as_secs_f64() / base.median.as_secs_f64(),
@@ -739,14 +741,14 @@ impl ChatRequest {
 
 /// `conns` connections, each doing sequential round trips of `op` for
 /// `iters` iterations, each connection on its own task (so a frame wakes
-/// only its own connection); returns the connections, the latency stats
-/// and the total rate.
+/// only its own connection); returns the connections, every round trip's
+/// latency, and the time the whole took.
 async fn livechat_load(
     chats: Vec<Chat>,
     iters: usize,
     op: u16,
-    d: impl Fn(usize) -> serde_json::Value,
-) -> (Vec<Chat>, Stats, f64) {
+    d: &impl Fn(usize) -> serde_json::Value,
+) -> (Vec<Chat>, Vec<Duration>, Duration) {
     let started = Instant::now();
     let mut runs = tokio::task::JoinSet::new();
     for (i, mut c) in chats.into_iter().enumerate() {
@@ -762,7 +764,7 @@ async fn livechat_load(
         });
     }
     let mut done: Vec<(usize, Chat, Vec<Duration>)> = runs.join_all().await;
-    let rate = done.iter().map(|(_, _, s)| s.len()).sum::<usize>() as f64 / started.elapsed().as_secs_f64();
+    let took = started.elapsed();
     done.sort_by_key(|(i, _, _)| *i);
     let mut all = Vec::new();
     let chats = done
@@ -772,7 +774,36 @@ async fn livechat_load(
             c
         })
         .collect();
-    (chats, stats(all), rate)
+    (chats, all, took)
+}
+
+/// The round trips of one request kind, gathered over the rounds of a run.
+#[derive(Default)]
+struct Phase {
+    samples: Vec<Duration>,
+    took: Duration,
+}
+
+impl Phase {
+    /// Runs one round of `iters` round trips of `op` a connection, and
+    /// adds them.
+    async fn round(
+        &mut self,
+        chats: Vec<Chat>,
+        iters: usize,
+        op: u16,
+        d: &impl Fn(usize) -> serde_json::Value,
+    ) -> Vec<Chat> {
+        let (chats, samples, took) = livechat_load(chats, iters, op, d).await;
+        self.samples.extend(samples);
+        self.took += took;
+        chats
+    }
+
+    /// Round trips a second over the phase's own time.
+    fn rate(&self) -> f64 {
+        self.samples.len() as f64 / self.took.as_secs_f64()
+    }
 }
 
 async fn bench_livechat(iters: usize) {
@@ -871,16 +902,22 @@ async fn livechat_rows(addr: std::net::SocketAddr, iters: usize) {
             chats.push(c);
         }
         let per_conn = (iters / conns).max(200);
+        let heartbeat = |_| serde_json::json!({});
+        let message = |i| serde_json::json!({"channel_id": format!("bench-{conns}-{i}"), "content": "hello"});
         // Warm-up.
-        let (chats, _, _) = livechat_load(chats, per_conn / 10, 1, |_| serde_json::json!({})).await;
-        let (chats, hb, hb_rate) = livechat_load(chats, per_conn, 1, |_| serde_json::json!({})).await;
-        let (_chats, msg, msg_rate) = livechat_load(
-            chats,
-            per_conn,
-            20,
-            |i| serde_json::json!({"channel_id": format!("bench-{conns}-{i}"), "content": "hello"}),
-        )
-        .await;
+        let (mut chats, _, _) = livechat_load(chats, per_conn / 10, 1, &heartbeat).await;
+        // The two kinds alternate in rounds (BENCH_LIVECHAT_ROUNDS), so a
+        // change in the machine's speed during the run falls on both alike:
+        // run one after the other, a slow second half reads as a slow kind.
+        let rounds = env_usize("BENCH_LIVECHAT_ROUNDS", 10).max(1);
+        let per_round = (per_conn / rounds).max(20);
+        let (mut hb, mut msg) = (Phase::default(), Phase::default());
+        for _ in 0..rounds {
+            chats = hb.round(chats, per_round, 1, &heartbeat).await;
+            chats = msg.round(chats, per_round, 20, &message).await;
+        }
+        let (hb_rate, msg_rate) = (hb.rate(), msg.rate());
+        let (hb, msg) = (stats(hb.samples), stats(msg.samples));
         row(&format!("{conns} conn: HEARTBEAT -> ACK (baseline)"), &hb, &hb);
         row(&format!("{conns} conn: MESSAGE_CREATE -> ACK"), &msg, &hb);
         println!(
