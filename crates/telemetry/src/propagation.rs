@@ -40,8 +40,11 @@ impl Extractor for HeaderExtractor<'_> {
 
 /// Writes the context of `span` into `headers`.
 pub fn inject(span: &tracing::Span, headers: &mut HeaderMap) {
-    let cx = span.context();
-    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut HeaderInjector(headers)));
+    inject_context(&span.context(), headers);
+}
+
+fn inject_context(cx: &opentelemetry::Context, headers: &mut HeaderMap) {
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(cx, &mut HeaderInjector(headers)));
 }
 
 /// Makes the context carried by `headers`, if any, the parent of `span`.
@@ -78,7 +81,7 @@ pub fn traceparent(span: &tracing::Span) -> String {
         return String::new();
     }
     let mut headers = HeaderMap::new();
-    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut HeaderInjector(&mut headers)));
+    inject_context(&cx, &mut headers);
     headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())

@@ -89,13 +89,10 @@ pub type GoneSessions = mpsc::UnboundedSender<(String, ConnectionId)>;
 pub struct Fanout<D = Delivery> {
     shards: Vec<Shard>,
     hasher: std::collections::hash_map::RandomState,
-    /// What a job delivered in the caller's task is handed to, and where its
-    /// gone recipients go.
+    /// What a job delivered in the caller's task (when delivery is
+    /// immediate) is handed to, and where its gone recipients go.
     delivery: D,
     gone: GoneSessions,
-    /// Whether delivery is immediate, so a small job may be delivered in
-    /// the caller's task.
-    inline: bool,
 }
 
 struct Shard {
@@ -140,7 +137,6 @@ impl<D: Deliver> Fanout<D> {
         Self {
             shards: out,
             hasher: Default::default(),
-            inline: delivery.immediate(),
             delivery,
             gone,
         }
@@ -154,7 +150,7 @@ impl<D: Deliver> Fanout<D> {
         }
         let hash = self.hasher.hash_one(&job.channel_id);
         let shard = &self.shards[(hash % self.shards.len() as u64) as usize];
-        if self.inline
+        if self.delivery.immediate()
             && job.recipients.len() <= INLINE_RECIPIENTS
             && let Ok(_turn) = shard.turn.delivering.try_lock()
             && shard.turn.queued.load(Ordering::SeqCst) == 0
