@@ -282,6 +282,8 @@ impl ChannelStore {
         if let Some(list) = self.member_cache().get(id, members_version, &bytes) {
             return Ok(list);
         }
+        // Read after the record, so the list is at least as new as its
+        // version; member ids only, their records are not read.
         let fields = self.state.hash_fields(&members_key(id)).await?;
         let list: Arc<[ConnectionId]> = fields.into_iter().map(ConnectionId::new).collect();
         self.member_cache().put(id, members_version, &bytes, list.clone());
@@ -327,11 +329,6 @@ impl ChannelStore {
         Ok(out)
     }
 
-    /// The session ids of the members of channel `id`, without reading
-    /// their records: what a chat message needs (membership and
-    /// recipients). Read from the member hash only when this replica has no
-    /// list under `members_version`, which must have been read from the
-    /// record before this call, so the list read is at least as new as it.
     pub async fn member(&self, id: &str, session_id: &str) -> Result<Option<MemberRecord>> {
         match self.state.hash_get(&members_key(id), session_id).await? {
             Some(b) => Ok(Some(decode(&b)?)),
@@ -526,5 +523,23 @@ mod tests {
         assert!(cache.get("huge", 1, b"r").is_none());
         let held: usize = cache.lists.values().map(|k| k.list.len()).sum();
         assert_eq!(cache.held, held);
+    }
+
+    #[test]
+    fn a_kept_list_is_found_by_the_record_it_was_last_seen_with() {
+        let mut cache = MemberCache::default();
+        let list: Arc<[ConnectionId]> = Arc::from([ConnectionId::new("a")]);
+        cache.put("c", 7, b"record v7", list);
+        assert!(cache.get_by_record("c", b"record v7").is_some());
+        // Other bytes (a rename, a new version) are not taken on trust.
+        assert!(cache.get_by_record("c", b"renamed v7").is_none());
+        assert!(cache.get_by_record("other", b"record v7").is_none());
+        // Found by its version, the new bytes become the ones it is known by.
+        assert!(cache.get("c", 7, b"renamed v7").is_some());
+        assert!(cache.get_by_record("c", b"renamed v7").is_some());
+        assert!(cache.get_by_record("c", b"record v7").is_none());
+        // Another version does not match, whatever the bytes.
+        assert!(cache.get("c", 8, b"record v8").is_none());
+        assert!(cache.get_by_record("c", b"record v8").is_none());
     }
 }
